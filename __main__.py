@@ -1,0 +1,3 @@
+from catcache.cli import main
+
+raise SystemExit(main())

@@ -1,0 +1,168 @@
+"""The shape of policies.yaml: every key, its type and range, and nothing else (unknown keys are errors)."""
+
+from __future__ import annotations
+
+import re
+from typing import Annotated, Literal
+
+from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, model_validator
+
+_DURATION = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*(s|m|h|d|w)?\s*$")
+_UNIT_SECONDS = {"s": 1, "m": 60, "h": 3600, "d": 86400, "w": 604800, None: 1}
+
+
+def parse_duration(value: object) -> object:
+    """Accept seconds as a number or a string such as '90s', '10m', '6h', '30d', '2w'."""
+    if isinstance(value, str):
+        found = _DURATION.match(value)
+        if not found:
+            raise ValueError(f"'{value}' is not a duration (use seconds or a number with s, m, h, d or w)")
+        return float(found.group(1)) * _UNIT_SECONDS[found.group(2)]
+    return value
+
+
+Seconds = Annotated[float, BeforeValidator(parse_duration), Field(gt=0)]
+Similarity = Annotated[float, Field(ge=0.0, le=1.0)]
+
+
+class Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class MatchRules(Strict):
+    """Rules tried before the exemplar centroids; any one that matches assigns the category."""
+
+    models: list[str] = []
+    paths: list[str] = []
+    header: list[str] = Field(default=[], description="values of the x-catcache-category header")
+    regex: list[str] = []
+    has_code: bool | None = None
+
+    @model_validator(mode="after")
+    def _regexes_compile(self) -> "MatchRules":
+        for pattern in self.regex:
+            try:
+                re.compile(pattern)
+            except re.error as exc:
+                raise ValueError(f"regex {pattern!r} does not compile: {exc}") from None
+        return self
+
+
+class InContext(Strict):
+    """IC-Cache band: a near miss with similarity in [low, threshold) is answered by the small
+    backend with the category's k most similar cached pairs as in-context examples."""
+
+    low: Similarity
+    k: int = Field(default=3, ge=1, le=16)
+    backend: str = "small"
+
+
+class Verify(Strict):
+    """Second opinion on a semantic neighbour before it is served (see index/verify.py)."""
+
+    enabled: bool = True
+    verifier: Literal["pair-classifier", "lexical-guard", "none"] = "pair-classifier"
+    threshold: Similarity = 0.5
+
+
+class Category(Strict):
+    match: MatchRules = MatchRules()
+    exemplars: list[str] = []
+    threshold: Similarity = 0.92
+    ttl: Seconds = 86400.0
+    quota: int = Field(default=100_000, ge=1)
+    eviction: Literal["lru", "lfu"] = "lru"
+    ic: InContext | None = None
+    cacheable: bool = True
+    shared: bool = False
+    verify: Verify = Verify()
+
+    @model_validator(mode="after")
+    def _ic_below_threshold(self) -> "Category":
+        if self.ic is not None and self.ic.low >= self.threshold:
+            raise ValueError(f"ic.low ({self.ic.low}) must be below threshold ({self.threshold})")
+        return self
+
+
+class VllmSettings(Strict):
+    """What deploy/ renders into `vllm serve` for this backend."""
+
+    model: str
+    served_model_name: str | None = None
+    enable_prefix_caching: bool = True
+    kv_cache_dtype: Literal["auto", "fp8", "fp8_e4m3", "fp8_e5m2"] = "auto"
+    kv_offload_gb: float = Field(default=0.0, ge=0.0)
+    max_model_len: int | None = Field(default=None, ge=256)
+    gpu_memory_utilization: float = Field(default=0.9, gt=0.0, le=1.0)
+    tensor_parallel_size: int = Field(default=1, ge=1)
+    replicas: int = Field(default=1, ge=1)
+    port: int = Field(default=8000, ge=1, le=65535)
+    extra_args: list[str] = []
+
+
+class Backend(Strict):
+    url: str = Field(description="OpenAI-style base URL including /v1")
+    role: Literal["large", "small"] = "large"
+    model: str | None = Field(default=None, description="model name to send; default: the request's")
+    api_key_env: str | None = None
+    timeout: Seconds = 600.0
+    vllm: VllmSettings | None = None
+
+
+class Price(Strict):
+    input: float = Field(ge=0.0, description="USD per 1M prompt tokens")
+    output: float = Field(ge=0.0, description="USD per 1M completion tokens")
+
+
+class Adaptive(Strict):
+    """As the large backend's queue grows, relax thresholds and lengthen TTLs, within bounds."""
+
+    enabled: bool = False
+    queue_high: int = Field(default=32, ge=1, description="waiting requests at which the full step applies")
+    max_threshold_step: float = Field(default=0.02, ge=0.0, le=0.2)
+    max_ttl_factor: float = Field(default=2.0, ge=1.0, le=10.0)
+
+
+class Tenancy(Strict):
+    by: Literal["api_key", "header", "none"] = "api_key"
+    header: str = "x-tenant"
+
+
+class Classifier(Strict):
+    min_confidence: Similarity = 0.25
+    default: str = "default"
+
+
+class Reports(Strict):
+    retention_days: int = Field(default=14, ge=1, le=3650)
+
+
+class Policy(Strict):
+    version: Literal[1] = 1
+    embedding_model: str = "all-MiniLM-L6-v2"
+    redis_url: str | None = None
+    tenancy: Tenancy = Tenancy()
+    classifier: Classifier = Classifier()
+    backends: dict[str, Backend] = {}
+    prices: dict[str, Price] = {}
+    adaptive: Adaptive = Adaptive()
+    reports: Reports = Reports()
+    categories: dict[str, Category] = Field(default_factory=lambda: {"default": Category()})
+
+    @model_validator(mode="after")
+    def _references_resolve(self) -> "Policy":
+        if self.classifier.default not in self.categories:
+            raise ValueError(f"classifier.default names '{self.classifier.default}', which is not a category")
+        for name, category in self.categories.items():
+            if category.ic is not None and category.ic.backend not in self.backends:
+                raise ValueError(f"categories.{name}.ic.backend names '{category.ic.backend}', which is not a backend")
+        return self
+
+    def category(self, name: str) -> Category:
+        return self.categories.get(name) or self.categories[self.classifier.default]
+
+    def backend(self, role: str) -> Backend | None:
+        """The backend named `role`, or else the first one with that role."""
+        if role in self.backends:
+            return self.backends[role]
+        return next((b for b in self.backends.values() if b.role == role), None)
