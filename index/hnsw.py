@@ -1,0 +1,79 @@
+"""One in-memory HNSW graph per category, mapping integer labels to Redis document ids.
+
+The graph answers "which cached queries are nearest" in well under a millisecond; everything a
+hit needs beyond that (the response, whether it is still alive) is one read from Redis.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import hnswlib
+import numpy as np
+
+INITIAL_CAPACITY = 1024
+
+
+@dataclass(frozen=True)
+class Entry:
+    doc_id: str
+    scope_key: str
+
+
+@dataclass(frozen=True)
+class Neighbour:
+    entry: Entry
+    similarity: float
+
+
+class CategoryIndex:
+    """Cosine HNSW over unit vectors; grows by doubling, deletes with mark_deleted."""
+
+    def __init__(self, dim: int, capacity: int = INITIAL_CAPACITY, ef: int = 64, m: int = 16):
+        self.dim = dim
+        self._graph = hnswlib.Index(space="ip", dim=dim)
+        self._graph.init_index(max_elements=capacity, ef_construction=200, M=m, allow_replace_deleted=True)
+        self._graph.set_ef(ef)
+        self._entries: dict[int, Entry] = {}
+        self._labels: dict[str, int] = {}
+        self._next_label = 0
+        self._deleted = 0
+
+    def __len__(self) -> int:
+        return len(self._entries)
+
+    def __contains__(self, doc_id: str) -> bool:
+        return doc_id in self._labels
+
+    def doc_ids(self) -> list[str]:
+        return list(self._labels)
+
+    def add(self, entry: Entry, vector: np.ndarray) -> None:
+        if entry.doc_id in self._labels:
+            self.remove(entry.doc_id)
+        replace = self._deleted > 0
+        if not replace and self._graph.get_current_count() >= self._graph.get_max_elements():
+            self._graph.resize_index(self._graph.get_max_elements() * 2)
+        label = self._next_label
+        self._next_label += 1
+        self._graph.add_items(vector.reshape(1, -1), np.array([label]), replace_deleted=replace)
+        if replace:
+            self._deleted -= 1
+        self._entries[label] = entry
+        self._labels[entry.doc_id] = label
+
+    def remove(self, doc_id: str) -> None:
+        label = self._labels.pop(doc_id, None)
+        if label is None:
+            return
+        del self._entries[label]
+        self._graph.mark_deleted(label)
+        self._deleted += 1
+
+    def search(self, vector: np.ndarray, k: int) -> list[Neighbour]:
+        k = min(k, len(self._entries))
+        if k == 0:
+            return []
+        labels, distances = self._graph.knn_query(vector.reshape(1, -1), k=k)
+        return [Neighbour(self._entries[int(label)], 1.0 - float(distance))
+                for label, distance in zip(labels[0], distances[0]) if int(label) in self._entries]
