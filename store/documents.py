@@ -1,0 +1,184 @@
+"""Cached responses in Redis: one hash per entry, a score set per category for the quota, and a
+stream of additions and evictions that other proxies follow.
+
+Keys (prefix `cc:`):
+  doc:<id>        hash: response, request, endpoint, model, category, scope, query, created,
+                  latency_ms, hits, embedding (float32 bytes); expires with the category's TTL.
+                  <id> is the request's functional key, so the exact tier is one HGETALL.
+  cat:<category>  sorted set of ids: score = last use (LRU) or use count (LFU).
+  events          stream of {op: add|del, id, category, origin}.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+from typing import AsyncIterator
+
+import numpy as np
+import orjson
+from redis.asyncio import Redis
+
+PREFIX = "cc:"
+EVENTS = PREFIX + "events"
+EVENTS_MAXLEN = 100_000
+
+
+@dataclass
+class Document:
+    doc_id: str
+    endpoint: str
+    model: str
+    category: str
+    scope_key: str
+    query: str
+    response: dict
+    request: bytes = b""
+    latency_ms: float = 0.0
+    created: float = field(default_factory=time.time)
+    hits: int = 0
+    embedding: np.ndarray | None = None
+
+    def to_redis(self) -> dict[str, bytes | str | float]:
+        fields: dict[str, bytes | str | float] = {
+            "endpoint": self.endpoint, "model": self.model, "category": self.category,
+            "scope": self.scope_key, "query": self.query, "response": orjson.dumps(self.response),
+            "request": self.request, "latency_ms": self.latency_ms, "created": self.created, "hits": self.hits,
+        }
+        if self.embedding is not None:
+            fields["embedding"] = self.embedding.astype(np.float32).tobytes()
+        return fields
+
+    @classmethod
+    def from_redis(cls, doc_id: str, fields: dict[bytes, bytes]) -> "Document":
+        text = {k.decode(): v for k, v in fields.items()}
+        embedding = text.get("embedding")
+        return cls(
+            doc_id=doc_id, endpoint=text["endpoint"].decode(), model=text["model"].decode(),
+            category=text["category"].decode(), scope_key=text["scope"].decode(), query=text["query"].decode(),
+            response=orjson.loads(text["response"]), request=text.get("request", b""),
+            latency_ms=float(text.get("latency_ms", 0)), created=float(text.get("created", 0)),
+            hits=int(text.get("hits", 0)),
+            embedding=np.frombuffer(embedding, dtype=np.float32) if embedding else None,
+        )
+
+
+def doc_key(doc_id: str) -> str:
+    return f"{PREFIX}doc:{doc_id}"
+
+
+def category_key(category: str) -> str:
+    return f"{PREFIX}cat:{category}"
+
+
+class DocumentStore:
+    def __init__(self, redis: Redis, origin: str):
+        self.redis = redis
+        self.origin = origin  # this proxy's id, so it skips its own events when following the stream
+
+    async def get_many(self, doc_ids: list[str]) -> list[Document | None]:
+        async with self.redis.pipeline(transaction=False) as pipe:
+            for doc_id in doc_ids:
+                pipe.hgetall(doc_key(doc_id))
+            rows = await pipe.execute()
+        return [Document.from_redis(i, row) if row else None for i, row in zip(doc_ids, rows)]
+
+    async def get(self, doc_id: str) -> Document | None:
+        return (await self.get_many([doc_id]))[0]
+
+    async def touch(self, doc: Document, eviction: str) -> None:
+        """Count a hit: the entry's use count, and its score for LRU or LFU eviction."""
+        async with self.redis.pipeline(transaction=False) as pipe:
+            pipe.hincrby(doc_key(doc.doc_id), "hits", 1)
+            if eviction == "lfu":
+                pipe.zincrby(category_key(doc.category), 1, doc.doc_id)
+            else:
+                pipe.zadd(category_key(doc.category), {doc.doc_id: time.time()})
+            await pipe.execute()
+
+    async def put(self, doc: Document, ttl: float, eviction: str, quota: int) -> list[str]:
+        """Store `doc` for `ttl` seconds; return the ids evicted to keep the category within `quota`."""
+        key, members = doc_key(doc.doc_id), category_key(doc.category)
+        score = 1.0 if eviction == "lfu" else time.time()
+        async with self.redis.pipeline(transaction=True) as pipe:
+            pipe.delete(key)
+            pipe.hset(key, mapping=doc.to_redis())
+            pipe.pexpire(key, max(1, int(ttl * 1000)))
+            pipe.zadd(members, {doc.doc_id: score})
+            pipe.zcard(members)
+            pipe.xadd(EVENTS, self._event("add", doc.doc_id, doc.category), maxlen=EVENTS_MAXLEN, approximate=True)
+            *_, size, _ = await pipe.execute()
+        excess = size - quota
+        if excess <= 0:
+            return []
+        evicted = [member.decode() for member, _ in await self.redis.zpopmin(members, excess)]
+        evicted = [doc_id for doc_id in evicted if doc_id != doc.doc_id]
+        await self.delete(evicted, doc.category)
+        return evicted
+
+    async def delete(self, doc_ids: list[str], category: str) -> None:
+        if not doc_ids:
+            return
+        async with self.redis.pipeline(transaction=False) as pipe:
+            pipe.delete(*(doc_key(i) for i in doc_ids))
+            pipe.zrem(category_key(category), *doc_ids)
+            for doc_id in doc_ids:
+                pipe.xadd(EVENTS, self._event("del", doc_id, category), maxlen=EVENTS_MAXLEN, approximate=True)
+            await pipe.execute()
+
+    async def alive(self, doc_ids: list[str]) -> list[bool]:
+        async with self.redis.pipeline(transaction=False) as pipe:
+            for doc_id in doc_ids:
+                pipe.exists(doc_key(doc_id))
+            return [bool(found) for found in await pipe.execute()]
+
+    async def forget_members(self, category: str, doc_ids: list[str]) -> None:
+        """Drop ids of expired entries from the category's score set."""
+        if doc_ids:
+            await self.redis.zrem(category_key(category), *doc_ids)
+
+    async def categories(self) -> list[str]:
+        names = [key.decode().removeprefix(PREFIX + "cat:") async for key in self.redis.scan_iter(PREFIX + "cat:*")]
+        return sorted(names)
+
+    async def category_size(self, category: str) -> int:
+        return await self.redis.zcard(category_key(category))
+
+    async def scan_category(self, category: str, batch: int = 1000
+                            ) -> AsyncIterator[tuple[str, str, np.ndarray | None]]:
+        """(id, scope, embedding) of every live entry of `category`, for rebuilding its index."""
+        cursor = 0
+        while True:
+            cursor, members = await self.redis.zscan(category_key(category), cursor, count=batch)
+            ids = [member.decode() for member, _ in members]
+            if ids:
+                async with self.redis.pipeline(transaction=False) as pipe:
+                    for doc_id in ids:
+                        pipe.hmget(doc_key(doc_id), "scope", "embedding")
+                    rows = await pipe.execute()
+                dead = []
+                for doc_id, (scope, embedding) in zip(ids, rows):
+                    if scope is None:
+                        dead.append(doc_id)
+                        continue
+                    yield doc_id, scope.decode(), np.frombuffer(embedding, dtype=np.float32) if embedding else None
+                await self.forget_members(category, dead)
+            if cursor == 0:
+                return
+
+    async def last_event_id(self) -> str:
+        newest = await self.redis.xrevrange(EVENTS, count=1)
+        return newest[0][0].decode() if newest else "0-0"
+
+    async def read_events(self, after: str, block_ms: int) -> list[tuple[str, dict[str, str]]]:
+        """Events after `after` written by other proxies."""
+        answer = await self.redis.xread({EVENTS: after}, block=block_ms, count=1000)
+        events = []
+        for _, entries in answer or []:
+            for event_id, fields in entries:
+                decoded = {k.decode(): v.decode() for k, v in fields.items()}
+                events.append((event_id.decode(), decoded))
+        return events
+
+    def _event(self, op: str, doc_id: str, category: str) -> dict[str, str]:
+        return {"op": op, "id": doc_id, "category": category, "origin": self.origin}
