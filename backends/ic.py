@@ -1,0 +1,40 @@
+"""IC-Cache: answer a near miss with a small model, given similar cached exchanges as examples.
+
+The examples go right after the system prompt, in a stable order (oldest entry first), so that
+requests of one category share a prompt prefix and the backend's prefix cache reuses their KV.
+"""
+
+from __future__ import annotations
+
+from catcache.store.documents import Document
+
+
+def example_messages(examples: list[Document]) -> list[dict]:
+    messages = []
+    for doc in sorted(examples, key=lambda d: (d.created, d.doc_id)):
+        answer = _answer_text(doc.response)
+        if doc.query and answer:
+            messages += [{"role": "user", "content": doc.query}, {"role": "assistant", "content": answer}]
+    return messages
+
+
+def in_context_request(body: dict, endpoint: str, examples: list[Document], model: str | None) -> dict:
+    """The request for the small backend: the original with the examples spliced in."""
+    shots = example_messages(examples)
+    request = dict(body)
+    if model:
+        request["model"] = model
+    if endpoint == "chat":
+        messages = list(body["messages"])
+        system = [m for m in messages[:1] if m.get("role") in ("system", "developer")]
+        request["messages"] = system + shots + messages[len(system):]
+    else:
+        prefix = "".join(f"Q: {shots[i]['content']}\nA: {shots[i + 1]['content']}\n\n" for i in range(0, len(shots), 2))
+        request["prompt"] = prefix + f"Q: {body['prompt']}\nA:" if shots else body["prompt"]
+    return request
+
+
+def _answer_text(response: dict) -> str:
+    choices = response.get("choices") or [{}]
+    first = choices[0]
+    return (first.get("message") or {}).get("content") or first.get("text") or ""

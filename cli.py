@@ -1,0 +1,104 @@
+"""The `catcache` command: serve, policy check, calibrate, report, deploy."""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import sys
+from pathlib import Path
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="catcache", description=__doc__)
+    commands = parser.add_subparsers(dest="command", required=True)
+    _add_serve(commands)
+    _add_policy(commands)
+    for module in _feature_modules():
+        module.add_parser(commands)
+    args = parser.parse_args(argv)
+    return args.run(args)
+
+
+def _feature_modules() -> list:
+    from catcache.deploy import render
+    from catcache.index import calibrate
+    from catcache.reports import report
+
+    return [calibrate, report, render]
+
+
+def _env(flag: str, default: str | None = None) -> str | None:
+    return os.environ.get(f"CATCACHE_{flag.upper().replace('-', '_')}", default)
+
+
+def _add_serve(commands: argparse._SubParsersAction) -> None:
+    serve = commands.add_parser("serve", help="run the caching proxy",
+                                description="Run the caching proxy. Every flag can also be set as CATCACHE_<FLAG>.")
+    serve.add_argument("--backend", default=_env("backend"),
+                       help="OpenAI-style base URL of the large backend, including /v1 (overrides policies.yaml)")
+    serve.add_argument("--policies", default=_env("policies"),
+                       help="policies.yaml (default: ./policies.yaml if present, else the built-in defaults)")
+    serve.add_argument("--redis", default=_env("redis"),
+                       help="redis:// URL; without it catcache runs its own redis-server in the data dir")
+    serve.add_argument("--data-dir", default=_env("data_dir"), help="where the embedded Redis keeps its files")
+    serve.add_argument("--host", default=_env("host", "127.0.0.1"))
+    serve.add_argument("--port", type=int, default=int(_env("port", "8080")))
+    serve.add_argument("--log-level", default=_env("log_level", "info"), choices=["debug", "info", "warning", "error"])
+    serve.set_defaults(run=_serve)
+
+
+def _serve(args: argparse.Namespace) -> int:
+    import uvicorn
+
+    from catcache.policy.loader import PolicyError, load_policy
+    from catcache.proxy.app import Settings, create_app
+    from catcache.store.embedded import DataDirInUse, EmbeddedRedis, default_data_dir
+
+    logging.basicConfig(level=args.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    policies = Path(args.policies) if args.policies else (Path("policies.yaml") if Path("policies.yaml").is_file() else None)
+    try:
+        policy = load_policy(policies)
+    except PolicyError as exc:
+        print(f"catcache: the policy file is not valid:\n{exc}", file=sys.stderr)
+        return 2
+    if not args.backend and policy.backend("large") is None:
+        print("catcache: no large backend: pass --backend URL or add one to policies.yaml", file=sys.stderr)
+        return 2
+    embedded = None
+    redis_url = args.redis or policy.redis_url
+    if redis_url is None:
+        embedded = EmbeddedRedis(Path(args.data_dir) if args.data_dir else default_data_dir())
+        try:
+            redis_url = embedded.start()
+        except (DataDirInUse, RuntimeError) as exc:
+            print(f"catcache: {exc}", file=sys.stderr)
+            return 2
+    try:
+        app = create_app(Settings(backend=args.backend, policies=policies, redis_url=redis_url))
+        uvicorn.run(app, host=args.host, port=args.port, log_level=args.log_level, access_log=False,
+                    loop="uvloop" if sys.platform != "win32" else "auto", timeout_graceful_shutdown=5)
+    finally:
+        if embedded is not None:
+            embedded.stop()
+    return 0
+
+
+def _add_policy(commands: argparse._SubParsersAction) -> None:
+    policy = commands.add_parser("policy", help="work with policies.yaml")
+    verbs = policy.add_subparsers(dest="verb", required=True)
+    check = verbs.add_parser("check", help="validate a policy file; print every error with its line and field")
+    check.add_argument("file", type=Path)
+    check.set_defaults(run=_policy_check)
+
+
+def _policy_check(args: argparse.Namespace) -> int:
+    from catcache.policy.loader import PolicyError, load_policy
+
+    try:
+        policy = load_policy(args.file)
+    except PolicyError as exc:
+        print(exc, file=sys.stderr)
+        return 1
+    print(f"{args.file}: ok ({len(policy.categories)} categories: {', '.join(policy.categories)})")
+    return 0

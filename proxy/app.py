@@ -1,0 +1,155 @@
+"""The HTTP face of catcache: OpenAI's routes, pass-through for the rest of /v1, and admin."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import os
+import uuid
+from collections.abc import AsyncIterator, Awaitable, Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+import httpx
+from fastapi import FastAPI, Request
+from fastapi.responses import ORJSONResponse, Response, StreamingResponse
+from redis.asyncio import Redis
+from starlette.background import BackgroundTask
+
+from catcache.backends.client import forwardable
+from catcache.index.embedder import Embedder
+from catcache.index.semantic import SemanticIndex
+from catcache.policy.loader import PolicyError, load_policy
+from catcache.proxy.errors import bad_gateway, openai_error
+from catcache.proxy.pipeline import CachePipeline
+from catcache.proxy.state import ProxyState, build_live
+from catcache.reports.recorder import Recorder
+from catcache.store.documents import DocumentStore
+from catcache.store.health import CacheUnavailable, RedisGuard
+
+log = logging.getLogger("catcache")
+SWEEP_EVERY_S = 60.0
+POLICY_POLL_S = 1.0
+
+
+@dataclass(frozen=True)
+class Settings:
+    backend: str | None
+    policies: Path | None
+    redis_url: str
+
+
+def create_app(settings: Settings) -> FastAPI:
+    app = FastAPI(title="catcache", lifespan=lambda app: lifespan(app, settings), docs_url=None, redoc_url=None)
+
+    @app.get("/healthz")
+    async def healthz(request: Request) -> ORJSONResponse:
+        state: ProxyState = request.app.state.proxy
+        return ORJSONResponse({"status": "ok", "redis": "up" if state.guard.healthy else "down",
+                               "index": state.index.sizes(), "policy_error": state.last_reload_error})
+
+    @app.post("/admin/reload")
+    async def reload(request: Request) -> ORJSONResponse:
+        try:
+            await request.app.state.proxy.reload()
+        except PolicyError as exc:
+            return openai_error(400, f"policy refused, the old policy stays live:\n{exc}", code="invalid_policy")
+        return ORJSONResponse({"status": "reloaded"})
+
+    @app.post("/v1/chat/completions")
+    async def chat(request: Request) -> Response:
+        return await request.app.state.pipeline.handle(request, "chat")
+
+    @app.post("/v1/completions")
+    async def completions(request: Request) -> Response:
+        return await request.app.state.pipeline.handle(request, "completions")
+
+    @app.api_route("/v1/{rest:path}", methods=["GET", "POST", "PUT", "PATCH", "DELETE", "HEAD", "OPTIONS"])
+    async def passthrough(request: Request) -> Response:
+        return await pass_through(request.app.state.proxy, request)
+
+    return app
+
+
+async def pass_through(state: ProxyState, request: Request) -> Response:
+    """Relay any other /v1 request unchanged: method, headers, body, status, streaming."""
+    backend = state.large()
+    try:
+        upstream = await backend.open(request.method, request.url.path, headers=forwardable(request.headers),
+                                      content=await request.body(), query=request.url.query)
+    except httpx.HTTPError as exc:
+        return bad_gateway(f"catcache could not reach the backend: {exc!r}")
+    return StreamingResponse(upstream.aiter_raw(), status_code=upstream.status_code,
+                             headers=forwardable(upstream.headers), background=BackgroundTask(upstream.aclose))
+
+
+@contextlib.asynccontextmanager
+async def lifespan(app: FastAPI, settings: Settings) -> AsyncIterator[None]:
+    policy = load_policy(settings.policies)
+    embedder = await asyncio.to_thread(Embedder, policy.embedding_model)
+    redis = Redis.from_url(settings.redis_url, socket_timeout=1.0, socket_connect_timeout=1.0)
+    store = DocumentStore(redis, origin=uuid.uuid4().hex)
+    state = ProxyState(
+        live=await asyncio.to_thread(build_live, policy, embedder, settings.backend),
+        policy_path=settings.policies, backend_override=settings.backend, embedder=embedder, store=store,
+        guard=RedisGuard(redis), index=SemanticIndex(store, embedder.dim), recorder=Recorder())
+    await state.index.rebuild()
+    app.state.proxy = state
+    app.state.pipeline = CachePipeline(state)
+    tasks = [asyncio.create_task(every(SWEEP_EVERY_S, lambda: state.guard.run(state.index.sweep(), timeout=30))),
+             asyncio.create_task(follow_replicas(state))]
+    if settings.policies is not None:
+        tasks.append(asyncio.create_task(watch_policy(state, settings.policies)))
+    log.info("catcache ready: backend %s, redis %s", state.large().base_url, settings.redis_url)
+    try:
+        yield
+    finally:
+        for task in tasks:
+            task.cancel()
+        await state.recorder.close()
+        for client in state.live.backends.values():
+            await client.aclose()
+        state.guard.close()
+        embedder.close()
+        await redis.aclose()
+
+
+async def every(seconds: float, job: Callable[[], Awaitable[object]]) -> None:
+    while True:
+        await asyncio.sleep(seconds)
+        with contextlib.suppress(CacheUnavailable):
+            await job()
+
+
+async def follow_replicas(state: ProxyState) -> None:
+    """Learn of entries other proxies add or evict, through the Redis event stream."""
+    after = None
+    while True:
+        try:
+            if after is None:
+                after = await state.guard.run(state.store.last_event_id())
+            after = await state.guard.run(state.index.follow(after), timeout=5.0)
+        except CacheUnavailable:
+            await asyncio.sleep(1.0)
+
+
+async def watch_policy(state: ProxyState, path: Path) -> None:
+    """Reload the policy file when it changes; a bad file is logged and the old policy kept."""
+    seen = _mtime(path)
+    while True:
+        await asyncio.sleep(POLICY_POLL_S)
+        current = _mtime(path)
+        if current == seen:
+            continue
+        seen = current
+        with contextlib.suppress(PolicyError):
+            await state.reload()
+
+
+def _mtime(path: Path) -> tuple[float, int] | None:
+    try:
+        stat = os.stat(path)
+    except OSError:
+        return None
+    return stat.st_mtime, stat.st_size

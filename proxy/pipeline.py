@@ -1,0 +1,392 @@
+"""One cacheable request, start to finish:
+
+canonicalise -> classify (rules) -> functional tier -> embed -> classify (exemplars) ->
+semantic tier (+ verifier) -> IC band -> large backend (single flight) -> store.
+
+Any cache failure turns the request into a plain pass-through; the cache never turns a good
+answer into an error.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import logging
+import time
+import uuid
+from collections.abc import AsyncIterator
+from dataclasses import dataclass, field
+
+import httpx
+import numpy as np
+import orjson
+from fastapi import Request
+from fastapi.responses import ORJSONResponse, Response, StreamingResponse
+
+from catcache.backends.client import BackendClient, forwardable
+from catcache.backends.ic import in_context_request
+from catcache.categories.classifier import Classification, RequestTraits
+from catcache.index.verify import load_verifier
+from catcache.policy.schema import Category, Policy
+from catcache.proxy.canonical import CanonicalRequest, InvalidRequest, canonicalise
+from catcache.proxy.errors import bad_gateway, openai_error
+from catcache.proxy.sse import DONE, StreamAssembler, event_payloads, replay_chunks
+from catcache.proxy.state import ProxyState
+from catcache.reports.record import RequestRecord
+from catcache.store.documents import Document
+from catcache.store.health import CacheUnavailable
+
+log = logging.getLogger("catcache.proxy")
+NEIGHBOURS = 8
+VERIFY_AT_MOST = 3
+
+
+@dataclass
+class Exchange:
+    """What the pipeline knows about one request so far."""
+
+    endpoint: str
+    path: str
+    body: dict
+    canon: CanonicalRequest
+    headers: dict[str, str]
+    tenant: str | None
+    stream: bool
+    include_usage: bool
+    control: str | None
+    started: float = field(default_factory=time.perf_counter)
+    category: str = ""
+    policy: Category | None = None
+    vector: np.ndarray | None = None
+    doc_id: str = ""
+    scope_key: str = ""
+    similarity: float | None = None
+    verdict: str | None = None
+
+    def elapsed_ms(self) -> float:
+        return (time.perf_counter() - self.started) * 1000
+
+
+class CachePipeline:
+    def __init__(self, state: ProxyState):
+        self.state = state
+
+    async def handle(self, request: Request, endpoint: str) -> Response:
+        exchange = await self._parse(request, endpoint)
+        if isinstance(exchange, Response):
+            return exchange
+        state, canon = self.state, exchange.canon
+        policy = state.policy
+        if exchange.control == "no-store" or canon.n > 1 or not state.guard.healthy:
+            return await self._forward(exchange, "bypass")
+        traits = RequestTraits(canon.model, exchange.path, request.headers.get("x-catcache-category"),
+                               canon.query_text, canon.has_code)
+        ruled = state.live.classifier.by_rules(traits)
+        if ruled is not None and not policy.category(ruled.category).cacheable:
+            self._classify(exchange, policy, ruled)
+            return await self._forward(exchange, "bypass")
+        try:
+            if exchange.control != "no-cache":
+                doc = await self._exact_lookup(exchange, policy)
+                if doc is not None:
+                    return await self._serve(exchange, doc, "hit-exact")
+            if canon.query_text:
+                exchange.vector = await state.embedder.embed(canon.query_text)
+            self._classify(exchange, policy, ruled or state.live.classifier.classify(traits, exchange.vector))
+            if not exchange.policy.cacheable:
+                return await self._forward(exchange, "bypass")
+            if exchange.control != "no-cache" and exchange.vector is not None:
+                doc, band = await self._semantic_lookup(exchange, policy)
+                if doc is not None:
+                    return await self._serve(exchange, doc, "hit-semantic")
+                if band:
+                    answer = await self._in_context(exchange, policy, band)
+                    if answer is not None:
+                        return answer
+        except CacheUnavailable:
+            return await self._forward(exchange, "bypass")
+        return await self._fetch(exchange)
+
+    # -- parse and scope ---------------------------------------------------------------------
+
+    async def _parse(self, request: Request, endpoint: str) -> Exchange | Response:
+        try:
+            body = orjson.loads(await request.body())
+        except orjson.JSONDecodeError as exc:
+            return openai_error(400, f"We could not parse the JSON body of your request: {exc}")
+        try:
+            canon = canonicalise(endpoint, body, None)
+        except InvalidRequest as exc:
+            return openai_error(400, str(exc), param=exc.param)
+        headers = forwardable(request.headers, drop={"accept-encoding"})
+        stream = body.get("stream") is True
+        options = body.get("stream_options") or {}
+        return Exchange(endpoint=endpoint, path=request.url.path, body=body, canon=canon, headers=headers,
+                        tenant=tenant_of(request, self.state.policy), stream=stream,
+                        include_usage=stream and bool(options.get("include_usage")),
+                        control=cache_control(request.headers.get("cache-control", "")))
+
+    def _classify(self, exchange: Exchange, policy: Policy, classification: Classification) -> None:
+        exchange.category = classification.category if classification.category in policy.categories \
+            else policy.classifier.default
+        exchange.policy = policy.category(exchange.category)
+        tenant = None if exchange.policy.shared else exchange.tenant
+        exchange.doc_id = scoped(exchange.canon.functional_key, tenant)
+        exchange.scope_key = scoped(exchange.canon.scope_key, tenant)
+
+    # -- the cache tiers ---------------------------------------------------------------------
+
+    async def _exact_lookup(self, exchange: Exchange, policy: Policy) -> Document | None:
+        """The tenant's own entry, or a shared category's entry; one Redis round trip."""
+        key = exchange.canon.functional_key
+        candidates = [scoped(key, exchange.tenant)] + ([key] if exchange.tenant else [])
+        docs = await self.state.guard.run(self.state.store.get_many(candidates))
+        for doc in docs:
+            if doc is None or doc.category not in policy.categories:
+                continue
+            category = policy.categories[doc.category]
+            if not category.cacheable or (doc.doc_id == key and exchange.tenant and not category.shared):
+                continue
+            self._classify(exchange, policy, Classification(doc.category, 1.0, "exact"))
+            return doc
+        return None
+
+    async def _semantic_lookup(self, exchange: Exchange, policy: Policy
+                               ) -> tuple[Document | None, list[tuple[float, str]]]:
+        """The verified neighbour to serve, else the neighbours inside the IC band."""
+        category = exchange.policy
+        threshold = category.threshold - self._relief(policy) * policy.adaptive.max_threshold_step
+        neighbours = self.state.index.search(exchange.category, exchange.vector, exchange.scope_key, NEIGHBOURS)
+        if not neighbours:
+            return None, []
+        exchange.similarity = neighbours[0].similarity
+        above = [n for n in neighbours if n.similarity >= threshold][:VERIFY_AT_MOST]
+        if above:
+            docs = await self.state.guard.run(self.state.store.get_many([n.entry.doc_id for n in above]))
+            for neighbour, doc in zip(above, docs):
+                if doc is None:
+                    self.state.index.remove(exchange.category, [neighbour.entry.doc_id])
+                    continue
+                verdict = await self._verify(exchange, doc, neighbour.similarity)
+                if verdict is None:
+                    exchange.similarity = neighbour.similarity
+                    return doc, []
+                exchange.verdict = exchange.verdict or verdict
+        low = category.ic.low if category.ic else None
+        band = [(n.similarity, n.entry.doc_id) for n in neighbours if low is not None and n.similarity >= low]
+        return None, band
+
+    async def _verify(self, exchange: Exchange, doc: Document, similarity: float) -> str | None:
+        """None to serve `doc`, else the reason it was refused."""
+        settings = exchange.policy.verify
+        if not settings.enabled or settings.verifier == "none":
+            return None
+        verifier = load_verifier(settings.verifier)
+        verdict = await asyncio.to_thread(verifier.check, exchange.canon.query_text, doc.query, similarity,
+                                          settings.threshold)
+        return None if verdict.accepted else verdict.reason
+
+    def _relief(self, policy: Policy) -> float:
+        """0..1: how far the adaptive policy relaxes, from the large backend's queue."""
+        if not policy.adaptive.enabled:
+            return 0.0
+        return min(1.0, self.state.large().in_flight / policy.adaptive.queue_high)
+
+    # -- answers -----------------------------------------------------------------------------
+
+    async def _serve(self, exchange: Exchange, doc: Document, outcome: str) -> Response:
+        try:
+            await self.state.guard.run(self.state.store.touch(doc, exchange.policy.eviction))
+        except CacheUnavailable:
+            pass  # the hit is still good; only its use count is lost
+        response = dict(doc.response, id=fresh_id(exchange.endpoint))
+        self._record(exchange, outcome, doc.latency_ms, response.get("usage"))
+        headers = self._headers(exchange, outcome)
+        if exchange.stream:
+            return StreamingResponse(iterate(replay_chunks(response, exchange.endpoint, exchange.include_usage)),
+                                     media_type="text/event-stream", headers=headers)
+        return ORJSONResponse(response, headers=headers)
+
+    async def _in_context(self, exchange: Exchange, policy: Policy, band: list[tuple[float, str]]) -> Response | None:
+        """Answer with the small backend and the band's cached pairs as examples; None to fall through."""
+        settings = exchange.policy.ic
+        small = self.state.live.backends.get(settings.backend)
+        if small is None or (exchange.endpoint == "completions" and not isinstance(exchange.body.get("prompt"), str)):
+            return None
+        ids = [doc_id for _, doc_id in sorted(band, reverse=True)[:settings.k]]
+        examples = [doc for doc in await self.state.guard.run(self.state.store.get_many(ids)) if doc is not None]
+        if not examples:
+            return None
+        body = in_context_request(exchange.body, exchange.endpoint, examples, small.config.model)
+        return await self._call(exchange, small, body, "ic", store=False)
+
+    async def _fetch(self, exchange: Exchange) -> Response:
+        """A miss: one backend call per distinct request at a time, stored on success."""
+        flight = self.state.flights.leader(exchange.doc_id)
+        if flight is not None:
+            response = await asyncio.shield(flight)
+            if response is not None:
+                doc = Document(exchange.doc_id, exchange.endpoint, exchange.canon.model, exchange.category,
+                               exchange.scope_key, exchange.canon.query_text, response)
+                return await self._serve(exchange, doc, "hit-exact")
+            return await self._call(exchange, self.state.large(), exchange.body, "miss", store=True)
+        return await self._call(exchange, self.state.large(), exchange.body, "miss", store=True,
+                                flight=exchange.doc_id)
+
+    async def _forward(self, exchange: Exchange, outcome: str) -> Response:
+        return await self._call(exchange, self.state.large(), exchange.body, outcome, store=False)
+
+    async def _call(self, exchange: Exchange, backend: BackendClient, body: dict, outcome: str, *,
+                    store: bool, flight: str | None = None) -> Response:
+        """Send `body` to `backend`; relay its answer (streamed as it arrives) and store it if asked."""
+        if exchange.stream:
+            body = dict(body, stream_options={**(body.get("stream_options") or {}), "include_usage": True})
+        backend.in_flight += 1
+        started = time.perf_counter()
+        try:
+            upstream = await backend.open("POST", exchange.path, headers=exchange.headers, content=orjson.dumps(body))
+        except httpx.HTTPError as exc:
+            backend.in_flight -= 1
+            self._land(flight, None)
+            self._record(exchange, "error", None, None)
+            return bad_gateway(f"catcache could not reach the {backend.name} backend: {exc!r}")
+        if upstream.status_code >= 300 or not exchange.stream:
+            try:
+                content = await upstream.aread()
+            finally:
+                await upstream.aclose()
+                backend.in_flight -= 1
+            latency = (time.perf_counter() - started) * 1000
+            ok = upstream.status_code < 300
+            response = orjson.loads(content) if ok else None
+            if ok and store:
+                await self._store(exchange, response, latency)
+            self._land(flight, response)
+            self._record(exchange, outcome if ok else "error", latency, response and response.get("usage"))
+            headers = forwardable(upstream.headers, drop={"content-encoding"}) | self._headers(exchange, outcome)
+            return Response(content, status_code=upstream.status_code, headers=headers)
+        relay = self._relay(exchange, backend, upstream, started, outcome, store, flight)
+        return StreamingResponse(relay, status_code=upstream.status_code, media_type="text/event-stream",
+                                 headers=self._headers(exchange, outcome))
+
+    async def _relay(self, exchange: Exchange, backend: BackendClient, upstream: httpx.Response, started: float,
+                     outcome: str, store: bool, flight: str | None) -> AsyncIterator[bytes]:
+        """Pass each SSE event on as soon as it is complete, folding a copy for the cache."""
+        assembler = StreamAssembler(exchange.endpoint)
+        pending = b""
+        try:
+            async for piece in upstream.aiter_bytes():
+                pending += piece.replace(b"\r\n", b"\n")
+                while b"\n\n" in pending:
+                    event, pending = pending.split(b"\n\n", 1)
+                    if await self._fold(exchange, assembler, event + b"\n\n", started, store):
+                        self._land(flight, assembler.response())
+                    if self._client_wants(exchange, event):
+                        yield event + b"\n\n"
+        except httpx.HTTPError as exc:
+            log.warning("backend stream broke off: %r", exc)
+        finally:
+            await upstream.aclose()
+            backend.in_flight -= 1
+            self._land(flight, None)
+            complete = assembler.complete
+            self._record(exchange, outcome if complete else "error", (time.perf_counter() - started) * 1000,
+                         assembler.usage)
+
+    async def _fold(self, exchange: Exchange, assembler: StreamAssembler, event: bytes, started: float,
+                    store: bool) -> bool:
+        """Add one event to the copy; True when it completed a storable stream (stored by now)."""
+        for payload in event_payloads(event):
+            if payload == b"[DONE]":
+                assembler.done = True
+            elif payload:
+                assembler.add(orjson.loads(payload))
+        if not (assembler.done and assembler.complete):
+            return False
+        if store:
+            await self._store(exchange, assembler.response(), (time.perf_counter() - started) * 1000)
+        return True
+
+    def _client_wants(self, exchange: Exchange, event: bytes) -> bool:
+        """Drop the usage-only chunk that catcache asked for on the client's behalf."""
+        if exchange.include_usage or event.startswith(DONE.strip()):
+            return True
+        for payload in event_payloads(event):
+            if payload.startswith(b"{") and b'"usage"' in payload:
+                chunk = orjson.loads(payload)
+                if not chunk.get("choices") and chunk.get("usage"):
+                    return False
+        return True
+
+    async def _store(self, exchange: Exchange, response: dict, latency_ms: float) -> None:
+        """Keep a good answer; a failure here is logged and never reaches the client."""
+        category, policy = exchange.policy, self.state.policy
+        if category is None or not response.get("choices"):
+            return
+        doc = Document(exchange.doc_id, exchange.endpoint, exchange.canon.model, exchange.category,
+                       exchange.scope_key, exchange.canon.query_text, response, request=exchange.canon.canonical,
+                       latency_ms=latency_ms, embedding=exchange.vector)
+        ttl = category.ttl * (1 + self._relief(policy) * (policy.adaptive.max_ttl_factor - 1))
+        try:
+            evicted = await self.state.guard.run(self.state.store.put(doc, ttl, category.eviction, category.quota))
+        except CacheUnavailable as exc:
+            log.warning("could not store a response (%s); it was still served", exc)
+            return
+        self.state.index.remove(exchange.category, evicted)
+        if exchange.vector is not None:
+            self.state.index.add(exchange.category, exchange.doc_id, exchange.scope_key, exchange.vector)
+
+    def _land(self, flight: str | None, response: dict | None) -> None:
+        if flight is not None:
+            self.state.flights.land(flight, response)
+
+    # -- headers and records -----------------------------------------------------------------
+
+    def _headers(self, exchange: Exchange, outcome: str) -> dict[str, str]:
+        headers = {"x-catcache": outcome}
+        if exchange.category:
+            headers["x-catcache-category"] = exchange.category
+        if exchange.similarity is not None and outcome in ("hit-semantic", "ic", "miss"):
+            headers["x-catcache-similarity"] = f"{exchange.similarity:.4f}"
+        if exchange.verdict and outcome != "hit-semantic":
+            headers["x-catcache-verdict"] = exchange.verdict[:200]
+        return headers
+
+    def _record(self, exchange: Exchange, outcome: str, backend_ms: float | None, usage: dict | None) -> None:
+        usage = usage or {}
+        self.state.recorder.record(RequestRecord(
+            outcome=outcome, category=exchange.category or "-", model=exchange.canon.model, tenant=exchange.tenant,
+            similarity=exchange.similarity, verdict=exchange.verdict, latency_ms=exchange.elapsed_ms(),
+            backend_latency_ms=backend_ms, prompt_tokens=int(usage.get("prompt_tokens") or 0),
+            completion_tokens=int(usage.get("completion_tokens") or 0), endpoint=exchange.endpoint))
+
+
+def scoped(key: str, tenant: str | None) -> str:
+    return hashlib.sha256(f"{tenant}\0{key}".encode()).hexdigest() if tenant else key
+
+
+def tenant_of(request: Request, policy: Policy) -> str | None:
+    """A hash that stands for the caller (never the key itself), or None for one shared cache."""
+    if policy.tenancy.by == "none":
+        return None
+    if policy.tenancy.by == "header":
+        value = request.headers.get(policy.tenancy.header)
+    else:
+        value = request.headers.get("authorization", "").removeprefix("Bearer ").strip() or None
+    return hashlib.sha256(value.encode()).hexdigest()[:32] if value else None
+
+
+def cache_control(header: str) -> str | None:
+    directives = {part.strip().lower() for part in header.split(",")}
+    if "no-store" in directives:
+        return "no-store"
+    return "no-cache" if "no-cache" in directives else None
+
+
+def fresh_id(endpoint: str) -> str:
+    return ("chatcmpl-" if endpoint == "chat" else "cmpl-") + uuid.uuid4().hex[:24]
+
+
+async def iterate(chunks) -> AsyncIterator[bytes]:
+    for chunk in chunks:
+        yield chunk

@@ -1,0 +1,83 @@
+"""Everything one proxy process holds: the live policy and what is derived from it, the cache
+tiers, the backends. A policy reload builds the derived parts first and swaps them in at once,
+so a request sees either the old policy or the new one, never half of each."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from catcache.backends.client import BackendClient
+from catcache.categories.classifier import Classifier
+from catcache.index.embedder import Embedder
+from catcache.index.semantic import SemanticIndex
+from catcache.policy.loader import PolicyError, PolicyIssue, load_policy
+from catcache.policy.schema import Backend, Policy
+from catcache.proxy.singleflight import SingleFlight
+from catcache.reports.recorder import Recorder
+from catcache.store.documents import DocumentStore
+from catcache.store.health import RedisGuard
+
+log = logging.getLogger("catcache.policy")
+
+
+@dataclass
+class Live:
+    """The policy and the parts built from it, swapped together."""
+
+    policy: Policy
+    classifier: Classifier
+    backends: dict[str, BackendClient]
+
+
+@dataclass
+class ProxyState:
+    live: Live
+    policy_path: Path | None
+    backend_override: str | None
+    embedder: Embedder
+    store: DocumentStore
+    guard: RedisGuard
+    index: SemanticIndex
+    recorder: Recorder
+    flights: SingleFlight = field(default_factory=SingleFlight)
+    last_reload_error: str | None = None
+
+    @property
+    def policy(self) -> Policy:
+        return self.live.policy
+
+    def large(self) -> BackendClient:
+        return self.live.backends["large"]
+
+    async def reload(self) -> Policy:
+        """Load the policy file again; on any error keep the live policy and raise PolicyError."""
+        try:
+            policy = await asyncio.to_thread(load_policy, self.policy_path)
+            live = await asyncio.to_thread(build_live, policy, self.embedder, self.backend_override)
+        except PolicyError as exc:
+            self.last_reload_error = str(exc)
+            log.error("policy reload refused, the old policy stays live:\n%s", exc)
+            raise
+        old, self.live = self.live, live
+        self.last_reload_error = None
+        log.info("policy reloaded from %s", self.policy_path or "built-in defaults")
+        for client in old.backends.values():
+            asyncio.create_task(client.aclose())
+        return policy
+
+
+def build_live(policy: Policy, embedder: Embedder, backend_override: str | None) -> Live:
+    backends = {name: BackendClient(name, config) for name, config in policy.backends.items()}
+    large = policy.backend("large")
+    if backend_override:
+        config = large.model_copy(update={"url": backend_override}) if large else Backend(url=backend_override)
+        backends["large"] = BackendClient("large", config)
+    elif large is not None:
+        backends["large"] = BackendClient("large", large)
+    if "large" not in backends:
+        raise PolicyError([PolicyIssue("policies.yaml", None, "backends",
+                                       "no backend with role large: add one, or pass --backend URL")])
+    return Live(policy, Classifier.build(policy, embedder.encode), backends)
