@@ -1,0 +1,89 @@
+"""Shared fixtures: a real Redis, the OpenAI-compatible test backend, and `catcache serve` runs."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from pathlib import Path
+
+import pytest
+import redis
+
+from catcache.store.embedded import EmbeddedRedis
+
+from .backend import TestBackend
+from .util import ProxyProcess
+
+DEFAULT_POLICIES = Path(__file__).resolve().parent.parent / "policies.yaml"
+
+
+@pytest.fixture(scope="session")
+def redis_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    """One redis-server for the session; tests that need it empty ask for `clean_redis`."""
+    with EmbeddedRedis(tmp_path_factory.mktemp("redis")) as server:
+        yield server.url
+
+
+@pytest.fixture
+def redis_client(redis_url: str) -> Iterator[redis.Redis]:
+    client = redis.Redis.from_url(redis_url)
+    yield client
+    client.close()
+
+
+@pytest.fixture
+def clean_redis(redis_client: redis.Redis) -> redis.Redis:
+    redis_client.flushall()
+    return redis_client
+
+
+@pytest.fixture(scope="session")
+def backend() -> Iterator[TestBackend]:
+    with TestBackend() as server:
+        yield server
+
+
+@pytest.fixture
+def fresh_backend(backend: TestBackend) -> TestBackend:
+    """The session backend with its call counts zeroed (answer numbers keep counting)."""
+    backend.reset()
+    return backend
+
+
+ProxyFactory = Callable[..., ProxyProcess]
+
+
+@pytest.fixture
+def proxy_factory(backend: TestBackend, tmp_path: Path) -> Iterator[ProxyFactory]:
+    """Start `catcache serve` processes in front of the test backend; all are stopped at teardown.
+
+    Each call gets its own data dir (and so its own embedded Redis) unless `data_dir` or
+    `redis_url` says otherwise.
+    """
+    proxies: list[ProxyProcess] = []
+
+    def start(
+        *,
+        policies: Path | str = DEFAULT_POLICIES,
+        redis_url: str | None = None,
+        backend_url: str | None = None,
+        data_dir: Path | None = None,
+        extra_args: Sequence[str] = (),
+        env: Mapping[str, str] | None = None,
+    ) -> ProxyProcess:
+        proxy = ProxyProcess(
+            backend_url or backend.base_url,
+            policies,
+            data_dir or tmp_path / f"proxy-{len(proxies)}",
+            redis_url=redis_url,
+            extra_args=extra_args,
+            env=env,
+        )
+        proxies.append(proxy)
+        try:
+            return proxy.start()
+        except RuntimeError as exc:
+            pytest.fail(str(exc), pytrace=False)
+
+    yield start
+    for proxy in proxies:
+        proxy.stop()

@@ -1,0 +1,128 @@
+"""Helpers for tests and benchmarks: free ports, waiting on HTTP, and `catcache serve` as a child."""
+
+from __future__ import annotations
+
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+
+import httpx
+
+from catcache.store.embedded import die_with_parent
+
+START_TIMEOUT = 60.0
+STOP_TIMEOUT = 15.0
+
+
+def free_port() -> int:
+    """A loopback port nobody listens on right now (another process could still take it)."""
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def wait_http(url: str, timeout: float = START_TIMEOUT, process: subprocess.Popen[bytes] | None = None) -> None:
+    """Poll GET `url` until it answers 200; give up early if `process` exits meanwhile."""
+    deadline = time.monotonic() + timeout
+    while True:
+        if process is not None and process.poll() is not None:
+            raise RuntimeError(f"process exited with status {process.returncode} before {url} answered")
+        try:
+            if httpx.get(url, timeout=2.0).status_code == 200:
+                return
+        except httpx.TransportError:
+            pass
+        if time.monotonic() > deadline:
+            raise TimeoutError(f"{url} did not answer 200 within {timeout:g} s")
+        time.sleep(0.05)
+
+
+class ProxyProcess:
+    """`catcache serve` as a subprocess on a free port; its output goes to `log_path`."""
+
+    def __init__(
+        self,
+        backend_url: str,
+        policies: Path | str,
+        data_dir: Path,
+        redis_url: str | None = None,
+        extra_args: Sequence[str] = (),
+        env: Mapping[str, str] | None = None,
+        log_path: Path | None = None,
+    ):
+        self.port = free_port()
+        self.data_dir = Path(data_dir)
+        self.log_path = log_path or self.data_dir.with_name(self.data_dir.name + ".log")
+        self.args = [
+            sys.executable, "-m", "catcache", "serve",
+            "--backend", backend_url,
+            "--host", "127.0.0.1",
+            "--port", str(self.port),
+            "--data-dir", str(self.data_dir),
+            "--policies", str(policies),
+            *(["--redis", redis_url] if redis_url else []),
+            *extra_args,
+        ]  # fmt: skip
+        self.env = {**os.environ, "HF_HUB_OFFLINE": "1", "PYTHONUNBUFFERED": "1", **(env or {})}
+        self.process: subprocess.Popen[bytes] | None = None
+        self._log_offset = 0
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    @property
+    def base_url(self) -> str:
+        return f"{self.url}/v1"
+
+    def start(self, timeout: float = START_TIMEOUT) -> ProxyProcess:
+        """Start and wait for /healthz; on failure stop it and raise with the end of its log."""
+        self.data_dir.parent.mkdir(parents=True, exist_ok=True)
+        self._log_offset = self.log_path.stat().st_size if self.log_path.exists() else 0
+        with open(self.log_path, "ab") as log:
+            self.process = subprocess.Popen(
+                self.args,
+                env=self.env,
+                stdin=subprocess.DEVNULL,
+                stdout=log,
+                stderr=subprocess.STDOUT,
+                preexec_fn=die_with_parent(),  # a killed test run leaves no proxy behind
+            )
+        try:
+            wait_http(f"{self.url}/healthz", timeout, self.process)
+        except (RuntimeError, TimeoutError) as exc:
+            self.stop()
+            raise RuntimeError(f"catcache serve did not become ready: {exc}\n{self.log_tail()}") from None
+        return self
+
+    def stop(self, timeout: float = STOP_TIMEOUT) -> None:
+        """SIGTERM, then SIGKILL if it has not exited within `timeout`; idempotent."""
+        process, self.process = self.process, None
+        if process is None or process.poll() is not None:
+            return
+        process.send_signal(signal.SIGTERM)
+        try:
+            process.wait(timeout)
+        except subprocess.TimeoutExpired:
+            process.kill()
+            process.wait()
+
+    def restart(self) -> ProxyProcess:
+        """Stop and start again with the same arguments, port and data dir."""
+        self.stop()
+        return self.start()
+
+    def log_tail(self, lines: int = 40) -> str:
+        """The last lines this run wrote (stdout and stderr together)."""
+        try:
+            with open(self.log_path, "rb") as log:
+                log.seek(self._log_offset)
+                text = log.read().decode(errors="replace")
+        except OSError:
+            return "(no output)"
+        return "\n".join(text.splitlines()[-lines:]) or "(no output)"
