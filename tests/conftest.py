@@ -82,7 +82,8 @@ def proxy_factory(backend: TestBackend, tmp_path: Path) -> Iterator[ProxyFactory
         try:
             return proxy.start()
         except RuntimeError as exc:
-            pytest.fail(str(exc), pytrace=False)
+            failure = str(exc)
+        pytest.fail(failure, pytrace=False)  # outside the except: no chained traceback to wade through
 
     yield start
     for proxy in proxies:
