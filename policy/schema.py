@@ -91,7 +91,11 @@ class VllmSettings(Strict):
     served_model_name: str | None = None
     enable_prefix_caching: bool = True
     kv_cache_dtype: Literal["auto", "fp8", "fp8_e4m3", "fp8_e5m2"] = "auto"
+    # KV offloading to CPU memory, rendered as `--kv-offloading-size GB --kv-offloading-backend B`
+    # (vllm/config/cache.py, CacheConfig.kv_offloading_size: GiB summed over TP ranks; 0 = off).
+    # Not `--cpu-offload-gb`, which offloads model weights. "lmcache" needs LMCache in the image.
     kv_offload_gb: float = Field(default=0.0, ge=0.0)
+    kv_offload_backend: Literal["native", "lmcache"] = "native"
     max_model_len: int | None = Field(default=None, ge=256)
     gpu_memory_utilization: float = Field(default=0.9, gt=0.0, le=1.0)
     tensor_parallel_size: int = Field(default=1, ge=1)
