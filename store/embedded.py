@@ -202,17 +202,39 @@ class EmbeddedRedis:
 
 
 def _lock(data_dir: Path) -> int:
-    """Take the data dir's lock and write our pid into it, or raise DataDirInUse."""
+    """Take the data dir's lock and write our pid into it, or raise DataDirInUse.
+
+    When the pid in the lock is dead, the holder is that process's redis-server, still writing its
+    append-only file out after the SIGTERM its parent's death sent it: wait for it to finish.
+    """
     fd = os.open(data_dir / "redis.lock", os.O_RDWR | os.O_CREAT, 0o644)
-    try:
-        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-    except BlockingIOError:
-        holder = os.read(fd, 32).decode(errors="replace").strip()
-        os.close(fd)
-        raise DataDirInUse(data_dir, int(holder) if holder.isdigit() else None) from None
+    deadline = time.monotonic() + STOP_TIMEOUT
+    while True:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            break
+        except BlockingIOError:
+            text = os.pread(fd, 32, 0).decode(errors="replace").strip()
+            holder = int(text) if text.isdigit() else None
+            if _alive(holder) or time.monotonic() > deadline:
+                os.close(fd)
+                raise DataDirInUse(data_dir, holder) from None
+            time.sleep(0.05)
     os.ftruncate(fd, 0)
     os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
     return fd
+
+
+def _alive(pid: int | None) -> bool:
+    if pid is None:
+        return True  # unknown holder: assume the worst
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        pass
+    return True
 
 
 def _free_port() -> int:
