@@ -58,10 +58,11 @@ class InContext(Strict):
 
 
 class Verify(Strict):
-    """Second opinion on a semantic neighbour before it is served (see index/verify.py)."""
+    """Second opinion on a semantic neighbour before it is served (index/verify.py,
+    docs/verification.md). `threshold` is the verifier's score a neighbour needs, in [0, 1]."""
 
     enabled: bool = True
-    verifier: Literal["pair-classifier", "lexical-guard", "none"] = "pair-classifier"
+    verifier: Literal["lexical-guard", "pair-classifier", "none"] = "lexical-guard"
     threshold: Similarity = 0.5
 
 

@@ -1,0 +1,65 @@
+"""Split a labeled workload in two halves so nothing trained or calibrated is measured on itself.
+
+`stream.jsonl` and `pairs.jsonl` of a workload are cut from the same pairs, so a verifier trained
+on pairs and measured on the stream would be graded on its own training data. Pairs are split by
+a hash of their normalised texts (stable across runs, machines and file order): half 0 trains and
+calibrates, half 1 measures. A text can occur in several pairs (Quora repeats questions); such a
+text may belong to both halves, and the measured stream drops it, so no text that training saw
+is ever replayed.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import unicodedata
+from collections.abc import Iterable
+from pathlib import Path
+
+TRAIN, HELDOUT = 0, 1
+
+
+def normalise(text: str) -> str:
+    return " ".join(unicodedata.normalize("NFKC", text).lower().split())
+
+
+def pair_half(a: str, b: str) -> int:
+    """0 or 1, the same for (a, b) and (b, a) and for texts that differ in case or white space."""
+    first, second = sorted((normalise(a), normalise(b)))
+    digest = hashlib.sha256(f"{first}\x00{second}".encode()).digest()
+    return digest[0] & 1
+
+
+def read_jsonl(path: str | Path) -> list[dict]:
+    with open(path, encoding="utf-8") as lines:
+        return [json.loads(line) for line in lines if line.strip()]
+
+
+def pairs_of_half(pairs: Iterable[dict], half: int) -> list[dict]:
+    return [p for p in pairs if pair_half(p["a"], p["b"]) == half]
+
+
+def texts_by_half(pairs: Iterable[dict]) -> dict[int, set[str]]:
+    """The normalised texts that occur in a pair of each half."""
+    seen: dict[int, set[str]] = {TRAIN: set(), HELDOUT: set()}
+    for p in pairs:
+        half = pair_half(p["a"], p["b"])
+        seen[half].update((normalise(p["a"]), normalise(p["b"])))
+    return seen
+
+
+def heldout_stream(stream: Iterable[dict], pairs: Iterable[dict], half: int = HELDOUT) -> list[dict]:
+    """The stream's queries whose text occurs only in pairs of `half`, in their original order.
+
+    Groups stay as the stream labels them; a group cut down to one query simply cannot repeat.
+    """
+    seen = texts_by_half(pairs)
+    other = seen[1 - half]
+    return [q for q in stream if normalise(q["text"]) in seen[half] and normalise(q["text"]) not in other]
+
+
+def load_split(workload: str | Path) -> tuple[list[dict], list[dict]]:
+    """(half-0 training pairs, half-1 measured stream) of a workload folder."""
+    folder = Path(workload)
+    pairs = read_jsonl(folder / "pairs.jsonl")
+    return pairs_of_half(pairs, TRAIN), heldout_stream(read_jsonl(folder / "stream.jsonl"), pairs)

@@ -1,0 +1,89 @@
+"""Re-create index/models/pair_classifier.json from the training half of a labeled workload.
+
+    python -m bench.train_verifier [--workload ../shared/workloads/qqp-dev]
+
+Examples are the half-0 labeled pairs (bench/heldout.py) plus what a cache actually meets: each
+query of the half-0 stream against its nearest earlier query, labeled by whether their groups
+match. Half 1 is never read, so bench/verify_sweep.py can measure on it. The trees are stored
+as plain JSON (no pickle) and evaluated by catcache.index.verify.PairClassifier.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+from pathlib import Path
+
+import numpy as np
+from sklearn.ensemble import GradientBoostingClassifier
+
+from bench.heldout import TRAIN, heldout_stream, pairs_of_half, read_jsonl
+from catcache.index.pairdiff import FEATURES, features
+from catcache.index.verify import PAIR_CLASSIFIER
+
+MINE_ABOVE = 0.80  # nearest neighbours below this never reach a verifier at sane thresholds
+
+
+def nearest_earlier(texts: list[str], vectors: np.ndarray, above: float) -> list[tuple[int, int, float]]:
+    """(i, j, similarity) for each query i whose most similar earlier query j is at least `above`."""
+    found = []
+    for i in range(1, len(texts)):
+        similarities = vectors[:i] @ vectors[i]
+        j = int(np.argmax(similarities))
+        if similarities[j] >= above:
+            found.append((i, j, float(similarities[j])))
+    return found
+
+
+def examples(workload: Path, encode) -> tuple[np.ndarray, np.ndarray]:
+    """Feature rows and labels from half 0 of `workload`."""
+    all_pairs = read_jsonl(workload / "pairs.jsonl")
+    pairs = pairs_of_half(all_pairs, TRAIN)
+    stream = heldout_stream(read_jsonl(workload / "stream.jsonl"), all_pairs, half=TRAIN)
+    a = encode([p["a"] for p in pairs])
+    b = encode([p["b"] for p in pairs])
+    rows = [features(p["b"], p["a"], float(u @ v)) for p, u, v in zip(pairs, a, b)]
+    labels = [bool(p["equivalent"]) for p in pairs]
+    texts = [q["text"] for q in stream]
+    for i, j, similarity in nearest_earlier(texts, encode(texts), MINE_ABOVE):
+        rows.append(features(texts[i], texts[j], similarity))
+        labels.append(stream[i]["group"] == stream[j]["group"])
+    return np.array(rows), np.array(labels)
+
+
+def fit(x: np.ndarray, y: np.ndarray) -> GradientBoostingClassifier:
+    model = GradientBoostingClassifier(n_estimators=150, max_depth=3, learning_rate=0.1, subsample=0.8,
+                                       min_samples_leaf=20, random_state=0)
+    return model.fit(x, y)
+
+
+def export(model: GradientBoostingClassifier) -> dict:
+    """The fitted trees as lists, enough for PairClassifier.predict to reproduce predict_proba."""
+    trees = []
+    for (estimator,) in model.estimators_:
+        t = estimator.tree_
+        trees.append({"feature": t.feature.tolist(), "threshold": t.threshold.tolist(),
+                      "left": t.children_left.tolist(), "right": t.children_right.tolist(),
+                      "value": t.value[:, 0, 0].tolist()})
+    probe = np.zeros((1, len(FEATURES)))
+    base = float(model._raw_predict_init(probe)[0, 0])
+    return {"features": list(FEATURES), "base": base, "learning_rate": model.learning_rate, "trees": trees}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--workload", type=Path, default=Path(__file__).parents[1] / "../shared/workloads/qqp-dev")
+    parser.add_argument("--out", type=Path, default=PAIR_CLASSIFIER)
+    args = parser.parse_args()
+
+    from catcache.index.embedder import Embedder
+
+    x, y = examples(args.workload, Embedder().encode)
+    model = fit(x, y)
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    args.out.write_text(json.dumps(export(model), separators=(",", ":")))
+    print(f"{len(y)} examples ({int(y.sum())} equivalent) -> {args.out} ({args.out.stat().st_size // 1024} KB)")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,185 @@
+"""Replay the held-out half of a workload through a simulated semantic cache, for each threshold
+and verifier, and report hit rate and false-hit rate per category.
+
+    python -m bench.verify_sweep [--workload ../shared/workloads/qqp-dev] [--policies policies.yaml]
+
+The simulation is the proxy's semantic tier without Redis or HTTP: each query is classified by
+catcache's classifier, compared with the most similar *cached* query of its category (a query
+is cached when it missed; a served hit is not stored again), and served when the similarity
+reaches the threshold and the verifier accepts. A hit is false when the two queries' groups
+differ; hit rate = correct hits / queries whose group appeared before. Only the half-1 stream
+(bench/heldout.py) is replayed, so verifiers trained and thresholds calibrated on half 0 are
+measured on texts they never saw. It is for choosing; the bench replay through the running proxy
+is the final word.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import time
+from collections import defaultdict
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+from rich.console import Console
+from rich.table import Table
+
+from bench.heldout import load_split
+from catcache.categories.classifier import Classifier, RequestTraits
+from catcache.index.verify import Verifier, load_verifier
+from catcache.policy.loader import load_policy
+
+ROOT = Path(__file__).parents[1]
+
+
+@dataclass
+class Replayed:
+    """One workload, classified and embedded once, replayed under many settings."""
+
+    texts: list[str]
+    groups: list[str]
+    labels: list[str]            # the workload's own category, for reporting only
+    categories: list[str]        # catcache's classification, which picks the index
+    similarity: dict[str, np.ndarray]  # per catcache category: query x query cosine
+    position: list[int]          # each query's row in its category's matrix
+    members: dict[str, list[int]] = field(default_factory=dict)
+
+
+def prepare(stream: list[dict], policies: Path) -> Replayed:
+    from catcache.index.embedder import Embedder
+
+    embedder = Embedder()
+    texts = [q["text"] for q in stream]
+    vectors = embedder.encode(texts)
+    classifier = Classifier.build(load_policy(policies), embedder.encode)
+    categories = [
+        classifier.classify(RequestTraits("gpt-4o-mini", "/v1/chat/completions", None, t, "```" in t), v).category
+        for t, v in zip(texts, vectors)
+    ]
+    members: dict[str, list[int]] = defaultdict(list)
+    position = []
+    for i, category in enumerate(categories):
+        position.append(len(members[category]))
+        members[category].append(i)
+    similarity = {c: vectors[ids] @ vectors[ids].T for c, ids in members.items()}
+    return Replayed(texts, [q["group"] for q in stream], [q["category"] for q in stream], categories,
+                    similarity, position, dict(members))
+
+
+@dataclass
+class Setting:
+    name: str
+    thresholds: dict[str, float] | float
+    verifier: str = "none"
+    verify_threshold: float = 0.5
+    verify_in: set[str] | None = None  # categories whose verify is on; None: all
+
+    def threshold(self, category: str) -> float:
+        return self.thresholds if isinstance(self.thresholds, float) else self.thresholds.get(category, 1.0)
+
+
+def replay(data: Replayed, setting: Setting, verifier: Verifier, scores: dict, timings: list[float]) -> dict:
+    """Counts per workload category; `scores` memoises the verifier across settings."""
+    cached = {c: np.zeros(len(ids), dtype=bool) for c, ids in data.members.items()}
+    counts: dict[str, dict[str, int]] = defaultdict(lambda: {"queries": 0, "repeatable": 0, "hits": 0, "false": 0})
+    seen: set[str] = set()
+    for i, (category, label, group) in enumerate(zip(data.categories, data.labels, data.groups)):
+        row = counts[label]
+        row["queries"] += 1
+        row["repeatable"] += group in seen
+        seen.add(group)
+        p = data.position[i]
+        earlier = np.where(cached[category][:p], data.similarity[category][p, :p], -2.0)
+        if p and earlier.max() >= setting.threshold(category):
+            j = data.members[category][int(np.argmax(earlier))]
+            similarity = float(earlier.max())
+            accepted = True
+            if setting.verify_in is None or category in setting.verify_in:
+                key = (verifier.name, i, j)
+                if key not in scores:
+                    start = time.perf_counter()
+                    scores[key] = verifier.score(data.texts[i], data.texts[j], similarity)
+                    timings.append(time.perf_counter() - start)
+                accepted = scores[key] >= setting.verify_threshold
+            if accepted:
+                row["hits"] += 1
+                row["false"] += data.groups[j] != group
+                continue
+        cached[category][p] = True
+    return dict(counts)
+
+
+def summarise(counts: dict) -> dict:
+    """Per category and overall: hit rate (correct hits / repeatable) and false-hit rate."""
+    rows = dict(counts)
+    rows["overall"] = {k: sum(r[k] for r in counts.values()) for k in ("queries", "repeatable", "hits", "false")}
+    out = {}
+    for name, r in rows.items():
+        correct = r["hits"] - r["false"]
+        out[name] = {**r, "hit_rate": correct / r["repeatable"] if r["repeatable"] else 0.0,
+                     "false_hit_rate": r["false"] / r["hits"] if r["hits"] else 0.0}
+    return out
+
+
+def settings(policies: Path) -> list[Setting]:
+    policy = load_policy(policies)
+    own = {n: c.threshold for n, c in policy.categories.items() if c.cacheable}
+    verified = {n for n, c in policy.categories.items() if c.verify.enabled}
+    found = [Setting(f"uniform {t}", t) for t in (0.90, 0.95, 0.98, 0.99, 0.995, 0.997)]
+    found.append(Setting(f"{policies.name} thresholds", own))
+    found += [Setting(f"lexical-guard @ {t}", t, "lexical-guard") for t in (0.93, 0.95, 0.97, 0.99)]
+    found += [Setting(f"pair-classifier {v} @ {t}", t, "pair-classifier", v)
+              for t in (0.90, 0.95, 0.98) for v in (0.5, 0.8, 0.9)]
+    verifiers = {c.verify.verifier for c in policy.categories.values() if c.verify.enabled}
+    for name in sorted(verifiers):
+        v = {c.verify.threshold for c in policy.categories.values() if c.verify.verifier == name}.pop()
+        found.append(Setting(f"{policies.name} thresholds + {name} {v}", own, name, v, verified))
+    return found
+
+
+def percentile(values: list[float], q: float) -> float:
+    return float(np.percentile(values, q) * 1000) if values else 0.0
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--workload", type=Path, default=ROOT / "../shared/workloads/qqp-dev")
+    parser.add_argument("--policies", type=Path, default=ROOT / "policies.yaml")
+    parser.add_argument("--out", type=Path, default=ROOT / "bench/results/verify_sweep.json")
+    args = parser.parse_args()
+
+    _, stream = load_split(args.workload)
+    data = prepare(stream, args.policies)
+    scores: dict = {}
+    timings: dict[str, list[float]] = defaultdict(list)
+    results = []
+    for setting in settings(args.policies):
+        verifier = load_verifier(setting.verifier)
+        summary = summarise(replay(data, setting, verifier, scores, timings[setting.verifier]))
+        results.append({"setting": setting.name, "verifier": setting.verifier, "rates": summary})
+    latency = {name: {"p50_ms": percentile(t, 50), "p99_ms": percentile(t, 99), "calls": len(t)}
+               for name, t in timings.items() if t}
+
+    labels = sorted({label for r in results for label in r["rates"] if label != "overall"}) + ["overall"]
+    table = Table(title=f"held-out half of {args.workload.name}: hit rate / false-hit rate")
+    table.add_column("setting")
+    for label in labels:
+        table.add_column(label, justify="right")
+    for r in results:
+        cells = [f"{r['rates'][l]['hit_rate']:.1%} / {r['rates'][l]['false_hit_rate']:.1%}"
+                 if l in r["rates"] else "-" for l in labels]
+        table.add_row(r["setting"], *cells)
+    console = Console(width=200)
+    console.print(table)
+    for name, l in latency.items():
+        console.print(f"{name}: p50 {l['p50_ms']:.3f} ms, p99 {l['p99_ms']:.3f} ms over {l['calls']} calls")
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    args.out.write_text(json.dumps({"workload": str(args.workload), "policies": str(args.policies),
+                                    "stream_queries": len(stream), "results": results, "latency": latency},
+                                   indent=1))
+
+
+if __name__ == "__main__":
+    main()

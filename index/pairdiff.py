@@ -1,0 +1,116 @@
+"""What two queries differ in, cheaply: the evidence a verifier weighs beyond their similarity.
+
+Embeddings are good at topic and poor at the small words that change an answer: another number,
+another name, a "not", a "why" for a "how", one extra content word. A cached answer is wrong in
+exactly those cases, and a few set operations over the two word lists find them in microseconds.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+
+import numpy as np
+
+_WORD = re.compile(r"[A-Za-z]+(?:'[a-z]+)?|\d+(?:[.,]\d+)*")
+_NUMBER = re.compile(r"\d+(?:[.,]\d+)*")
+_NEGATIONS = frozenset({"not", "no", "never", "none", "nothing", "nobody", "without", "cannot", "neither", "nor"})
+_ASKS = ("how", "why", "what", "when", "where", "who", "which", "whom", "whose",
+         "is", "are", "can", "could", "should", "would", "will", "do", "does", "did")
+_STOP = frozenset("""
+a an the of to in on at for from by with about as into onto over under than then so and or but if
+is are was were be been being am do does did doing have has had having can could should would will
+shall may might must i me my mine we us our you your he him his she her it its they them their this
+that these those there here what which who whom whose when where why how some any all each every
+much many more most very just also too only own same other such s t get got getting one ones way
+ever really please best good
+""".split())
+
+
+def words(text: str) -> list[str]:
+    """Lower-cased words and numbers; "n't" counts as "not"."""
+    found = []
+    for token in _WORD.findall(text):
+        token = token.lower()
+        if token.endswith("n't"):
+            found += [token[:-3], "not"]
+        else:
+            found.append(token.removesuffix("'s"))
+    return found
+
+
+def stem(word: str) -> str:
+    """Just enough folding that "laptops" matches "laptop" and "learning" matches "learn"."""
+    for suffix in ("ing", "ies", "es", "s", "ed", "ly"):
+        if len(word) > len(suffix) + 3 and word.endswith(suffix):
+            return word[: -len(suffix)] + ("y" if suffix == "ies" else "")
+    return word
+
+
+def _ask(tokens: list[str]) -> str:
+    return next((t for t in tokens[:3] if t in _ASKS), "")
+
+
+def _capitalised(text: str) -> set[str]:
+    """Capitalised words after the first, a proxy for names (Python, London, iPhone)."""
+    tokens = _WORD.findall(text)
+    return {t.lower() for t in tokens[1:] if t[:1].isupper() or any(c.isupper() for c in t[1:])}
+
+
+@dataclass(frozen=True)
+class PairDiff:
+    only_query: frozenset[str]      # content stems the query has and the candidate lacks
+    only_candidate: frozenset[str]
+    shared: frozenset[str]
+    numbers_query: frozenset[str]
+    numbers_candidate: frozenset[str]
+    names_differ: frozenset[str]    # capitalised words in one and not the other
+    negation_differs: bool
+    ask_query: str                  # leading question word ("how", "why", ...), or ""
+    ask_candidate: str
+    length_query: int
+    length_candidate: int
+
+    @property
+    def numbers_differ(self) -> bool:
+        return self.numbers_query != self.numbers_candidate
+
+
+def diff(query: str, candidate: str) -> PairDiff:
+    wq, wc = words(query), words(candidate)
+    cq = {stem(w) for w in wq if w not in _STOP}
+    cc = {stem(w) for w in wc if w not in _STOP}
+    nq = frozenset(w for w in wq if _NUMBER.fullmatch(w))
+    nc = frozenset(w for w in wc if _NUMBER.fullmatch(w))
+    negq = sum(w in _NEGATIONS for w in wq) % 2
+    negc = sum(w in _NEGATIONS for w in wc) % 2
+    names = _capitalised(query) ^ _capitalised(candidate)
+    return PairDiff(frozenset(cq - cc), frozenset(cc - cq), frozenset(cq & cc), nq, nc,
+                    frozenset(stem(n) for n in names) - (cq & cc), negq != negc,
+                    _ask(wq), _ask(wc), len(wq), len(wc))
+
+
+FEATURES = ("similarity", "content_jaccard", "only_query", "only_candidate", "only_max",
+            "only_total_chars", "numbers_differ", "names_differ", "negation_differs",
+            "ask_differs", "length_ratio", "length_min")
+
+
+def features(query: str, candidate: str, similarity: float) -> np.ndarray:
+    """The pair as a fixed-length vector, in the order of FEATURES."""
+    d = diff(query, candidate)
+    union = len(d.shared) + len(d.only_query) + len(d.only_candidate)
+    longer = max(d.length_query, d.length_candidate, 1)
+    return np.array([
+        similarity,
+        len(d.shared) / union if union else 1.0,
+        len(d.only_query),
+        len(d.only_candidate),
+        max(len(d.only_query), len(d.only_candidate)),
+        sum(map(len, d.only_query | d.only_candidate)),
+        float(d.numbers_differ),
+        len(d.names_differ),
+        float(d.negation_differs),
+        float(d.ask_query != d.ask_candidate),
+        min(d.length_query, d.length_candidate) / longer,
+        min(d.length_query, d.length_candidate),
+    ], dtype=np.float64)
