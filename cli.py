@@ -56,6 +56,7 @@ def _serve(args: argparse.Namespace) -> int:
     from catcache.store.embedded import DataDirInUse, EmbeddedRedis, default_data_dir
 
     logging.basicConfig(level=args.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    logging.getLogger("httpx").setLevel(logging.WARNING)
     policies = Path(args.policies) if args.policies else (Path("policies.yaml") if Path("policies.yaml").is_file() else None)
     try:
         policy = load_policy(policies)
@@ -75,12 +76,12 @@ def _serve(args: argparse.Namespace) -> int:
             print(f"catcache: {exc}", file=sys.stderr)
             return 2
     try:
-        app = create_app(Settings(backend=args.backend, policies=policies, redis_url=redis_url))
+        app = create_app(Settings(backend=args.backend, policies=policies, redis_url=redis_url, embedded=embedded))
         uvicorn.run(app, host=args.host, port=args.port, log_level=args.log_level, access_log=False,
                     loop="uvloop" if sys.platform != "win32" else "auto", timeout_graceful_shutdown=5)
     finally:
         if embedded is not None:
-            embedded.stop()
+            embedded.stop()  # when startup failed; after a normal start the app's shutdown stopped it
     return 0
 
 

@@ -84,7 +84,7 @@ class SemanticIndex:
 
     async def follow(self, after: str) -> str:
         """Apply other proxies' additions and evictions after event `after`; returns the last id seen."""
-        events = await self.store.read_events(after, block_ms=1000)
+        events = await self.store.read_events(after, block_ms=250)
         for event_id, event in events:
             after = event_id
             if event["origin"] == self.store.origin:

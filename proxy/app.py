@@ -13,7 +13,7 @@ from pathlib import Path
 
 import httpx
 from fastapi import FastAPI, Request
-from fastapi.responses import ORJSONResponse, Response, StreamingResponse
+from fastapi.responses import Response, StreamingResponse
 from redis.asyncio import Redis
 from starlette.background import BackgroundTask
 
@@ -21,11 +21,12 @@ from catcache.backends.client import forwardable
 from catcache.index.embedder import Embedder
 from catcache.index.semantic import SemanticIndex
 from catcache.policy.loader import PolicyError, load_policy
-from catcache.proxy.errors import bad_gateway, openai_error
+from catcache.proxy.responses import bad_gateway, json_response, openai_error
 from catcache.proxy.pipeline import CachePipeline
 from catcache.proxy.state import ProxyState, build_live
 from catcache.reports.recorder import Recorder
 from catcache.store.documents import DocumentStore
+from catcache.store.embedded import EmbeddedRedis
 from catcache.store.health import CacheUnavailable, RedisGuard
 
 log = logging.getLogger("catcache")
@@ -38,24 +39,25 @@ class Settings:
     backend: str | None
     policies: Path | None
     redis_url: str
+    embedded: EmbeddedRedis | None = None  # stopped when the app shuts down (SIGTERM and SIGINT too)
 
 
 def create_app(settings: Settings) -> FastAPI:
     app = FastAPI(title="catcache", lifespan=lambda app: lifespan(app, settings), docs_url=None, redoc_url=None)
 
     @app.get("/healthz")
-    async def healthz(request: Request) -> ORJSONResponse:
+    async def healthz(request: Request) -> Response:
         state: ProxyState = request.app.state.proxy
-        return ORJSONResponse({"status": "ok", "redis": "up" if state.guard.healthy else "down",
-                               "index": state.index.sizes(), "policy_error": state.last_reload_error})
+        return json_response({"status": "ok", "redis": "up" if state.guard.healthy else "down",
+                              "index": state.index.sizes(), "policy_error": state.last_reload_error})
 
     @app.post("/admin/reload")
-    async def reload(request: Request) -> ORJSONResponse:
+    async def reload(request: Request) -> Response:
         try:
             await request.app.state.proxy.reload()
         except PolicyError as exc:
             return openai_error(400, f"policy refused, the old policy stays live:\n{exc}", code="invalid_policy")
-        return ORJSONResponse({"status": "reloaded"})
+        return json_response({"status": "reloaded"})
 
     @app.post("/v1/chat/completions")
     async def chat(request: Request) -> Response:
@@ -113,6 +115,8 @@ async def lifespan(app: FastAPI, settings: Settings) -> AsyncIterator[None]:
         state.guard.close()
         embedder.close()
         await redis.aclose()
+        if settings.embedded is not None:
+            settings.embedded.stop()
 
 
 async def every(seconds: float, job: Callable[[], Awaitable[object]]) -> None:

@@ -21,7 +21,7 @@ import httpx
 import numpy as np
 import orjson
 from fastapi import Request
-from fastapi.responses import ORJSONResponse, Response, StreamingResponse
+from fastapi.responses import Response, StreamingResponse
 
 from catcache.backends.client import BackendClient, forwardable
 from catcache.backends.ic import in_context_request
@@ -29,7 +29,7 @@ from catcache.categories.classifier import Classification, RequestTraits
 from catcache.index.verify import load_verifier
 from catcache.policy.schema import Category, Policy
 from catcache.proxy.canonical import CanonicalRequest, InvalidRequest, canonicalise
-from catcache.proxy.errors import bad_gateway, openai_error
+from catcache.proxy.responses import bad_gateway, json_response, openai_error
 from catcache.proxy.sse import DONE, StreamAssembler, event_payloads, replay_chunks
 from catcache.proxy.state import ProxyState
 from catcache.reports.record import RequestRecord
@@ -205,7 +205,7 @@ class CachePipeline:
         if exchange.stream:
             return StreamingResponse(iterate(replay_chunks(response, exchange.endpoint, exchange.include_usage)),
                                      media_type="text/event-stream", headers=headers)
-        return ORJSONResponse(response, headers=headers)
+        return json_response(response, headers=headers)
 
     async def _in_context(self, exchange: Exchange, policy: Policy, band: list[tuple[float, str]]) -> Response | None:
         """Answer with the small backend and the band's cached pairs as examples; None to fall through."""

@@ -1,0 +1,20 @@
+"""JSON responses (serialised with orjson) and errors in OpenAI's shape, so the SDK raises its
+usual exceptions with our message."""
+
+from __future__ import annotations
+
+import orjson
+from fastapi.responses import Response
+
+
+def json_response(body: object, status: int = 200, headers: dict[str, str] | None = None) -> Response:
+    return Response(orjson.dumps(body), status_code=status, headers=headers, media_type="application/json")
+
+
+def openai_error(status: int, message: str, *, type: str = "invalid_request_error",
+                 param: str | None = None, code: str | None = None) -> Response:
+    return json_response({"error": {"message": message, "type": type, "param": param, "code": code}}, status)
+
+
+def bad_gateway(message: str) -> Response:
+    return openai_error(502, message, type="backend_error", code="backend_unreachable")
