@@ -201,7 +201,7 @@ class CachePipeline:
             pass  # the hit is still good; only its use count is lost
         response = dict(doc.response, id=fresh_id(exchange.endpoint))
         self._record(exchange, outcome, doc.latency_ms, response.get("usage"))
-        headers = self._headers(exchange, outcome)
+        headers = self._headers(exchange, outcome, doc.doc_id)
         if exchange.stream:
             return StreamingResponse(iterate(replay_chunks(response, exchange.endpoint, exchange.include_usage)),
                                      media_type="text/event-stream", headers=headers)
@@ -241,6 +241,8 @@ class CachePipeline:
         """Send `body` to `backend`; relay its answer (streamed as it arrives) and store it if asked."""
         if exchange.stream:
             body = dict(body, stream_options={**(body.get("stream_options") or {}), "include_usage": True})
+        if backend.config.vllm is not None and exchange.tenant and "cache_salt" not in body:
+            body = dict(body, cache_salt=exchange.tenant)  # vLLM keeps each tenant's KV blocks apart
         backend.in_flight += 1
         started = time.perf_counter()
         try:
@@ -263,11 +265,12 @@ class CachePipeline:
                 await self._store(exchange, response, latency)
             self._land(flight, response)
             self._record(exchange, outcome if ok else "error", latency, response and response.get("usage"))
-            headers = forwardable(upstream.headers, drop={"content-encoding"}) | self._headers(exchange, outcome)
+            headers = forwardable(upstream.headers, drop={"content-encoding"}) | self._headers(
+                exchange, outcome, exchange.doc_id if store else None)
             return Response(content, status_code=upstream.status_code, headers=headers)
         relay = self._relay(exchange, backend, upstream, started, outcome, store, flight)
         return StreamingResponse(relay, status_code=upstream.status_code, media_type="text/event-stream",
-                                 headers=self._headers(exchange, outcome))
+                                 headers=self._headers(exchange, outcome, exchange.doc_id if store else None))
 
     async def _relay(self, exchange: Exchange, backend: BackendClient, upstream: httpx.Response, started: float,
                      outcome: str, store: bool, flight: str | None) -> AsyncIterator[bytes]:
@@ -342,8 +345,10 @@ class CachePipeline:
 
     # -- headers and records -----------------------------------------------------------------
 
-    def _headers(self, exchange: Exchange, outcome: str) -> dict[str, str]:
+    def _headers(self, exchange: Exchange, outcome: str, entry: str | None = None) -> dict[str, str]:
         headers = {"x-catcache": outcome}
+        if entry:
+            headers["x-catcache-key"] = entry
         if exchange.category:
             headers["x-catcache-category"] = exchange.category
         if exchange.similarity is not None and outcome in ("hit-semantic", "ic", "miss"):
