@@ -42,7 +42,7 @@ def words(text: str) -> list[str]:
 def stem(word: str) -> str:
     """Just enough folding that "laptops" matches "laptop" and "learning" matches "learn"."""
     for suffix in ("ing", "ies", "es", "s", "ed", "ly"):
-        if len(word) > len(suffix) + 3 and word.endswith(suffix):
+        if len(word) > len(suffix) + 2 and word.endswith(suffix):
             return word[: -len(suffix)] + ("y" if suffix == "ies" else "")
     return word
 
@@ -86,7 +86,7 @@ def diff(query: str, candidate: str) -> PairDiff:
     negc = sum(w in _NEGATIONS for w in wc) % 2
     names = _capitalised(query) ^ _capitalised(candidate)
     return PairDiff(frozenset(cq - cc), frozenset(cc - cq), frozenset(cq & cc), nq, nc,
-                    frozenset(stem(n) for n in names) - (cq & cc), negq != negc,
+                    frozenset(n for n in names if stem(n) not in cq & cc), negq != negc,
                     _ask(wq), _ask(wc), len(wq), len(wc))
 
 

@@ -1,0 +1,227 @@
+"""`catcache calibrate`: per-category thresholds from labeled pairs, for a target precision.
+
+A threshold that is right for chit-chat serves wrong answers for code, and no one can guess the
+right numbers. Given pairs labeled equivalent or not (the workloads format), this classifies each
+pair as the proxy would (on text `a`, the cached side), scores it as the proxy would (similarity,
+then the category's verifier when it is on) and picks, per category, the lowest threshold at and
+above which the false-hit rate on those pairs stays within 1 - precision. Categories with too few
+pairs keep their threshold. The result is written into a copy of the policy file with only the
+`threshold:` values changed, so comments and layout survive.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import re
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+from rich.console import Console
+from rich.table import Table
+
+from catcache.categories.classifier import Classifier, RequestTraits
+from catcache.index.verify import load_verifier
+from catcache.policy.loader import load_policy
+from catcache.policy.schema import Policy
+
+MIN_PAIRS = 30
+OVERALL = "overall"
+
+
+@dataclass(frozen=True)
+class Scored:
+    category: str
+    similarity: float
+    verified: bool    # the category's verifier accepts (True when verification is off)
+    equivalent: bool
+
+
+@dataclass(frozen=True)
+class Choice:
+    category: str
+    old: float
+    threshold: float
+    pairs: int
+    hit_rate: float        # accepted equivalent / equivalent
+    false_hit_rate: float  # accepted non-equivalent / accepted
+    note: str = ""
+
+
+def add_parser(subparsers: argparse._SubParsersAction) -> None:
+    parser = subparsers.add_parser(
+        "calibrate", help="pick per-category thresholds from labeled pairs",
+        description=__doc__.split("\n\n")[1].replace("\n", " "))
+    parser.add_argument("--pairs", type=Path, required=True,
+                        help='JSON lines: {"a": ..., "b": ..., "equivalent": true|false}')
+    parser.add_argument("--target-precision", type=float, required=True,
+                        help="wanted share of correct answers among semantic hits, e.g. 0.98")
+    parser.add_argument("--policies", type=Path, default=Path("policies.yaml"), help="policy file to start from")
+    parser.add_argument("--out", type=Path, help="where to write the calibrated copy (default: <policies>.calibrated.yaml)")
+    parser.add_argument("--uniform", action="store_true", help="one threshold for every category, for comparison")
+    parser.add_argument("--min-pairs", type=int, default=MIN_PAIRS,
+                        help=f"categories with fewer pairs keep their threshold (default {MIN_PAIRS})")
+    parser.set_defaults(run=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    if not 0.0 < args.target_precision <= 1.0:
+        raise SystemExit("--target-precision must be in (0, 1]")
+    policy = load_policy(args.policies)
+    pairs = [json.loads(line) for line in args.pairs.read_text(encoding="utf-8").splitlines() if line.strip()]
+    scored = score_pairs(policy, pairs)
+    choices = calibrate(policy, scored, args.target_precision, args.min_pairs, args.uniform)
+    out = args.out or args.policies.with_suffix(".calibrated.yaml")
+    text = write_thresholds(args.policies.read_text(encoding="utf-8"),
+                            {c.category: c.threshold for c in choices if c.category != OVERALL})
+    out.write_text(text, encoding="utf-8")
+    load_policy(out)  # the copy must validate like any policy file
+    show(choices, args.target_precision, len(pairs), out)
+    return 0
+
+
+def score_pairs(policy: Policy, pairs: list[dict]) -> list[Scored]:
+    """Classify on `a` and score `b` against it, the way the proxy would serve `a`'s answer to `b`."""
+    from catcache.index.embedder import Embedder
+
+    embedder = Embedder(policy.embedding_model)
+    classifier = Classifier.build(policy, embedder.encode)
+    a = embedder.encode([p["a"] for p in pairs])
+    b = embedder.encode([p["b"] for p in pairs])
+    scored = []
+    for pair, u, v in zip(pairs, a, b):
+        traits = RequestTraits("", "/v1/chat/completions", None, pair["a"], "```" in pair["a"])
+        name = classifier.classify(traits, u).category
+        category = policy.category(name)
+        similarity = float(u @ v)
+        verified = True
+        if category.verify.enabled:
+            verifier = load_verifier(category.verify.verifier)
+            verified = verifier.check(pair["b"], pair["a"], similarity, category.verify.threshold).accepted
+        scored.append(Scored(name, similarity, verified, bool(pair["equivalent"])))
+    return scored
+
+
+def rates(scored: list[Scored], threshold: float) -> tuple[float, float]:
+    """(hit rate, false-hit rate) of serving every verified pair at or above `threshold`."""
+    accepted = [s for s in scored if s.verified and s.similarity >= threshold]
+    wrong = sum(not s.equivalent for s in accepted)
+    equivalent = sum(s.equivalent for s in scored)
+    return ((len(accepted) - wrong) / equivalent if equivalent else 0.0,
+            wrong / len(accepted) if accepted else 0.0)
+
+
+def lowest_threshold(scored: list[Scored], target_precision: float) -> float | None:
+    """The lowest threshold whose false-hit rate on `scored` is within 1 - precision, rounded up
+    to three decimals; None when no threshold is (every accepted set has too many false hits)."""
+    allowed = 1.0 - target_precision
+    accepted = sorted((s for s in scored if s.verified), key=lambda s: -s.similarity)
+    best, wrong = None, 0
+    for count, s in enumerate(accepted, start=1):
+        wrong += not s.equivalent
+        if wrong / count <= allowed + 1e-12 and (count == len(accepted) or accepted[count].similarity < s.similarity):
+            best = s.similarity
+    return None if best is None else math.ceil(best * 1000 - 1e-9) / 1000
+
+
+def calibrate(policy: Policy, scored: list[Scored], target_precision: float,
+              min_pairs: int = MIN_PAIRS, uniform: bool = False) -> list[Choice]:
+    """One Choice per cacheable category of the policy, then the overall row."""
+    cacheable = [n for n, c in policy.categories.items() if c.cacheable]
+    pooled = [s for s in scored if s.category in cacheable]
+    shared = lowest_threshold(pooled, target_precision) if uniform else None
+    choices, chosen = [], {}
+    for name in cacheable:
+        category = policy.categories[name]
+        mine = [s for s in scored if s.category == name]
+        floor = category.ic.low + 0.001 if category.ic else 0.0
+        if uniform:
+            threshold, note = (1.0, "unreachable") if shared is None else (shared, "uniform")
+            if threshold < floor:
+                threshold, note = floor, f"raised above ic.low"
+        elif len(mine) < min_pairs:
+            threshold, note = category.threshold, f"kept (< {min_pairs} pairs)"
+        else:
+            found = lowest_threshold(mine, target_precision)
+            threshold, note = (1.0, "no threshold reaches it") if found is None else (found, "")
+            if threshold < floor:
+                threshold, note = floor, f"raised above ic.low"
+        chosen[name] = threshold
+        hit, false = rates(mine, threshold)
+        choices.append(Choice(name, category.threshold, threshold, len(mine), hit, false, note))
+    accepted = [s for s in pooled if s.verified and s.similarity >= chosen[s.category]]
+    wrong = sum(not s.equivalent for s in accepted)
+    equivalent = sum(s.equivalent for s in pooled)
+    choices.append(Choice(OVERALL, float("nan"), float("nan"), len(pooled),
+                          (len(accepted) - wrong) / equivalent if equivalent else 0.0,
+                          wrong / len(accepted) if accepted else 0.0))
+    return choices
+
+
+_CATEGORY = re.compile(r"^(?P<indent>[ \t]+)(?P<name>[A-Za-z0-9_.-]+):\s*(#.*)?$")
+_THRESHOLD = re.compile(r"^(?P<head>[ \t]+threshold:[ \t]*)(?P<value>[0-9.]+)(?P<tail>.*)$")
+
+
+def write_thresholds(text: str, thresholds: dict[str, float]) -> str:
+    """`text` with each named category's own `threshold:` value replaced (or added after the
+    category's first line when it has none); nothing else changes."""
+    lines = text.splitlines(keepends=True)
+    start = next((i for i, line in enumerate(lines) if re.match(r"^categories:\s*(#.*)?$", line)), None)
+    if start is None:
+        raise ValueError("no top-level 'categories:' block in the policy file")
+    blocks: dict[str, tuple[int, int, str]] = {}  # name -> (header line, end line, child indent)
+    indent, current = None, None
+    end = len(lines)
+    for i in range(start + 1, len(lines)):
+        line = lines[i]
+        if line.strip() == "" or line.lstrip().startswith("#"):
+            continue
+        if not line[0].isspace():
+            end = i
+            break
+        found = _CATEGORY.match(line)
+        if found and (indent is None or found["indent"] == indent):
+            indent = found["indent"]
+            current = found["name"]
+            blocks[current] = (i, i + 1, "")
+        elif current is not None:
+            header, _, child = blocks[current]
+            child = child or line[: len(line) - len(line.lstrip())]
+            blocks[current] = (header, i + 1, child)
+    inserts: list[tuple[int, str]] = []
+    for name, value in thresholds.items():
+        if name not in blocks:
+            raise ValueError(f"category '{name}' is not in the policy file's categories block")
+        header, stop, child = blocks[name]
+        child = child or (indent or "") + "  "
+        for i in range(header + 1, min(stop, end)):
+            found = _THRESHOLD.match(lines[i].rstrip("\n"))
+            if found and lines[i].startswith(child + "threshold:"):
+                newline = "\n" if lines[i].endswith("\n") else ""
+                lines[i] = f"{found['head']}{value:g}{found['tail']}{newline}"
+                break
+        else:
+            inserts.append((header + 1, f"{child}threshold: {value:g}\n"))
+    for at, line in sorted(inserts, reverse=True):
+        lines.insert(at, line)
+    return "".join(lines)
+
+
+def show(choices: list[Choice], target_precision: float, pairs: int, out: Path) -> None:
+    table = Table(title=f"calibrated on {pairs} pairs for precision {target_precision:g} "
+                        f"(false-hit rate <= {1 - target_precision:.1%})")
+    for column, justify in (("category", "left"), ("threshold", "right"), ("pairs", "right"),
+                            ("hit rate", "right"), ("false-hit rate", "right"), ("note", "left")):
+        table.add_column(column, justify=justify)
+    for c in choices:
+        if c.category == OVERALL:
+            table.add_section()
+            table.add_row(c.category, "", str(c.pairs), f"{c.hit_rate:.1%}", f"{c.false_hit_rate:.1%}", "")
+            continue
+        moved = f"{c.old:g} -> {c.threshold:g}" if c.threshold != c.old else f"{c.threshold:g}"
+        table.add_row(c.category, moved, str(c.pairs), f"{c.hit_rate:.1%}", f"{c.false_hit_rate:.1%}", c.note)
+    console = Console()
+    console.print(table)
+    console.print(f"wrote {out}")

@@ -1,0 +1,77 @@
+"""Verifiers: what they refuse, why they say so, and that they stay within the latency budget."""
+
+from __future__ import annotations
+
+import json
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from catcache.index.pairdiff import FEATURES, diff, features
+from catcache.index.verify import load_verifier
+
+PAIRS = [json.loads(line) for line in (Path(__file__).parent / "data/verify_pairs.jsonl").read_text().splitlines()]
+
+
+def test_none_accepts_everything():
+    verdict = load_verifier("none").check("What is 2+2?", "What is 2+3?", 0.99, 0.5)
+    assert verdict.accepted and verdict.score == 1.0 and verdict.reason == ""
+
+
+@pytest.mark.parametrize("query, candidate, reason", [
+    ("What jobs will be in demand in 10 years?", "What jobs will be in demand in 20 years?", "numbers differ: 10 vs 20"),
+    ("Is Paris the capital of France?", "Is Lyon the capital of France?", "names differ: lyon,paris"),
+    ("Is coffee bad for you?", "Isn't coffee bad for you?", "negation differs"),
+])
+def test_lexical_guard_refuses_with_a_reason(query, candidate, reason):
+    verdict = load_verifier("lexical-guard").check(query, candidate, 0.97, 0.5)
+    assert not verdict.accepted
+    assert verdict.reason.startswith(reason) and "lexical-guard 0.00 < 0.50" in verdict.reason
+
+
+def test_lexical_guard_accepts_paraphrases():
+    guard = load_verifier("lexical-guard")
+    assert guard.check("How did Donald trump win the elections?", "How did Donald Trump win the election?", 0.99, 0.5).accepted
+    assert guard.check("What is your 2017 New Year's resolution?", "What is your New Year's resolution for 2017?", 0.98, 0.5).accepted
+
+
+def test_diff_sees_what_changed():
+    d = diff("How do I sort a dictionary by value in Python?", "How can I sort a Python dict by its keys?")
+    assert {"dictionary", "value"} <= d.only_query and {"dict", "key"} <= d.only_candidate
+    assert d.ask_query == d.ask_candidate == "how"
+    assert features("a b", "a b", 0.9).shape == (len(FEATURES),)
+
+
+def test_pair_classifier_ranks_paraphrase_above_changed_number():
+    classifier = load_verifier("pair-classifier")
+    same = classifier.score("How do I learn Python quickly?", "How can I learn Python fast?", 0.93)
+    other = classifier.score("What is 15 times 12?", "What is 15 times 13?", 0.97)
+    assert 0.0 <= other < same <= 1.0
+
+
+def test_verifiers_refuse_more_hard_negatives_than_paraphrases():
+    """On the labeled pairs in tests/data, every verifier passes paraphrases more often than not."""
+    for name in ("lexical-guard", "pair-classifier"):
+        verifier = load_verifier(name)
+        accepted = {True: [], False: []}
+        for pair in PAIRS:
+            accepted[pair["equivalent"]].append(verifier.check(pair["b"], pair["a"], 0.95, 0.5).accepted)
+        assert np.mean(accepted[True]) > np.mean(accepted[False]), name
+
+
+@pytest.mark.parametrize("name", ["lexical-guard", "pair-classifier"])
+def test_latency_within_budget(name):
+    verifier = load_verifier(name)
+    timings = []
+    for pair in PAIRS * 5:
+        start = time.perf_counter()
+        verifier.check(pair["b"], pair["a"], 0.95, 0.5)
+        timings.append(time.perf_counter() - start)
+    assert np.median(timings) < 0.005
+
+
+def test_unknown_verifier():
+    with pytest.raises(ValueError, match="unknown verifier"):
+        load_verifier("oracle")
