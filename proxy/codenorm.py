@@ -122,7 +122,7 @@ def normalise_code(code: str, language_tag: str | None) -> str:
                 return ast.unparse(tree)
             except (RecursionError, ValueError, SyntaxError, MemoryError):
                 pass
-    lexicon = _LEXICONS.get(lang)
+    lexicon = _LEXICONS.get(lang) if lang else None
     if lexicon is None or "\0" in code:
         return code
     try:
@@ -164,11 +164,6 @@ def _parse(code: str) -> ast.Module | None:
 def _python_only(tree: ast.AST) -> bool:
     """Whether the tree has a construct no brace or shell language would parse alike."""
     return any(isinstance(node, _PYTHON_ONLY) for node in ast.walk(tree))
-
-
-def looks_like_python(text: str) -> bool:
-    tree = _parse(text)
-    return tree is not None and _python_only(tree)
 
 
 def _preorder(tree: ast.AST):
@@ -276,27 +271,27 @@ class _Unsure(Exception):
 class _Lexicon:
     """What the layout pass must know of a language to tell strings and comments from code."""
 
-    line: re.Pattern | None = None   # a line comment opener
+    line: re.Pattern | None = None     # a line comment opener
     block: tuple[str, str] | None = None
-    quotes: str = ""                 # string delimiters, backslash escapes inside
-    raw_quotes: str = ""             # string delimiters without escapes, may span lines
-    multiline: bool = False          # escaped strings may span lines (shell)
-    chars: bool = False              # ' is a char literal only when it closes at once (C, Rust)
-    triple: bool = False             # Python's triple-quoted strings
-    template: bool = False           # JS `...${expr}...`
-    shell: bool = False              # # only at a word start; \x escapes outside quotes
-    expressions: bool = False        # JS: / or < where an operand is due opens a regex or JSX
-    indent: bool = False             # leading white space is syntax
-    continued_comments: bool = False # C: backslash-newline continues a // comment
-    block_newline: bool = False      # a block comment with a line break ends a line (JS, Go)
-    unsafe: re.Pattern | None = None # constructs this lexer cannot follow
+    quotes: str = ""                   # string delimiters, backslash escapes inside
+    raw_quotes: str = ""               # string delimiters without escapes, may span lines
+    multiline: bool = False            # escaped strings may span lines (shell)
+    chars: bool = False                # ' is a char literal only when it closes at once (C, Rust)
+    triple: bool = False               # Python's triple-quoted strings
+    template: bool = False             # JS `...${expr}...`
+    shell: bool = False                # # only at a word start; \x escapes outside quotes
+    expressions: bool = False          # JS: / or < where an operand is due opens a regex or JSX
+    indent: bool = False               # leading white space is syntax
+    continued_comments: bool = False   # C: backslash-newline continues a // comment
+    block_newline: bool = False        # a block comment with a line break ends a line (JS, Go)
+    unsafe: re.Pattern | None = None   # constructs this lexer cannot follow
 
 
 _C = dict(line=re.compile("//"), block=("/*", "*/"), quotes='"', chars=True)
 _C_FAMILY = _Lexicon(**_C, continued_comments=True, unsafe=re.compile(r'R"|\?\?/'))
 _JS = _Lexicon(line=re.compile("//"), block=("/*", "*/"), quotes="\"'", template=True,
                expressions=True, block_newline=True, unsafe=re.compile("<!--|-->"))
-_LEXICONS: dict[str | None, _Lexicon] = {
+_LEXICONS: dict[str, _Lexicon] = {
     **dict.fromkeys(["c", "cpp", "cuda", "objc"], _C_FAMILY),
     "java": _Lexicon(**_C, unsafe=re.compile(r'"""|\\u')),
     "csharp": _Lexicon(**_C, unsafe=re.compile(r'@"|\$"|"""')),
@@ -510,4 +505,5 @@ def looks_like_code(text: str) -> bool:
         return True
     if sum(1 for line in text.split("\n") if _WEAK.search(line)) >= 2:
         return True
-    return looks_like_python(text)
+    tree = _parse(text)
+    return tree is not None and _python_only(tree)
