@@ -25,6 +25,7 @@ from catcache.proxy.responses import bad_gateway, json_response, openai_error
 from catcache.proxy.pipeline import CachePipeline
 from catcache.proxy.state import ProxyState, build_live
 from catcache.reports.recorder import Recorder
+from catcache.reports.routes import router as reports_router
 from catcache.store.documents import DocumentStore
 from catcache.store.embedded import EmbeddedRedis
 from catcache.store.health import CacheUnavailable, RedisGuard
@@ -71,6 +72,7 @@ def create_app(settings: Settings) -> FastAPI:
     async def passthrough(request: Request) -> Response:
         return await pass_through(request.app.state.proxy, request)
 
+    app.include_router(reports_router)
     return app
 
 
@@ -95,7 +97,8 @@ async def lifespan(app: FastAPI, settings: Settings) -> AsyncIterator[None]:
     state = ProxyState(
         live=await asyncio.to_thread(build_live, policy, embedder, settings.backend),
         policy_path=settings.policies, backend_override=settings.backend, embedder=embedder, store=store,
-        guard=RedisGuard(redis), index=SemanticIndex(store, embedder.dim), recorder=Recorder())
+        guard=RedisGuard(redis), index=SemanticIndex(store, embedder.dim),
+        recorder=Recorder(redis, lambda: state.policy))
     await state.index.rebuild()
     app.state.proxy = state
     app.state.pipeline = CachePipeline(state)

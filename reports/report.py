@@ -1,0 +1,120 @@
+"""`catcache report`: the counters of a window as a terminal table, an HTML page, or JSON."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import os
+import sys
+from pathlib import Path
+
+import orjson
+from redis.asyncio import Redis
+from redis.exceptions import RedisError
+from rich.console import Console
+from rich.table import Table
+
+from catcache.reports import format as fmt
+from catcache.reports.stats import Window, seconds
+
+
+def add_parser(subparsers: argparse._SubParsersAction) -> None:
+    report = subparsers.add_parser(
+        "report", help="hit rates and what the cache saved, per category",
+        description="Hit rates, near misses and what the cache saved, per category, from the counters "
+                    "every proxy keeps in Redis.")
+    report.add_argument("--since", default="24h", help="window ending now: 90m, 24h, 7d (default 24h)")
+    report.add_argument("--redis", default=os.environ.get("CATCACHE_REDIS"),
+                        help="redis:// URL the proxies use; without it, the embedded Redis of --data-dir")
+    report.add_argument("--data-dir", default=os.environ.get("CATCACHE_DATA_DIR"),
+                        help="data dir of a stopped `catcache serve` (default: the serve default)")
+    report.add_argument("--format", choices=["table", "html", "json"], default="table")
+    report.add_argument("--out", type=Path, help="write here instead of standard output")
+    report.set_defaults(run=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    try:
+        seconds(args.since)
+    except ValueError as exc:
+        print(f"catcache report: --since: {exc}", file=sys.stderr)
+        return 2
+    try:
+        window = load(args.redis, args.data_dir, args.since)
+    except (RuntimeError, RedisError, OSError) as exc:
+        print(f"catcache report: {exc}", file=sys.stderr)
+        return 1
+    if args.format == "table" and args.out:
+        with args.out.open("w") as out:
+            Console(file=out, width=140).print(table(window, args.since))
+        return 0
+    if args.format == "table":
+        console = Console()
+        if not console.is_terminal:  # piped: the whole table, not one squeezed to 80 columns
+            console = Console(width=140)
+        console.print(table(window, args.since))
+        return 0
+    text = html_page(window, args.since) if args.format == "html" else json_text(window, args.since)
+    if args.out:
+        args.out.write_text(text)
+    else:
+        sys.stdout.write(text)
+    return 0
+
+
+def load(redis_url: str | None, data_dir: str | None, since: str) -> Window:
+    """Read the window from Redis at `redis_url`, or from a data dir's Redis, started for the read."""
+    if redis_url:
+        return asyncio.run(_read(redis_url, since))
+    from catcache.store.embedded import DataDirInUse, EmbeddedRedis, default_data_dir
+
+    server = EmbeddedRedis(Path(data_dir) if data_dir else default_data_dir())
+    try:
+        url = server.start()
+    except DataDirInUse as exc:
+        raise RuntimeError(f"{exc}; or, while it runs, pass --redis URL or ask it for GET /stats") from None
+    try:
+        return asyncio.run(_read(url, since))
+    finally:
+        server.stop()
+
+
+async def _read(url: str, since: str) -> Window:
+    redis = Redis.from_url(url, socket_timeout=10.0, socket_connect_timeout=5.0)
+    try:
+        return await Window.load(redis, since)
+    finally:
+        await redis.aclose()
+
+
+def json_text(window: Window, since: str) -> str:
+    return orjson.dumps({"since": since, **window.summary()}, option=orjson.OPT_INDENT_2).decode() + "\n"
+
+
+def html_page(window: Window, since: str) -> str:
+    from catcache.reports.html import render  # matplotlib loads only for the page
+
+    return render(window, since)
+
+
+def table(window: Window, since: str) -> Table:
+    summary = window.summary()
+    grid = Table(title=f"catcache · last {since} · {summary['from']} → {summary['to']}", show_footer=True,
+                 title_style="bold", header_style="bold", footer_style="bold")
+    total = summary["total"]
+    headers = [("Category", "all"), ("Requests", fmt.count(total["requests"])),
+               ("Hit rate", fmt.pct(total["hit_rate"])), ("Exact", fmt.pct(total["rates"]["hit-exact"])),
+               ("Semantic", fmt.pct(total["rates"]["hit-semantic"])), ("IC", fmt.pct(total["rates"]["ic"])),
+               ("Near misses", fmt.count(total["near_misses"])), ("Tokens saved", fmt.count(total["tokens_saved"])),
+               ("Latency saved", fmt.duration(total["latency_saved_ms"])),
+               ("Cost saved", fmt.usd(total["cost_saved_usd"]))]
+    for i, (name, footer) in enumerate(headers):
+        grid.add_column(name, footer, justify="left" if i == 0 else "right", no_wrap=True)
+    for name, row in summary["categories"].items():
+        grid.add_row(name, fmt.count(row["requests"]), fmt.pct(row["hit_rate"]), fmt.pct(row["rates"]["hit-exact"]),
+                     fmt.pct(row["rates"]["hit-semantic"]), fmt.pct(row["rates"]["ic"]), fmt.count(row["near_misses"]),
+                     fmt.count(row["tokens_saved"]), fmt.duration(row["latency_saved_ms"]),
+                     fmt.usd(row["cost_saved_usd"]))
+    if not summary["categories"]:
+        grid.caption = "no requests in this window"
+    return grid
