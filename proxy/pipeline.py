@@ -288,6 +288,7 @@ class CachePipeline:
                         yield event + b"\n\n"
         except httpx.HTTPError as exc:
             log.warning("backend stream broke off: %r", exc)
+            raise  # break the client's stream off too: a clean end would pass a truncated answer as whole
         finally:
             await upstream.aclose()
             backend.in_flight -= 1

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import uuid
 from collections.abc import Callable, Iterator, Mapping, Sequence
+from contextlib import contextmanager
 from pathlib import Path
 
 import pytest
@@ -52,9 +54,9 @@ def fresh_backend(backend: TestBackend) -> TestBackend:
 ProxyFactory = Callable[..., ProxyProcess]
 
 
-@pytest.fixture
-def proxy_factory(backend: TestBackend, tmp_path: Path) -> Iterator[ProxyFactory]:
-    """Start `catcache serve` processes in front of the test backend; all are stopped at teardown.
+@contextmanager
+def _proxy_factory(backend: TestBackend, root: Path) -> Iterator[ProxyFactory]:
+    """Start `catcache serve` processes in front of the test backend; all are stopped at the end.
 
     Each call gets its own data dir (and so its own embedded Redis) unless `data_dir` or
     `redis_url` says otherwise.
@@ -73,7 +75,7 @@ def proxy_factory(backend: TestBackend, tmp_path: Path) -> Iterator[ProxyFactory
         proxy = ProxyProcess(
             backend_url or backend.base_url,
             policies,
-            data_dir or tmp_path / f"proxy-{len(proxies)}",
+            data_dir or root / f"proxy-{len(proxies)}",
             redis_url=redis_url,
             extra_args=extra_args,
             env=env,
@@ -82,9 +84,30 @@ def proxy_factory(backend: TestBackend, tmp_path: Path) -> Iterator[ProxyFactory
         try:
             return proxy.start()
         except RuntimeError as exc:
-            failure = str(exc)
-        pytest.fail(failure, pytrace=False)  # outside the except: no chained traceback to wade through
+            pytest.fail(str(exc), pytrace=False)
 
-    yield start
-    for proxy in proxies:
-        proxy.stop()
+    try:
+        yield start
+    finally:
+        for proxy in proxies:
+            proxy.stop()
+
+
+@pytest.fixture
+def proxy_factory(backend: TestBackend, tmp_path: Path) -> Iterator[ProxyFactory]:
+    with _proxy_factory(backend, tmp_path) as start:
+        yield start
+
+
+@pytest.fixture(scope="module")
+def module_proxy_factory(backend: TestBackend, tmp_path_factory: pytest.TempPathFactory) -> Iterator[ProxyFactory]:
+    """Like `proxy_factory`, for one proxy shared by a module's tests (each test keeps to its own
+    tenant, see `api_key`), since a start costs seconds of model loading."""
+    with _proxy_factory(backend, tmp_path_factory.mktemp("proxies")) as start:
+        yield start
+
+
+@pytest.fixture
+def api_key() -> str:
+    """A key no other test uses: tenancy keeps this test's cache entries to itself."""
+    return f"sk-test-{uuid.uuid4().hex}"

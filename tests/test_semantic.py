@@ -22,87 +22,96 @@ def policy_file(tmp_path) -> Path:
     return path
 
 
+@pytest.fixture(scope="module")
+def proxy(module_proxy_factory):
+    """One proxy for the module; each test keeps to its own tenant through `api_key`."""
+    return module_proxy_factory(policies=POLICIES)
+
+
 @pytest.fixture
-def proxy(proxy_factory, fresh_backend, policy_file):
+def own_proxy(proxy_factory, policy_file):
+    """A proxy of this test's own, for tests that edit its policy file."""
     return proxy_factory(policies=policy_file)
 
 
-def ask(proxy, text: str, *, key: str = "sk-one", model: str = "test-model", history=(), headers=None):
+def ask(proxy, text: str, *, key: str, model: str = "test-model", history=(), headers=None):
     api = openai.OpenAI(base_url=proxy.base_url, api_key=key, max_retries=0)
     messages = [*history, {"role": "user", "content": text}]
     raw = api.chat.completions.with_raw_response.create(model=model, messages=messages, extra_headers=headers)
     return raw.headers, raw.parse().choices[0].message.content
 
 
-def test_paraphrase_is_a_semantic_hit(proxy):
-    _, answer = ask(proxy, PARAPHRASES[0])
-    headers, again = ask(proxy, PARAPHRASES[1])
+def test_paraphrase_is_a_semantic_hit(proxy, api_key):
+    _, answer = ask(proxy, key=api_key, text=PARAPHRASES[0])
+    headers, again = ask(proxy, key=api_key, text=PARAPHRASES[1])
     assert headers["x-catcache"] == "hit-semantic"
     assert headers["x-catcache-category"] == "code"
     assert float(headers["x-catcache-similarity"]) >= 0.9
     assert again == answer
 
 
-def test_hard_negative_is_not_a_hit(proxy):
-    ask(proxy, HARD_NEGATIVE[0])
-    headers, _ = ask(proxy, HARD_NEGATIVE[1])
+def test_hard_negative_is_not_a_hit(proxy, api_key):
+    ask(proxy, key=api_key, text=HARD_NEGATIVE[0])
+    headers, _ = ask(proxy, key=api_key, text=HARD_NEGATIVE[1])
     assert headers["x-catcache"] == "miss"
 
 
-def test_no_hit_across_scopes(proxy):
-    ask(proxy, PARAPHRASES[0])
-    assert ask(proxy, PARAPHRASES[1], model="other-model")[0]["x-catcache"] == "miss"
-    assert ask(proxy, PARAPHRASES[1], key="sk-two")[0]["x-catcache"] == "miss"
+def test_no_hit_across_scopes(proxy, api_key):
+    ask(proxy, key=api_key, text=PARAPHRASES[0])
+    assert ask(proxy, key=api_key, text=PARAPHRASES[1], model="other-model")[0]["x-catcache"] == "miss"
+    assert ask(proxy, key=api_key + "-two", text=PARAPHRASES[1])[0]["x-catcache"] == "miss"
     earlier = [{"role": "user", "content": "I use Rust."}, {"role": "assistant", "content": "Nice."}]
-    assert ask(proxy, PARAPHRASES[1], history=earlier)[0]["x-catcache"] == "miss"
-    assert ask(proxy, PARAPHRASES[1], headers={"x-catcache-category": "tiny"})[0]["x-catcache"] == "miss"
+    assert ask(proxy, key=api_key, text=PARAPHRASES[1], history=earlier)[0]["x-catcache"] == "miss"
+    assert ask(proxy, key=api_key, text=PARAPHRASES[1], headers={"x-catcache-category": "default"})[0]["x-catcache"] == "miss"
 
 
-def test_follow_up_does_not_hit_another_conversation(proxy):
+def test_follow_up_does_not_hit_another_conversation(proxy, api_key):
     first = [{"role": "user", "content": "How do I sort a dict in Python?"}, {"role": "assistant", "content": "sorted()"}]
     second = [{"role": "user", "content": "How do I read a file in Python?"}, {"role": "assistant", "content": "open()"}]
-    ask(proxy, "And in Java?", history=first)
-    assert ask(proxy, "And in Java?", history=second)[0]["x-catcache"] == "miss"
-    assert ask(proxy, "and in Java ?", history=first)[0]["x-catcache"] in ("hit-exact", "hit-semantic")
+    ask(proxy, key=api_key, text="And in Java?", history=first)
+    assert ask(proxy, key=api_key, text="And in Java?", history=second)[0]["x-catcache"] == "miss"
+    assert ask(proxy, key=api_key, text="and in Java ?", history=first)[0]["x-catcache"] in ("hit-exact", "hit-semantic")
 
 
-def test_ttl_expiry(proxy):
-    ask(proxy, "What is the weather like in Paris?")
-    assert ask(proxy, "What is the weather like in Paris?")[0]["x-catcache"] == "hit-exact"
-    assert ask(proxy, "What's the weather like in Paris?")[0]["x-catcache"] == "hit-semantic"
+def test_ttl_expiry(proxy, api_key):
+    ask(proxy, key=api_key, text="What is the weather like in Paris?")
+    assert ask(proxy, key=api_key, text="What is the weather like in Paris?")[0]["x-catcache"] == "hit-exact"
+    assert ask(proxy, key=api_key, text="What's the weather like in Paris?")[0]["x-catcache"] == "hit-semantic"
     time.sleep(2.5)
-    assert ask(proxy, "What is the weather like in Paris?")[0]["x-catcache"] == "miss"
+    assert ask(proxy, key=api_key, text="What is the weather like in Paris?")[0]["x-catcache"] == "miss"
 
 
-def test_quota_evicts_least_recently_used(proxy):
+def test_quota_evicts_least_recently_used(proxy, api_key):
     tiny = {"x-catcache-category": "tiny"}
     for question in ("Name a red fruit.", "Name a blue bird.", "Name a green vegetable."):
-        ask(proxy, question, headers=tiny)
-    assert ask(proxy, "Name a red fruit.", headers=tiny)[0]["x-catcache"] == "miss"
-    assert ask(proxy, "Name a green vegetable.", headers=tiny)[0]["x-catcache"] == "hit-exact"
+        ask(proxy, key=api_key, text=question, headers=tiny)
+    assert ask(proxy, key=api_key, text="Name a red fruit.", headers=tiny)[0]["x-catcache"] == "miss"
+    assert ask(proxy, key=api_key, text="Name a green vegetable.", headers=tiny)[0]["x-catcache"] == "hit-exact"
     assert httpx.get(f"{proxy.url}/healthz").json()["index"]["tiny"] <= 2
 
 
-def test_index_is_rebuilt_after_restart(proxy):
-    ask(proxy, PARAPHRASES[0])
+def test_index_is_rebuilt_after_restart(proxy, api_key):
+    ask(proxy, key=api_key, text=PARAPHRASES[0])
     proxy.restart()
-    assert httpx.get(f"{proxy.url}/healthz").json()["index"]["code"] == 1
-    assert ask(proxy, PARAPHRASES[1])[0]["x-catcache"] == "hit-semantic"
+    assert httpx.get(f"{proxy.url}/healthz").json()["index"]["code"] >= 1
+    assert ask(proxy, key=api_key, text=PARAPHRASES[1])[0]["x-catcache"] == "hit-semantic"
 
 
-def test_bad_policy_is_refused_and_the_old_one_stays(proxy, policy_file):
-    ask(proxy, PARAPHRASES[0])
+def test_bad_policy_is_refused_and_the_old_one_stays(own_proxy, policy_file, api_key):
+    proxy = own_proxy
+    ask(proxy, key=api_key, text=PARAPHRASES[0])
     policy_file.write_text(POLICIES.read_text().replace("threshold: 0.9\n    ttl: 1h", "threshold: 1.7\n    ttl: 1h", 1))
     refused = httpx.post(f"{proxy.url}/admin/reload")
     assert refused.status_code == 400
     assert "categories.code.threshold" in refused.json()["error"]["message"]
-    assert ask(proxy, PARAPHRASES[1])[0]["x-catcache"] == "hit-semantic"
+    assert ask(proxy, key=api_key, text=PARAPHRASES[1])[0]["x-catcache"] == "hit-semantic"
 
 
-def test_hot_reload_applies_a_new_threshold(proxy, policy_file):
-    ask(proxy, PARAPHRASES[0])
+def test_hot_reload_applies_a_new_threshold(own_proxy, policy_file, api_key):
+    proxy = own_proxy
+    ask(proxy, key=api_key, text=PARAPHRASES[0])
     policy_file.write_text(POLICIES.read_text().replace("threshold: 0.9\n    ttl: 1h", "threshold: 0.999\n    ttl: 1h", 1))
     deadline = time.monotonic() + 10
-    while ask(proxy, PARAPHRASES[1])[0]["x-catcache"] != "miss":
+    while ask(proxy, key=api_key, text=PARAPHRASES[1])[0]["x-catcache"] != "miss":
         assert time.monotonic() < deadline, "the edited policy file was not picked up"
         time.sleep(0.3)
