@@ -15,6 +15,7 @@ import builtins
 import functools
 import re
 import symtable
+import warnings
 from dataclasses import dataclass
 
 MAX_AST_CHARS = 100_000  # larger snippets skip the ast path: parsing is superlinear in memory
@@ -156,7 +157,9 @@ def _parse(code: str) -> ast.Module | None:
     if len(code) > MAX_AST_CHARS:
         return None
     try:
-        return ast.parse(code)
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", SyntaxWarning)  # the user's code, not ours to warn about
+            return ast.parse(code)
     except (SyntaxError, ValueError, RecursionError, MemoryError):
         return None
 
