@@ -72,6 +72,8 @@ def load(redis_url: str | None, data_dir: str | None, since: str) -> Window:
     try:
         url = server.start()
     except DataDirInUse as exc:
+        if server.url_path.is_file():  # a running catcache holds it: read its Redis
+            return asyncio.run(_read(server.url_path.read_text().strip(), since))
         raise RuntimeError(f"{exc}; or, while it runs, pass --redis URL or ask it for GET /stats") from None
     try:
         return asyncio.run(_read(url, since))

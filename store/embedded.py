@@ -103,6 +103,11 @@ class EmbeddedRedis:
     def log_path(self) -> Path:
         return self.data_dir / "redis.log"
 
+    @property
+    def url_path(self) -> Path:
+        """Where a running server's URL is published, so `catcache report` can read a live data dir."""
+        return self.data_dir / "redis.url"
+
     def start(self) -> str:
         """Start the server and wait until it answers PING; returns its URL."""
         if self._process is not None:
@@ -121,6 +126,7 @@ class EmbeddedRedis:
         """SIGTERM the server (it flushes the append-only file), SIGKILL it if it hangs; idempotent."""
         self._terminate()
         self._port = None
+        self.url_path.unlink(missing_ok=True)
         if self._lock_fd is not None:
             os.close(self._lock_fd)
             self._lock_fd = None
@@ -144,6 +150,7 @@ class EmbeddedRedis:
             self._port = _free_port()
             self._process = self._spawn(self._port)
             if self._wait_ready():
+                self.url_path.write_text(self.url + "\n")
                 return self.url
             status = self._process.poll()
             self._terminate()

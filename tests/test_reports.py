@@ -219,6 +219,22 @@ def test_report_reads_a_data_dir(tmp_path):
     assert json.loads((tmp_path / "r.json").read_text())["total"]["requests"] == 12
 
 
+def test_report_reads_a_data_dir_in_use(tmp_path):
+    """While a catcache holds the data dir, the report reads the Redis that it published."""
+    from catcache.store.embedded import EmbeddedRedis
+
+    with EmbeddedRedis(tmp_path / "data") as server:
+        asyncio.run(recorded(server.url, records(time.time())))
+        parser = argparse.ArgumentParser()
+        report.add_parser(parser.add_subparsers())
+        args = parser.parse_args(["report", "--data-dir", str(tmp_path / "data"), "--format", "json",
+                                  "--out", str(tmp_path / "r.json")])
+        args.redis = None
+        assert args.run(args) == 0
+    assert json.loads((tmp_path / "r.json").read_text())["total"]["requests"] == 12
+    assert not (tmp_path / "data" / "redis.url").exists()
+
+
 def test_proxy_serves_stats_and_metrics(proxy_factory, fresh_backend, redis_url, clean_redis):
     proxy = proxy_factory(policies=E2E_POLICIES, redis_url=redis_url)
     body = {"model": "test-model", "messages": [{"role": "user", "content": "What is the tallest mountain?"}]}
