@@ -115,3 +115,38 @@ def test_hot_reload_applies_a_new_threshold(own_proxy, policy_file, api_key):
     while ask(proxy, key=api_key, text=PARAPHRASES[1])[0]["x-catcache"] != "miss":
         assert time.monotonic() < deadline, "the edited policy file was not picked up"
         time.sleep(0.3)
+
+
+def test_near_miss_is_answered_in_context_by_the_small_backend(proxy_factory, fresh_backend, tmp_path, api_key):
+    policy = tmp_path / "ic.yaml"
+    policy.write_text(f"""
+version: 1
+backends:
+  small: {{url: "{fresh_backend.base_url}", role: small, model: small-model}}
+categories:
+  default:
+    threshold: 0.99
+    ic: {{low: 0.5, k: 2, backend: small}}
+""")
+    proxy = proxy_factory(policies=policy)
+    ask(proxy, key=api_key, text="How do I reverse a list in Python?")
+    api = openai.OpenAI(base_url=proxy.base_url, api_key=api_key, max_retries=0)
+    raw = api.chat.completions.with_raw_response.create(
+        model="test-model", messages=[{"role": "user", "content": "How do I sort a list in Python?"}])
+    assert raw.headers["x-catcache"] == "ic"
+    assert 0.5 <= float(raw.headers["x-catcache-similarity"]) < 0.99
+    assert raw.parse().model == "small-model"
+    assert ask(proxy, key=api_key, text="How do I sort a list in Python?")[0]["x-catcache"] == "ic", \
+        "IC answers come from a small model: they are not stored"
+
+
+def test_a_second_proxy_learns_entries_through_redis(proxy_factory, redis_url, clean_redis, api_key):
+    first = proxy_factory(policies=POLICIES, redis_url=redis_url)
+    second = proxy_factory(policies=POLICIES, redis_url=redis_url)
+    _, answer = ask(first, key=api_key, text=PARAPHRASES[0])
+    deadline = time.monotonic() + 10
+    while httpx.get(f"{second.url}/healthz").json()["index"].get("code", 0) < 1:
+        assert time.monotonic() < deadline, "the second proxy did not follow the event stream"
+        time.sleep(0.1)
+    headers, again = ask(second, key=api_key, text=PARAPHRASES[1])
+    assert headers["x-catcache"] == "hit-semantic" and again == answer
