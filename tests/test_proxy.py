@@ -254,3 +254,16 @@ def test_healthz(proxy, api_key):
     health = httpx.get(f"{proxy.url}/healthz").json()
     assert health["status"] == "ok" and health["redis"] == "up"
     wait_http(f"{proxy.url}/healthz")
+
+
+def test_stream_is_relayed_as_the_backend_sends_it(proxy_factory, api_key):
+    """Not buffered: the first chunk arrives long before the backend finishes its answer."""
+    with TestBackend(tokens_per_s=8) as slow:
+        proxy = proxy_factory(policies=POLICIES, backend_url=slow.base_url)
+        started = time.monotonic()
+        arrivals = []
+        for chunk in client(proxy, api_key).chat.completions.create(model="m", messages=QUESTION, stream=True):
+            if chunk.choices and chunk.choices[0].delta.content:
+                arrivals.append(time.monotonic() - started)
+    assert len(arrivals) >= 5
+    assert arrivals[0] < (arrivals[-1] - arrivals[0]) / 2
