@@ -224,7 +224,7 @@ class CachePipeline:
         """A miss: one backend call per distinct request at a time, stored on success."""
         flight = self.state.flights.leader(exchange.doc_id)
         if flight is not None:
-            response = await asyncio.shield(flight)
+            response = await asyncio.shield(flight)  # None if the leader failed or went away
             if response is not None:
                 doc = Document(exchange.doc_id, exchange.endpoint, exchange.canon.model, exchange.category,
                                exchange.scope_key, exchange.canon.query_text, response)
@@ -249,28 +249,34 @@ class CachePipeline:
             upstream = await backend.open("POST", exchange.path, headers=exchange.headers, content=orjson.dumps(body))
         except httpx.HTTPError as exc:
             backend.in_flight -= 1
-            self._land(flight, None)
-            self._record(exchange, "error", None, None)
-            return bad_gateway(f"catcache could not reach the {backend.name} backend: {exc!r}")
-        if upstream.status_code >= 300 or not exchange.stream:
-            try:
-                content = await upstream.aread()
-            finally:
-                await upstream.aclose()
-                backend.in_flight -= 1
-            latency = (time.perf_counter() - started) * 1000
-            ok = upstream.status_code < 300
-            response = orjson.loads(content) if ok else None
-            if ok and store:
-                await self._store(exchange, response, latency)
-            self._land(flight, response)
-            self._record(exchange, outcome if ok else "error", latency, response and response.get("usage"))
-            headers = forwardable(upstream.headers, drop={"content-encoding"}) | self._headers(
-                exchange, outcome, exchange.doc_id if store else None)
-            return Response(content, status_code=upstream.status_code, headers=headers)
-        relay = self._relay(exchange, backend, upstream, started, outcome, store, flight)
-        return StreamingResponse(relay, status_code=upstream.status_code, media_type="text/event-stream",
-                                 headers=self._headers(exchange, outcome, exchange.doc_id if store else None))
+            return self._unreachable(exchange, backend, flight, exc)
+        if upstream.status_code < 300 and exchange.stream:
+            relay = self._relay(exchange, backend, upstream, started, outcome, store, flight)
+            return StreamingResponse(relay, status_code=upstream.status_code, media_type="text/event-stream",
+                                     headers=self._headers(exchange, outcome, exchange.doc_id if store else None))
+        try:
+            content = await upstream.aread()
+        except httpx.HTTPError as exc:
+            return self._unreachable(exchange, backend, flight, exc)
+        finally:
+            await upstream.aclose()
+            backend.in_flight -= 1
+        latency = (time.perf_counter() - started) * 1000
+        ok = upstream.status_code < 300
+        response = json_object(content) if ok else None
+        if response is not None and store:
+            await self._store(exchange, response, latency)
+        self._land(flight, response)
+        self._record(exchange, outcome if ok else "error", latency, response and response.get("usage"))
+        headers = forwardable(upstream.headers, drop={"content-encoding"}) | self._headers(
+            exchange, outcome, exchange.doc_id if store and response is not None else None)
+        return Response(content, status_code=upstream.status_code, headers=headers)
+
+    def _unreachable(self, exchange: Exchange, backend: BackendClient, flight: str | None,
+                     exc: httpx.HTTPError) -> Response:
+        self._land(flight, None)
+        self._record(exchange, "error", None, None)
+        return bad_gateway(f"catcache could not reach the {backend.name} backend: {exc!r}")
 
     async def _relay(self, exchange: Exchange, backend: BackendClient, upstream: httpx.Response, started: float,
                      outcome: str, store: bool, flight: str | None) -> AsyncIterator[bytes]:
@@ -304,7 +310,11 @@ class CachePipeline:
             if payload == b"[DONE]":
                 assembler.done = True
             elif payload:
-                assembler.add(orjson.loads(payload))
+                chunk = json_object(payload)
+                if chunk is None:
+                    assembler.corrupt = True  # relayed as it came, never stored
+                else:
+                    assembler.add(chunk)
         if not (assembler.done and assembler.complete):
             return False
         if store:
@@ -317,7 +327,7 @@ class CachePipeline:
             return True
         for payload in event_payloads(event):
             if payload.startswith(b"{") and b'"usage"' in payload:
-                chunk = orjson.loads(payload)
+                chunk = json_object(payload) or {}
                 if not chunk.get("choices") and chunk.get("usage"):
                     return False
         return True
@@ -391,6 +401,15 @@ def cache_control(header: str) -> str | None:
 
 def fresh_id(endpoint: str) -> str:
     return ("chatcmpl-" if endpoint == "chat" else "cmpl-") + uuid.uuid4().hex[:24]
+
+
+def json_object(content: bytes) -> dict | None:
+    """A JSON object, or None for anything else a backend might send."""
+    try:
+        value = orjson.loads(content)
+    except orjson.JSONDecodeError:
+        return None
+    return value if isinstance(value, dict) else None
 
 
 async def iterate(chunks) -> AsyncIterator[bytes]:

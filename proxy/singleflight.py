@@ -1,15 +1,15 @@
 """Collapse concurrent identical misses into one backend call.
 
 The first request for a key leads and calls the backend; the others wait for its answer. If the
-leader fails (an error, a truncated stream) the waiters get None and go to the backend themselves,
-so single flight never turns one failure into many.
+leader fails (an error, a truncated stream, a client gone before its stream began) the waiters
+get None and go to the backend themselves, so single flight never turns one failure into many.
+A flight is tied to the leader's request task (uvicorn serves a request, its streamed body
+included, in one task), so it lands when that task ends, whatever the path.
 """
 
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Iterator
-from contextlib import contextmanager
 
 
 class SingleFlight:
@@ -21,19 +21,21 @@ class SingleFlight:
         flight = self._flights.get(key)
         if flight is not None:
             return flight
-        self._flights[key] = asyncio.get_running_loop().create_future()
+        flight = asyncio.get_running_loop().create_future()
+        self._flights[key] = flight
+        task = asyncio.current_task()
+        if task is not None:
+            task.add_done_callback(lambda _: self._end(key, flight, None))
         return None
 
     def land(self, key: str, result: dict | None) -> None:
         """The leader's answer (None if it failed) for every waiter; the next request leads anew."""
-        flight = self._flights.pop(key, None)
-        if flight is not None and not flight.done():
-            flight.set_result(result)
+        flight = self._flights.get(key)
+        if flight is not None:
+            self._end(key, flight, result)
 
-    @contextmanager
-    def leading(self, key: str) -> Iterator[None]:
-        """Make sure the flight lands even if the leader is cancelled or raises."""
-        try:
-            yield
-        finally:
-            self.land(key, None)
+    def _end(self, key: str, flight: asyncio.Future, result: dict | None) -> None:
+        if self._flights.get(key) is flight:
+            del self._flights[key]
+        if not flight.done():
+            flight.set_result(result)

@@ -35,6 +35,7 @@ class StreamAssembler:
         self.choices: dict[int, dict] = {}
         self.usage: dict | None = None
         self.done = False
+        self.corrupt = False
 
     def add(self, chunk: dict) -> None:
         for key in ("id", "model", "created", "system_fingerprint"):
@@ -57,7 +58,8 @@ class StreamAssembler:
     @property
     def complete(self) -> bool:
         """A stream is worth storing only if it ended with [DONE] and every choice has a finish_reason."""
-        return self.done and bool(self.choices) and all("finish_reason" in c for c in self.choices.values())
+        return (self.done and not self.corrupt and bool(self.choices)
+                and all("finish_reason" in c for c in self.choices.values()))
 
     def response(self) -> dict:
         response = {

@@ -1,0 +1,60 @@
+"""Single flight: waiters get the leader's answer, or None however the leader ends."""
+
+from __future__ import annotations
+
+import asyncio
+
+from catcache.proxy.singleflight import SingleFlight
+
+
+async def test_waiters_get_the_leaders_answer():
+    flights = SingleFlight()
+
+    async def lead():
+        assert flights.leader("k") is None
+        await asyncio.sleep(0.01)
+        flights.land("k", {"answer": 1})
+
+    leader = asyncio.create_task(lead())
+    await asyncio.sleep(0)
+    waiter = flights.leader("k")
+    assert waiter is not None
+    assert await waiter == {"answer": 1}
+    await leader
+    assert flights.leader("k") is None, "a landed flight makes way for a new leader"
+
+
+async def test_a_leader_that_ends_without_landing_releases_its_waiters():
+    flights = SingleFlight()
+
+    async def lead_and_vanish():
+        assert flights.leader("k") is None
+        raise asyncio.CancelledError  # e.g. the client went away before the stream began
+
+    leader = asyncio.create_task(lead_and_vanish())
+    await asyncio.sleep(0)
+    waiter = flights.leader("k")
+    assert waiter is not None
+    assert await asyncio.wait_for(waiter, 1) is None
+    assert leader.cancelled()
+
+
+async def test_an_old_leaders_end_does_not_land_a_newer_flight():
+    flights = SingleFlight()
+    first = asyncio.Event()
+
+    async def lead(release: asyncio.Event):
+        assert flights.leader("k") is None
+        flights.land("k", {"answer": "old"})
+        await release.wait()
+
+    old = asyncio.create_task(lead(first))
+    await asyncio.sleep(0)
+    newer = asyncio.create_task(lead(asyncio.Event()))
+    await asyncio.sleep(0)
+    waiter = flights.leader("k")
+    first.set()
+    await old
+    assert not waiter.done(), "the old leader's end must not land the newer leader's flight"
+    newer.cancel()
+    assert await asyncio.wait_for(waiter, 1) is None
