@@ -41,20 +41,27 @@ async def test_a_leader_that_ends_without_landing_releases_its_waiters():
 
 async def test_an_old_leaders_end_does_not_land_a_newer_flight():
     flights = SingleFlight()
-    first = asyncio.Event()
+    release_old, release_newer = asyncio.Event(), asyncio.Event()
 
-    async def lead(release: asyncio.Event):
+    async def old_leader():
         assert flights.leader("k") is None
         flights.land("k", {"answer": "old"})
-        await release.wait()
+        await release_old.wait()
 
-    old = asyncio.create_task(lead(first))
+    async def newer_leader():
+        assert flights.leader("k") is None
+        await release_newer.wait()
+        flights.land("k", {"answer": "new"})
+
+    old = asyncio.create_task(old_leader())
     await asyncio.sleep(0)
-    newer = asyncio.create_task(lead(asyncio.Event()))
+    newer = asyncio.create_task(newer_leader())
     await asyncio.sleep(0)
     waiter = flights.leader("k")
-    first.set()
+    assert waiter is not None
+    release_old.set()
     await old
     assert not waiter.done(), "the old leader's end must not land the newer leader's flight"
-    newer.cancel()
-    assert await asyncio.wait_for(waiter, 1) is None
+    release_newer.set()
+    assert await asyncio.wait_for(waiter, 1) == {"answer": "new"}
+    await newer
