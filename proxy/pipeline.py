@@ -187,10 +187,7 @@ class CachePipeline:
         return None if verdict.accepted else verdict.reason
 
     def _relief(self, policy: Policy) -> float:
-        """0..1: how far the adaptive policy relaxes, from the large backend's queue."""
-        if not policy.adaptive.enabled:
-            return 0.0
-        return min(1.0, self.state.large().in_flight / policy.adaptive.queue_high)
+        return adaptive_relief(policy, self.state.large().in_flight)
 
     # -- answers -----------------------------------------------------------------------------
 
@@ -375,6 +372,14 @@ class CachePipeline:
             similarity=exchange.similarity, verdict=exchange.verdict, latency_ms=exchange.elapsed_ms(),
             backend_latency_ms=backend_ms, prompt_tokens=int(usage.get("prompt_tokens") or 0),
             completion_tokens=int(usage.get("completion_tokens") or 0), endpoint=exchange.endpoint))
+
+
+def adaptive_relief(policy: Policy, waiting: int) -> float:
+    """0..1: how far the adaptive policy relaxes thresholds and stretches TTLs, from the number of
+    requests the large backend has in hand (1 at `queue_high` and beyond)."""
+    if not policy.adaptive.enabled:
+        return 0.0
+    return min(1.0, waiting / policy.adaptive.queue_high)
 
 
 def scoped(key: str, tenant: str | None) -> str:
