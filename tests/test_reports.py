@@ -205,18 +205,21 @@ async def test_report_of_an_empty_window_and_bad_since(redis_url, clean_redis, t
     assert "--since" in capsys.readouterr().err
 
 
+def report_of_data_dir(data_dir: Path, out: Path) -> dict:
+    parser = argparse.ArgumentParser()
+    report.add_parser(parser.add_subparsers())
+    args = parser.parse_args(["report", "--data-dir", str(data_dir), "--format", "json", "--out", str(out)])
+    args.redis = None
+    assert args.run(args) == 0
+    return json.loads(out.read_text())
+
+
 def test_report_reads_a_data_dir(tmp_path):
     from catcache.store.embedded import EmbeddedRedis
 
     with EmbeddedRedis(tmp_path / "data") as server:
         asyncio.run(recorded(server.url, records(time.time())))
-    parser = argparse.ArgumentParser()
-    report.add_parser(parser.add_subparsers())
-    args = parser.parse_args(["report", "--data-dir", str(tmp_path / "data"), "--format", "json",
-                              "--out", str(tmp_path / "r.json")])
-    args.redis = None
-    assert args.run(args) == 0
-    assert json.loads((tmp_path / "r.json").read_text())["total"]["requests"] == 12
+    assert report_of_data_dir(tmp_path / "data", tmp_path / "r.json")["total"]["requests"] == 12
 
 
 def test_report_reads_a_data_dir_in_use(tmp_path):
@@ -225,13 +228,7 @@ def test_report_reads_a_data_dir_in_use(tmp_path):
 
     with EmbeddedRedis(tmp_path / "data") as server:
         asyncio.run(recorded(server.url, records(time.time())))
-        parser = argparse.ArgumentParser()
-        report.add_parser(parser.add_subparsers())
-        args = parser.parse_args(["report", "--data-dir", str(tmp_path / "data"), "--format", "json",
-                                  "--out", str(tmp_path / "r.json")])
-        args.redis = None
-        assert args.run(args) == 0
-    assert json.loads((tmp_path / "r.json").read_text())["total"]["requests"] == 12
+        assert report_of_data_dir(tmp_path / "data", tmp_path / "r.json")["total"]["requests"] == 12
     assert not (tmp_path / "data" / "redis.url").exists()
 
 
