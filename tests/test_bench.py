@@ -1,0 +1,102 @@
+"""Smoke tests: every benchmark runs end to end on a tiny input, and the grading is right.
+
+The full runs are `@pytest.mark.slow` (`pytest -m slow`); the default suite only checks that each
+benchmark still works against the current proxy, in well under a minute.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import subprocess
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from bench import lookup_cost, overhead, peers, replay, scale, stack
+from bench.heldout import read_jsonl
+from bench.output import RESULTS
+
+ROOT = Path(__file__).parents[1]
+STREAM = Path(__file__).parent / "data" / "bench_stream.jsonl"
+
+
+@pytest.fixture(scope="module")
+def running() -> Iterator[tuple[str, str]]:
+    """(backend base URL, catcache base URL), one fresh stack for the module."""
+    with stack.backend(0, 0) as backend_url, stack.proxy(backend_url) as proxy:
+        yield backend_url, proxy.base_url
+
+
+def answer(outcome: str, key: str | None) -> replay.Answer:
+    return replay.Answer(outcome, key, "factual", None, None, 1.0, 10)
+
+
+def test_grade_tells_correct_from_false_hits() -> None:
+    queries = [{"text": t, "group": g, "category": "c"} for t, g in
+               [("a", "g1"), ("b", "g2"), ("a'", "g1"), ("b'", "g3"), ("c", "g4")]]
+    answers = [answer("miss", "k1"), answer("miss", "k2"), answer("hit-semantic", "k1"),
+               answer("hit-semantic", "k2"), answer("miss", "k5")]
+    overall = replay.grade(queries, answers, {})["overall"]
+    assert (overall["repeatable"], overall["hits"], overall["correct"], overall["false"]) == (1, 2, 1, 1)
+    assert overall["hit_rate"] == 1.0 and overall["false_hit_rate"] == 0.5
+
+
+def test_replay_against_a_running_proxy(running: tuple[str, str]) -> None:
+    _, proxy_url = running
+    name = "tmp/test-replay"
+    subprocess.run([sys.executable, "-m", "bench.replay", "--stream", str(STREAM), "--proxy", proxy_url,
+                    "--concurrency", "1", "--name", name], cwd=ROOT, check=True, capture_output=True)
+    overall = json.loads((RESULTS / f"{name}.json").read_text())["rates"]["overall"]
+    assert overall["queries"] == 6 and overall["repeatable"] == 3
+    assert overall["hit-exact"] >= 2 and overall["false"] == 0
+
+
+def test_overhead_measures_misses_hits_and_throughput(running: tuple[str, str]) -> None:
+    result = asyncio.run(overhead.measure(*running, n=3, total=6))
+    assert result["miss"]["outcomes"] == {"miss": 3}
+    assert result["exact_hit"]["hits"] == 3 and result["semantic_hit"]["hits"] == 3
+    assert [p["concurrency"] for p in result["throughput"]["exact"]] == list(overhead.CONCURRENCY)
+
+
+def test_gptcache_replays_and_grades() -> None:
+    queries = read_jsonl(STREAM)
+    rng = np.random.default_rng(0)
+    by_text = {}
+    for q in queries:
+        by_text.setdefault(q["text"], rng.standard_normal(384).astype(np.float32))
+    vectors = np.stack([by_text[q["text"]] / np.linalg.norm(by_text[q["text"]]) for q in queries])
+    run = peers.gptcache_run(queries, vectors, 0.95, embed_ms=0.0)
+    assert run["hits"] == 2 and run["false"] == 0  # the two verbatim repeats
+
+
+def test_interpolation_at_equal_false_hit_rate() -> None:
+    sweep = [{"false_hit_rate": 0.0, "hit_rate": 0.2}, {"false_hit_rate": 0.1, "hit_rate": 0.6}]
+    assert peers.at_false_rate(sweep, 0.05) == 0.4
+    assert peers.at_false_rate(sweep, 0.2) is None
+
+
+def test_scale_on_a_small_index() -> None:
+    result = scale.search_ms(200)
+    assert result["search_ms"]["p50"] > 0 and result["bytes_per_entry"] >= 0
+    assert asyncio.run(scale.rebuild_s(200))["rebuilt"] == 200
+
+
+def test_lookup_cost_on_a_small_index() -> None:
+    texts = [q["text"] for q in read_jsonl(STREAM)]
+    result = asyncio.run(lookup_cost.measure(200, texts, stack.DEFAULT_POLICIES))
+    assert result["with_embedding_ms"]["p50"] >= result["without_embedding_ms"]["p50"] > 0
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("command", [
+    ["bench.peers", "--stream", str(STREAM), "--uniform", "0.95", "--name", "tmp/test-peers"],
+    ["bench.overhead", "--queries", "20", "--requests", "40", "--name", "tmp/test-overhead"],
+    ["bench.scale", "--sizes", "1000", "--name", "tmp/test-scale"],
+    ["bench.lookup_cost", "--entries", "1000", "--queries", "20", "--name", "tmp/test-lookup"],
+])
+def test_command_line(command: list[str]) -> None:
+    subprocess.run([sys.executable, "-m", *command], cwd=ROOT, check=True, timeout=600)
