@@ -49,18 +49,28 @@ class CategoryIndex:
         return list(self._labels)
 
     def add(self, entry: Entry, vector: np.ndarray) -> None:
-        if entry.doc_id in self._labels:
+        self.add_many([entry], vector.reshape(1, -1))
+
+    def add_many(self, entries: list[Entry], vectors: np.ndarray) -> None:
+        """Insert a batch in one hnswlib call, which spreads it over all cores (a rebuild's path).
+        An id already present, or repeated in the batch, keeps its last vector."""
+        last = {entry.doc_id: i for i, entry in enumerate(entries)}
+        if len(last) < len(entries):
+            keep = sorted(last.values())
+            entries, vectors = [entries[i] for i in keep], vectors[keep]
+        for entry in entries:
             self.remove(entry.doc_id)
-        replace = self._deleted > 0
-        if not replace and self._graph.get_current_count() >= self._graph.get_max_elements():
-            self._graph.resize_index(self._graph.get_max_elements() * 2)
-        label = self._next_label
-        self._next_label += 1
-        self._graph.add_items(vector.reshape(1, -1), np.array([label]), replace_deleted=replace)
-        if replace:
-            self._deleted -= 1
-        self._entries[label] = entry
-        self._labels[entry.doc_id] = label
+        reused = min(self._deleted, len(entries))
+        needed = self._graph.get_current_count() + len(entries) - reused
+        if needed > self._graph.get_max_elements():
+            self._graph.resize_index(max(needed, 2 * self._graph.get_max_elements()))
+        labels = np.arange(self._next_label, self._next_label + len(entries))
+        self._next_label += len(entries)
+        self._graph.add_items(vectors, labels, replace_deleted=reused > 0)
+        self._deleted -= reused
+        for label, entry in zip(labels.tolist(), entries):
+            self._entries[label] = entry
+            self._labels[entry.doc_id] = label
 
     def remove(self, doc_id: str) -> None:
         label = self._labels.pop(doc_id, None)

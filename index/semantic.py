@@ -52,21 +52,35 @@ class SemanticIndex:
         found = index.search(vector, k * 4)
         return [n for n in found if n.entry.scope_key == scope_key][:k]
 
-    async def rebuild(self) -> int:
-        """Load every live entry from Redis; returns how many."""
+    async def rebuild(self, batch: int = 2000) -> int:
+        """Load every live entry from Redis, `batch` at a time into each graph; returns how many."""
         categories = await self.store.categories()
         total = sum([await self.store.category_size(c) for c in categories])
         with Progress(disable=total < PROGRESS_ABOVE, transient=True) as progress:
             task = progress.add_task("rebuilding indexes from redis", total=total)
             loaded = 0
             for category in categories:
+                entries: list[Entry] = []
+                vectors: list[np.ndarray] = []
                 async for doc_id, scope, vector in self.store.scan_category(category):
-                    if vector is not None and vector.shape[0] == self.dim:
-                        self.add(category, doc_id, scope, vector)
-                        loaded += 1
                     progress.advance(task)
+                    if vector is None or vector.shape[0] != self.dim:
+                        continue
+                    entries.append(Entry(doc_id, scope))
+                    vectors.append(vector)
+                    if len(entries) >= batch:
+                        await self._load(category, entries, vectors)
+                        loaded += len(entries)
+                        entries, vectors = [], []
+                if entries:
+                    await self._load(category, entries, vectors)
+                    loaded += len(entries)
         log.info("rebuilt semantic indexes: %d entries in %d categories", loaded, len(categories))
         return loaded
+
+    async def _load(self, category: str, entries: list[Entry], vectors: list[np.ndarray]) -> None:
+        # In a worker thread: hnswlib releases the GIL, so the event loop keeps answering meanwhile.
+        await asyncio.to_thread(self._index(category).add_many, entries, np.stack(vectors))
 
     async def sweep(self, batch: int = 2000) -> int:
         """Drop entries whose documents Redis has expired or evicted; returns how many."""

@@ -1,0 +1,79 @@
+"""The semantic tier's graph and its rebuild from Redis, below the proxy."""
+
+from __future__ import annotations
+
+import asyncio
+import uuid
+
+import numpy as np
+from redis.asyncio import Redis
+
+from catcache.index.hnsw import CategoryIndex, Entry
+from catcache.index.semantic import SemanticIndex
+from catcache.store.documents import Document, DocumentStore
+
+DIM = 16
+
+
+def unit(rng: np.random.Generator, n: int) -> np.ndarray:
+    vectors = rng.standard_normal((n, DIM)).astype(np.float32)
+    return vectors / np.linalg.norm(vectors, axis=1, keepdims=True)
+
+
+def test_search_finds_each_entry_and_grows_past_its_capacity() -> None:
+    vectors = unit(np.random.default_rng(0), 50)
+    index = CategoryIndex(DIM, capacity=8)
+    for i, vector in enumerate(vectors[:20]):
+        index.add(Entry(f"d{i}", "s"), vector)
+    index.add_many([Entry(f"d{i}", "s") for i in range(20, 50)], vectors[20:])
+    assert len(index) == 50
+    for i in (0, 19, 20, 49):
+        best = index.search(vectors[i], 1)[0]
+        assert best.entry.doc_id == f"d{i}" and best.similarity > 0.999
+
+
+def test_removed_entries_are_not_found_and_their_slots_are_reused() -> None:
+    vectors = unit(np.random.default_rng(1), 12)
+    index = CategoryIndex(DIM, capacity=8)
+    index.add_many([Entry(f"d{i}", "s") for i in range(8)], vectors[:8])
+    index.remove("d3")
+    index.remove("d5")
+    assert "d3" not in index and all(n.entry.doc_id != "d3" for n in index.search(vectors[3], 8))
+    index.add_many([Entry(f"d{i}", "s") for i in range(8, 12)], vectors[8:])  # 2 reuse slots, 2 grow
+    assert len(index) == 10
+    assert index.search(vectors[11], 1)[0].entry.doc_id == "d11"
+
+
+def test_a_repeated_id_keeps_its_last_vector() -> None:
+    vectors = unit(np.random.default_rng(2), 3)
+    index = CategoryIndex(DIM)
+    index.add(Entry("same", "old"), vectors[0])
+    index.add_many([Entry("same", "a"), Entry("other", "s"), Entry("same", "b")], vectors)
+    assert len(index) == 2
+    best = index.search(vectors[2], 1)[0]
+    assert best.entry == Entry("same", "b") and best.similarity > 0.999
+    assert all(n.similarity < 0.999 for n in index.search(vectors[0], 2))  # the old vector is gone
+
+
+def test_rebuild_loads_every_live_entry_across_batches(redis_url: str) -> None:
+    async def scenario() -> None:
+        redis = Redis.from_url(redis_url)
+        store = DocumentStore(redis, origin=uuid.uuid4().hex)
+        category = f"rebuild-{uuid.uuid4().hex[:8]}"
+        vectors = unit(np.random.default_rng(3), 25)
+        try:
+            for i, vector in enumerate(vectors):
+                doc = Document(f"{category}-{i}", "chat", "m", category, f"scope{i % 2}", f"q{i}",
+                               {"choices": []}, embedding=vector)
+                await store.put(doc, ttl=60, eviction="lru", quota=1000)
+            await store.delete([f"{category}-0"], category)
+            index = SemanticIndex(store, DIM)
+            await index.rebuild(batch=7)
+            assert index.sizes()[category] == 24
+            found = index.search(category, vectors[9], "scope1", 1)
+            assert found[0].entry.doc_id == f"{category}-9"
+            assert index.search(category, vectors[0], "scope0", 1)[0].entry.doc_id != f"{category}-0"
+        finally:
+            await redis.aclose()
+
+    asyncio.run(scenario())
