@@ -22,6 +22,20 @@ from redis.asyncio import Redis
 PREFIX = "cc:"
 EVENTS = PREFIX + "events"
 EVENTS_MAXLEN = 100_000
+REQUIRED = frozenset({b"endpoint", b"model", b"category", b"scope", b"query", b"response"})
+
+# Count a hit only while the entry exists: a plain HINCRBY on an expired or evicted entry would
+# recreate its hash with just `hits` and no TTL. KEYS: doc, category; ARGV: id, eviction, now.
+TOUCH = """
+if redis.call('EXISTS', KEYS[1]) == 0 then return 0 end
+redis.call('HINCRBY', KEYS[1], 'hits', 1)
+if ARGV[2] == 'lfu' then
+  redis.call('ZINCRBY', KEYS[2], 1, ARGV[1])
+else
+  redis.call('ZADD', KEYS[2], ARGV[3], ARGV[1])
+end
+return 1
+"""
 
 
 @dataclass
@@ -50,7 +64,10 @@ class Document:
         return fields
 
     @classmethod
-    def from_redis(cls, doc_id: str, fields: dict[bytes, bytes]) -> "Document":
+    def from_redis(cls, doc_id: str, fields: dict[bytes, bytes]) -> "Document | None":
+        """None for a missing or incomplete hash, so a damaged entry reads as a miss, not an error."""
+        if not REQUIRED <= fields.keys():
+            return None
         text = {k.decode(): v for k, v in fields.items()}
         embedding = text.get("embedding")
         return cls(
@@ -75,26 +92,23 @@ class DocumentStore:
     def __init__(self, redis: Redis, origin: str):
         self.redis = redis
         self.origin = origin  # this proxy's id, so it skips its own events when following the stream
+        self._touch = redis.register_script(TOUCH)
 
     async def get_many(self, doc_ids: list[str]) -> list[Document | None]:
         async with self.redis.pipeline(transaction=False) as pipe:
             for doc_id in doc_ids:
                 pipe.hgetall(doc_key(doc_id))
             rows = await pipe.execute()
-        return [Document.from_redis(i, row) if row else None for i, row in zip(doc_ids, rows)]
+        return [Document.from_redis(i, row) for i, row in zip(doc_ids, rows)]
 
     async def get(self, doc_id: str) -> Document | None:
         return (await self.get_many([doc_id]))[0]
 
     async def touch(self, doc: Document, eviction: str) -> None:
-        """Count a hit: the entry's use count, and its score for LRU or LFU eviction."""
-        async with self.redis.pipeline(transaction=False) as pipe:
-            pipe.hincrby(doc_key(doc.doc_id), "hits", 1)
-            if eviction == "lfu":
-                pipe.zincrby(category_key(doc.category), 1, doc.doc_id)
-            else:
-                pipe.zadd(category_key(doc.category), {doc.doc_id: time.time()})
-            await pipe.execute()
+        """Count a hit: the entry's use count, and its score for LRU or LFU eviction; nothing if
+        the entry has gone since it was read."""
+        keys = [doc_key(doc.doc_id), category_key(doc.category)]
+        await self._touch(keys=keys, args=[doc.doc_id, eviction, time.time()])
 
     async def put(self, doc: Document, ttl: float, eviction: str, quota: int) -> list[str]:
         """Store `doc` for `ttl` seconds; return the ids evicted to keep the category within `quota`."""
@@ -111,8 +125,9 @@ class DocumentStore:
         excess = size - quota
         if excess <= 0:
             return []
-        evicted = [member.decode() for member, _ in await self.redis.zpopmin(members, excess)]
-        evicted = [doc_id for doc_id in evicted if doc_id != doc.doc_id]
+        # The excess+1 lowest, less the new entry: under LFU it ties for the lowest score.
+        lowest = [member.decode() for member in await self.redis.zrange(members, 0, excess)]
+        evicted = [doc_id for doc_id in lowest if doc_id != doc.doc_id][:excess]
         await self.delete(evicted, doc.category)
         return evicted
 
