@@ -43,14 +43,24 @@ class SemanticIndex:
         for doc_id in doc_ids if index is not None else []:
             index.remove(doc_id)
 
-    def search(self, category: str, vector: np.ndarray, scope_key: str, k: int) -> list[Neighbour]:
-        """Up to k nearest entries of `category` whose scope equals `scope_key`, most similar first."""
+    def search(self, category: str, vector: np.ndarray, scope_key: str, k: int, floor: float) -> list[Neighbour]:
+        """Up to k nearest entries of `category` whose scope equals `scope_key`, most similar first.
+
+        Entries of other scopes (tenants, conversations) share the graph, so a popular question
+        asked by many tenants can crowd this scope's entry out of the nearest few. The search
+        widens while the farthest neighbour it returned is still at `floor` or above (the lowest
+        similarity that could be served or used), so it walks no further than the entries that matter.
+        """
         index = self._indexes.get(category)
         if index is None:
             return []
-        # Entries of other scopes share the graph, so look wider than k and filter.
-        found = index.search(vector, k * 4)
-        return [n for n in found if n.entry.scope_key == scope_key][:k]
+        wanted = k * 4
+        while True:
+            found = index.search(vector, wanted)
+            mine = [n for n in found if n.entry.scope_key == scope_key]
+            if len(mine) >= k or len(found) < wanted or found[-1].similarity < floor:
+                return mine[:k]
+            wanted *= 4
 
     async def rebuild(self, batch: int = 2000) -> int:
         """Load every live entry from Redis, `batch` at a time into each graph; returns how many."""

@@ -55,6 +55,23 @@ def test_a_repeated_id_keeps_its_last_vector() -> None:
     assert all(n.similarity < 0.999 for n in index.search(vectors[0], 2))  # the old vector is gone
 
 
+def test_other_scopes_do_not_crowd_out_this_one() -> None:
+    """200 tenants cached the question (cosine ~0.96); this tenant's own entry (~0.89) is found."""
+    rng = np.random.default_rng(4)
+    question = unit(rng, 1)[0]
+
+    def near(scale: float, n: int) -> np.ndarray:
+        moved = question + scale * unit(rng, n)
+        return moved / np.linalg.norm(moved, axis=1, keepdims=True)
+
+    index = SemanticIndex(store=None, dim=DIM)  # search never touches the store
+    index._index("c").add_many([Entry(f"t{i}", f"tenant{i}") for i in range(200)], near(0.3, 200))
+    index.add("c", "mine", "me", near(0.5, 1)[0])
+    found = index.search("c", question, "me", 8, floor=0.85)
+    assert [n.entry.doc_id for n in found] == ["mine"] and 0.85 < found[0].similarity < 0.93
+    assert index.search("c", question, "me", 8, floor=0.97) == [], "no wider search once below the floor"
+
+
 def test_rebuild_loads_every_live_entry_across_batches(redis_url: str) -> None:
     async def scenario() -> None:
         redis = Redis.from_url(redis_url)
@@ -70,9 +87,9 @@ def test_rebuild_loads_every_live_entry_across_batches(redis_url: str) -> None:
             index = SemanticIndex(store, DIM)
             await index.rebuild(batch=7)
             assert index.sizes()[category] == 24
-            found = index.search(category, vectors[9], "scope1", 1)
+            found = index.search(category, vectors[9], "scope1", 1, floor=0.9)
             assert found[0].entry.doc_id == f"{category}-9"
-            assert index.search(category, vectors[0], "scope0", 1)[0].entry.doc_id != f"{category}-0"
+            assert index.search(category, vectors[0], "scope0", 1, floor=0.9)[0].entry.doc_id != f"{category}-0"
         finally:
             await redis.aclose()
 
