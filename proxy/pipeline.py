@@ -67,6 +67,15 @@ class Exchange:
         return (time.perf_counter() - self.started) * 1000
 
 
+@dataclass(frozen=True)
+class Found:
+    """What the cache tiers made of a request, before any backend is called."""
+
+    outcome: str                                          # hit-exact, hit-semantic, miss or bypass
+    doc: Document | None = None                           # the entry to serve, for a hit
+    band: list[tuple[float, str]] = field(default_factory=list)  # (similarity, id) inside the IC band
+
+
 class CachePipeline:
     def __init__(self, state: ProxyState):
         self.state = state
@@ -75,37 +84,46 @@ class CachePipeline:
         exchange = await self._parse(request, endpoint)
         if isinstance(exchange, Response):
             return exchange
-        state, canon = self.state, exchange.canon
-        policy = state.policy
-        if exchange.control == "no-store" or canon.n > 1 or not state.guard.healthy:
+        try:
+            found = await self._look_up(exchange, request.headers.get("x-catcache-category"))
+        except CacheUnavailable:
+            found = Found("bypass")
+        except Exception:  # noqa: BLE001 - a fault of the cache must never become the client's error
+            log.exception("cache lookup failed; the request passes through")
+            found = Found("bypass")
+        if found.doc is not None:
+            return await self._serve(exchange, found.doc, found.outcome)
+        if found.outcome == "bypass":
             return await self._forward(exchange, "bypass")
-        traits = RequestTraits(canon.model, exchange.path, request.headers.get("x-catcache-category"),
-                               canon.query_text, canon.has_code)
+        if found.band:
+            answer = await self._in_context(exchange, found.band)
+            if answer is not None:
+                return answer
+        return await self._fetch(exchange)
+
+    async def _look_up(self, exchange: Exchange, category_header: str | None) -> Found:
+        """The tiers in order: rules, exact, embed, classify, semantic (+ verifier), IC band."""
+        state, canon, policy = self.state, exchange.canon, self.state.policy
+        if exchange.control == "no-store" or canon.n > 1 or not state.guard.healthy:
+            return Found("bypass")
+        traits = RequestTraits(canon.model, exchange.path, category_header, canon.query_text, canon.has_code)
         ruled = state.live.classifier.by_rules(traits)
         if ruled is not None and not policy.category(ruled.category).cacheable:
             self._classify(exchange, policy, ruled)
-            return await self._forward(exchange, "bypass")
-        try:
-            if exchange.control != "no-cache":
-                doc = await self._exact_lookup(exchange, policy)
-                if doc is not None:
-                    return await self._serve(exchange, doc, "hit-exact")
-            if canon.query_text:
-                exchange.vector = await state.embedder.embed(canon.query_text)
-            self._classify(exchange, policy, ruled or state.live.classifier.classify(traits, exchange.vector))
-            if not exchange.policy.cacheable:
-                return await self._forward(exchange, "bypass")
-            if exchange.control != "no-cache" and exchange.vector is not None:
-                doc, band = await self._semantic_lookup(exchange, policy)
-                if doc is not None:
-                    return await self._serve(exchange, doc, "hit-semantic")
-                if band:
-                    answer = await self._in_context(exchange, policy, band)
-                    if answer is not None:
-                        return answer
-        except CacheUnavailable:
-            return await self._forward(exchange, "bypass")
-        return await self._fetch(exchange)
+            return Found("bypass")
+        if exchange.control != "no-cache":
+            doc = await self._exact_lookup(exchange, policy)
+            if doc is not None:
+                return Found("hit-exact", doc)
+        if canon.query_text:
+            exchange.vector = await state.embedder.embed(canon.query_text)
+        self._classify(exchange, policy, ruled or state.live.classifier.classify(traits, exchange.vector))
+        if not exchange.policy.cacheable:
+            return Found("bypass")
+        if exchange.control == "no-cache" or exchange.vector is None:
+            return Found("miss")
+        doc, band = await self._semantic_lookup(exchange, policy)
+        return Found("hit-semantic", doc) if doc is not None else Found("miss", band=band)
 
     # -- parse and scope ---------------------------------------------------------------------
 
@@ -121,6 +139,8 @@ class CachePipeline:
         headers = forwardable(request.headers, drop={"accept-encoding"})
         stream = body.get("stream") is True
         options = body.get("stream_options") or {}
+        if not isinstance(options, dict):
+            return openai_error(400, "'stream_options' must be an object.", param="stream_options")
         return Exchange(endpoint=endpoint, path=request.url.path, body=body, canon=canon, headers=headers,
                         tenant=tenant_of(request, self.state.policy), stream=stream,
                         include_usage=stream and bool(options.get("include_usage")),
@@ -156,7 +176,9 @@ class CachePipeline:
         """The verified neighbour to serve, else the neighbours inside the IC band."""
         category = exchange.policy
         threshold = category.threshold - self._relief(policy) * policy.adaptive.max_threshold_step
-        neighbours = self.state.index.search(exchange.category, exchange.vector, exchange.scope_key, NEIGHBOURS)
+        floor = min(threshold, category.ic.low) if category.ic else threshold
+        neighbours = self.state.index.search(exchange.category, exchange.vector, exchange.scope_key, NEIGHBOURS,
+                                             floor)
         if not neighbours:
             return None, []
         exchange.similarity = neighbours[0].similarity
@@ -204,18 +226,22 @@ class CachePipeline:
                                      media_type="text/event-stream", headers=headers)
         return json_response(response, headers=headers)
 
-    async def _in_context(self, exchange: Exchange, policy: Policy, band: list[tuple[float, str]]) -> Response | None:
+    async def _in_context(self, exchange: Exchange, band: list[tuple[float, str]]) -> Response | None:
         """Answer with the small backend and the band's cached pairs as examples; None to fall through."""
         settings = exchange.policy.ic
         small = self.state.live.backends.get(settings.backend)
         if small is None or (exchange.endpoint == "completions" and not isinstance(exchange.body.get("prompt"), str)):
             return None
         ids = [doc_id for _, doc_id in sorted(band, reverse=True)[:settings.k]]
-        examples = [doc for doc in await self.state.guard.run(self.state.store.get_many(ids)) if doc is not None]
+        try:
+            found = await self.state.guard.run(self.state.store.get_many(ids))
+        except CacheUnavailable:
+            return None
+        examples = [doc for doc in found if doc is not None]
         if not examples:
             return None
         body = in_context_request(exchange.body, exchange.endpoint, examples, small.config.model)
-        return await self._call(exchange, small, body, "ic", store=False)
+        return await self._call(exchange, small, body, "ic", store=False, fall_through=True)
 
     async def _fetch(self, exchange: Exchange) -> Response:
         """A miss: one backend call per distinct request at a time, stored on success."""
@@ -234,8 +260,12 @@ class CachePipeline:
         return await self._call(exchange, self.state.large(), exchange.body, outcome, store=False)
 
     async def _call(self, exchange: Exchange, backend: BackendClient, body: dict, outcome: str, *,
-                    store: bool, flight: str | None = None) -> Response:
-        """Send `body` to `backend`; relay its answer (streamed as it arrives) and store it if asked."""
+                    store: bool, flight: str | None = None, fall_through: bool = False) -> Response | None:
+        """Send `body` to `backend`; relay its answer (streamed as it arrives) and store it if asked.
+
+        With `fall_through` (the small IC backend), an unreachable backend or an error answer
+        returns None so the request goes on to the large backend instead of failing.
+        """
         if exchange.stream:
             body = dict(body, stream_options={**(body.get("stream_options") or {}), "include_usage": True})
         if backend.config.vllm is not None and exchange.tenant and "cache_salt" not in body:
@@ -246,7 +276,16 @@ class CachePipeline:
             upstream = await backend.open("POST", exchange.path, headers=exchange.headers, content=orjson.dumps(body))
         except httpx.HTTPError as exc:
             backend.in_flight -= 1
+            if fall_through:
+                log.warning("%s backend unreachable (%r): the request goes to the large one", backend.name, exc)
+                return None
             return self._unreachable(exchange, backend, flight, exc)
+        if fall_through and upstream.status_code >= 300:
+            await upstream.aclose()
+            backend.in_flight -= 1
+            log.warning("%s backend answered %d: the request goes to the large one", backend.name,
+                        upstream.status_code)
+            return None
         if upstream.status_code < 300 and exchange.stream:
             relay = self._relay(exchange, backend, upstream, started, outcome, store, flight)
             return StreamingResponse(relay, status_code=upstream.status_code, media_type="text/event-stream",
@@ -340,12 +379,13 @@ class CachePipeline:
         ttl = category.ttl * (1 + self._relief(policy) * (policy.adaptive.max_ttl_factor - 1))
         try:
             evicted = await self.state.guard.run(self.state.store.put(doc, ttl, category.eviction, category.quota))
+            self.state.index.remove(exchange.category, evicted)
+            if exchange.vector is not None:
+                self.state.index.add(exchange.category, exchange.doc_id, exchange.scope_key, exchange.vector)
         except CacheUnavailable as exc:
             log.warning("could not store a response (%s); it was still served", exc)
-            return
-        self.state.index.remove(exchange.category, evicted)
-        if exchange.vector is not None:
-            self.state.index.add(exchange.category, exchange.doc_id, exchange.scope_key, exchange.vector)
+        except Exception:  # noqa: BLE001 - a failed store never breaks the response it keeps
+            log.exception("could not store a response; it was still served")
 
     def _land(self, flight: str | None, response: dict | None) -> None:
         if flight is not None:

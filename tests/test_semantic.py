@@ -140,6 +140,27 @@ categories:
         "IC answers come from a small model: they are not stored"
 
 
+def test_near_miss_goes_to_the_large_backend_when_the_small_one_is_down(proxy_factory, fresh_backend, tmp_path,
+                                                                        api_key):
+    policy = tmp_path / "ic-down.yaml"
+    policy.write_text("""
+version: 1
+backends:
+  small: {url: "http://127.0.0.1:9/v1", role: small, model: small-model}
+categories:
+  default:
+    threshold: 0.99
+    ic: {low: 0.5, k: 2, backend: small}
+""")
+    proxy = proxy_factory(policies=policy)
+    ask(proxy, key=api_key, text="How do I reverse a list in Python?")
+    api = openai.OpenAI(base_url=proxy.base_url, api_key=api_key, max_retries=0)
+    raw = api.chat.completions.with_raw_response.create(
+        model="test-model", messages=[{"role": "user", "content": "How do I sort a list in Python?"}])
+    assert raw.status_code == 200 and raw.headers["x-catcache"] == "miss"
+    assert raw.parse().model == "test-model" and fresh_backend.calls() == 2
+
+
 def test_a_second_proxy_learns_entries_through_redis(proxy_factory, redis_url, clean_redis, api_key):
     first = proxy_factory(policies=POLICIES, redis_url=redis_url)
     second = proxy_factory(policies=POLICIES, redis_url=redis_url)
