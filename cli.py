@@ -43,9 +43,29 @@ def _add_serve(commands: argparse._SubParsersAction) -> None:
                        help="redis:// URL; without it catcache runs its own redis-server in the data dir")
     serve.add_argument("--data-dir", default=_env("data_dir"), help="where the embedded Redis keeps its files")
     serve.add_argument("--host", default=_env("host", "127.0.0.1"))
-    serve.add_argument("--port", type=int, default=int(_env("port", "8080")))
+    serve.add_argument("--port", type=port, default=_env("port", "8080"))
     serve.add_argument("--log-level", default=_env("log_level", "info"), choices=["debug", "info", "warning", "error"])
     serve.set_defaults(run=_serve)
+
+
+def port(value: str) -> int:
+    """A TCP port, from --port or CATCACHE_PORT; argparse turns the ValueError into a usage error."""
+    port = int(value)
+    if not 0 < port < 65536:
+        raise ValueError(value)
+    return port
+
+
+def _log_to_stderr(level: str) -> None:
+    """Operational messages with time, level and logger; the access log as bare JSON lines, one
+    object a line, so log shippers can parse it without a pattern."""
+    logging.basicConfig(level=level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    logging.getLogger("httpx").setLevel(logging.WARNING)
+    access = logging.getLogger("catcache.access")
+    handler = logging.StreamHandler()
+    handler.setFormatter(logging.Formatter("%(message)s"))
+    access.addHandler(handler)
+    access.propagate = False
 
 
 def _serve(args: argparse.Namespace) -> int:
@@ -55,8 +75,7 @@ def _serve(args: argparse.Namespace) -> int:
     from catcache.proxy.app import Settings, create_app
     from catcache.store.embedded import DataDirInUse, EmbeddedRedis, default_data_dir
 
-    logging.basicConfig(level=args.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    logging.getLogger("httpx").setLevel(logging.WARNING)
+    _log_to_stderr(args.log_level)
     policies = Path(args.policies) if args.policies else (Path("policies.yaml") if Path("policies.yaml").is_file() else None)
     try:
         policy = load_policy(policies)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import json
 import subprocess
 import time
 from pathlib import Path
@@ -48,6 +49,15 @@ def test_miss_then_exact_hit(proxy, fresh_backend, api_key):
     assert second.choices[0].message.content == first.choices[0].message.content
     assert second.usage.total_tokens == first.usage.total_tokens
     assert fresh_backend.calls("/v1/chat/completions") == 1
+
+
+def test_access_log_is_one_json_object_a_line(proxy, api_key):
+    chat(proxy, api_key, messages=[{"role": "user", "content": "Which river is the longest?"}])
+    records = []
+    for line in proxy.log_tail(400).splitlines():
+        if line.startswith("{"):
+            records.append(json.loads(line))  # a prefix (time, level) would make this line fail
+    assert any(r["outcome"] == "miss" and r["category"] for r in records)
 
 
 def test_formatting_and_dropped_fields_do_not_matter(proxy, fresh_backend, api_key):
@@ -267,3 +277,21 @@ def test_stream_is_relayed_as_the_backend_sends_it(proxy_factory, api_key):
                 arrivals.append(time.monotonic() - started)
     assert len(arrivals) >= 5
     assert arrivals[0] < (arrivals[-1] - arrivals[0]) / 2
+
+
+def test_bad_stream_options_is_a_400_in_openai_shape(proxy, api_key):
+    response = httpx.post(f"{proxy.base_url}/chat/completions", headers={"authorization": f"Bearer {api_key}"},
+                          json={"model": "test-model", "messages": QUESTION, "stream": True, "stream_options": 5})
+    assert response.status_code == 400
+    error = response.json()["error"]
+    assert error["param"] == "stream_options" and error["type"] == "invalid_request_error"
+    assert set(error) == {"message", "type", "param", "code"}
+
+
+def test_a_corrupt_cache_entry_never_becomes_an_error(proxy_factory, redis_url, redis_client, fresh_backend, api_key):
+    proxy = proxy_factory(policies=POLICIES, redis_url=redis_url)
+    raw = client(proxy, api_key).chat.completions.with_raw_response.create(model="test-model", messages=QUESTION)
+    redis_client.hset(f"cc:doc:{raw.headers['x-catcache-key']}", "response", b"{not json")
+    headers, answer = chat(proxy, api_key)
+    assert headers["x-catcache"] in ("bypass", "miss") and answer.choices[0].message.content
+    assert fresh_backend.calls("/v1/chat/completions") == 2
