@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -56,7 +57,8 @@ class ProxyState:
         """Load the policy file again; on any error keep the live policy and raise PolicyError."""
         try:
             policy = await asyncio.to_thread(load_policy, self.policy_path)
-            live = await asyncio.to_thread(build_live, policy, self.embedder, self.backend_override)
+            live = await asyncio.to_thread(build_live, policy, self.embedder, self.backend_override,
+                                           self.live.backends)
         except PolicyError as exc:
             self.last_reload_error = str(exc)
             log.error("policy reload refused, the old policy stays live:\n%s", exc)
@@ -64,20 +66,37 @@ class ProxyState:
         old, self.live = self.live, live
         self.last_reload_error = None
         log.info("policy reloaded from %s", self.policy_path or "built-in defaults")
+        kept = {id(client) for client in live.backends.values()}
         for client in old.backends.values():
-            asyncio.create_task(client.aclose())
+            if id(client) not in kept:
+                asyncio.create_task(close_when_idle(client))
         return policy
 
 
-def build_live(policy: Policy, embedder: Embedder, backend_override: str | None) -> Live:
-    backends = {name: BackendClient(name, config) for name, config in policy.backends.items()}
+def build_live(policy: Policy, embedder: Embedder, backend_override: str | None,
+               previous: dict[str, BackendClient] | None = None) -> Live:
+    """The parts derived from `policy`; a backend whose settings did not change keeps its client
+    from `previous`, with its pool and the requests it is carrying."""
+    configs = dict(policy.backends)
     large = policy.backend("large")
     if backend_override:
-        config = large.model_copy(update={"url": backend_override}) if large else Backend(url=backend_override)
-        backends["large"] = BackendClient("large", config)
+        configs["large"] = large.model_copy(update={"url": backend_override}) if large else Backend(url=backend_override)
     elif large is not None:
-        backends["large"] = BackendClient("large", large)
-    if "large" not in backends:
+        configs["large"] = large
+    if "large" not in configs:
         raise PolicyError([PolicyIssue("policies.yaml", None, "backends",
                                        "no backend with role large: add one, or pass --backend URL")])
+    previous = previous or {}
+    backends = {}
+    for name, config in configs.items():
+        kept = previous.get(name)
+        backends[name] = kept if kept is not None and kept.config == config else BackendClient(name, config)
     return Live(policy, Classifier.build(policy, embedder.encode), backends)
+
+
+async def close_when_idle(client: BackendClient, poll_s: float = 0.5) -> None:
+    """Close a replaced backend's pool once the requests it carries have ended (at most its timeout)."""
+    deadline = time.monotonic() + client.config.timeout
+    while client.in_flight > 0 and time.monotonic() < deadline:
+        await asyncio.sleep(poll_s)
+    await client.aclose()

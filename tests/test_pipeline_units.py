@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import asyncio
+
 import pytest
 
 from catcache.policy.loader import parse_policy
@@ -27,3 +29,32 @@ def test_cache_control(header, expected):
 def test_tenant_scoping_separates_keys_and_keeps_shared_ones():
     assert scoped("k", None) == "k"
     assert scoped("k", "alice") != scoped("k", "bob") != "k"
+
+
+def test_a_reload_keeps_unchanged_backends_and_closes_replaced_ones_once_idle():
+    from types import SimpleNamespace
+
+    import numpy as np
+
+    from catcache.proxy.state import build_live, close_when_idle
+
+    no_exemplars = SimpleNamespace(encode=lambda texts: np.zeros((len(texts), 384), np.float32))
+    small = "backends: {{small: {{url: '{}', role: small}}}}\n"
+    before = build_live(parse_policy(small.format("http://small/v1"), "p"), no_exemplars, "http://large/v1")
+    after = build_live(parse_policy(small.format("http://other/v1"), "p"), no_exemplars, "http://large/v1",
+                       before.backends)
+    assert after.backends["large"] is before.backends["large"], "an unchanged backend keeps its pool"
+    assert after.backends["small"] is not before.backends["small"]
+
+    replaced = before.backends["small"]
+    replaced.in_flight = 1
+
+    async def scenario() -> None:
+        closing = asyncio.create_task(close_when_idle(replaced, poll_s=0.01))
+        await asyncio.sleep(0.05)
+        assert not closing.done() and not replaced._http.is_closed, "a request is still in flight"
+        replaced.in_flight = 0
+        await asyncio.wait_for(closing, 1)
+        assert replaced._http.is_closed
+
+    asyncio.run(scenario())
