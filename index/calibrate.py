@@ -114,16 +114,24 @@ def rates(scored: list[Scored], threshold: float) -> tuple[float, float]:
 
 
 def lowest_threshold(scored: list[Scored], target_precision: float) -> float | None:
-    """The lowest threshold whose false-hit rate on `scored` is within 1 - precision, rounded up
-    to three decimals; None when no threshold is (every accepted set has too many false hits)."""
+    """The lowest threshold whose false-hit rate on `scored` is within 1 - precision; None when no
+    threshold is (every accepted set has too many false hits). It is written short: rounded down
+    to the fewest decimals that admit no pair below the lowest one it accepts."""
     allowed = 1.0 - target_precision
     accepted = sorted((s for s in scored if s.verified), key=lambda s: -s.similarity)
-    best, wrong = None, 0
+    best, below, wrong = None, -math.inf, 0
     for count, s in enumerate(accepted, start=1):
         wrong += not s.equivalent
-        if wrong / count <= allowed + 1e-12 and (count == len(accepted) or accepted[count].similarity < s.similarity):
-            best = s.similarity
-    return None if best is None else math.ceil(best * 1000 - 1e-9) / 1000
+        next_lower = accepted[count].similarity if count < len(accepted) else -math.inf
+        if wrong / count <= allowed + 1e-12 and next_lower < s.similarity:
+            best, below = s.similarity, next_lower
+    if best is None:
+        return None
+    for decimals in range(2, 7):
+        short = math.floor(best * 10**decimals) / 10**decimals
+        if short > below:
+            return short
+    return best
 
 
 def calibrate(policy: Policy, scored: list[Scored], target_precision: float,

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from catcache.index.calibrate import Scored, add_parser, lowest_threshold, run, write_thresholds
+from catcache.index.calibrate import Scored, add_parser, lowest_threshold, rates, run, write_thresholds
 from catcache.policy.loader import load_policy, parse_policy
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -25,6 +25,14 @@ def test_lowest_threshold_meets_the_precision():
     assert lowest_threshold(rows, 0.8) == 0.94          # 1 wrong in 6
     assert lowest_threshold(rows, 0.5) == 0.92
     assert lowest_threshold(scored((0.99, False)), 0.9) is None
+
+
+def test_a_short_threshold_never_drops_the_pair_it_was_chosen_at():
+    rows = scored((0.95, True), (0.92, False), (0.9004, True), (0.9003, True))
+    chosen = lowest_threshold(rows, 2 / 3)
+    assert chosen == 0.9 and rates(rows, chosen) == (1.0, 0.25)
+    tight = scored((0.95, True), (0.9007, True), (0.9004, False))
+    assert lowest_threshold(tight, 1.0) == 0.9007  # 0.90 or 0.900 would admit the wrong pair at 0.9004
 
 
 def test_refused_pairs_never_count():
