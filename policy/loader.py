@@ -1,4 +1,12 @@
-"""Read policies.yaml into a validated Policy, or into errors that name the file, line and field."""
+"""Read policies.yaml into a validated Policy, or into errors that name the file, line and field.
+
+Every problem with a policy file, including one that cannot be read or decoded, is a PolicyError:
+the proxy's file watcher catches only that, and keeps the old policy live.
+
+Pydantic checks a model's own fields before its model-level checks (ic.low below threshold, names
+that must resolve) and skips those checks while any field of that model is invalid, so a file can
+show its reference errors only once its field errors are fixed.
+"""
 
 from __future__ import annotations
 
@@ -9,7 +17,7 @@ from pathlib import Path
 import yaml
 from pydantic import ValidationError
 
-from catcache.policy.schema import Policy
+from catcache.policy.schema import FieldErrors, Policy
 
 
 @dataclass(frozen=True)
@@ -42,9 +50,15 @@ def load_policy(path: str | Path | None) -> Policy:
         return parse_policy(builtin_policy_text(), "<built-in policies.yaml>")
     path = Path(path)
     try:
-        text = path.read_text(encoding="utf-8")
+        raw = path.read_bytes()
     except OSError as exc:
-        raise PolicyError([PolicyIssue(str(path), None, "", f"cannot read: {exc.strerror}")]) from None
+        raise PolicyError([PolicyIssue(str(path), None, "", f"cannot read: {exc.strerror or exc}")]) from None
+    try:
+        text = raw.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        line = raw.count(b"\n", 0, exc.start) + 1
+        message = f"not UTF-8 text: byte 0x{raw[exc.start]:02x} at offset {exc.start} (save the file as UTF-8)"
+        raise PolicyError([PolicyIssue(str(path), line, "", message)]) from None
     return parse_policy(text, str(path))
 
 
@@ -63,16 +77,22 @@ def parse_policy(text: str, filename: str) -> Policy:
     try:
         return Policy.model_validate(data)
     except ValidationError as exc:
-        raise PolicyError([_issue(filename, root, error) for error in exc.errors()]) from None
+        raise PolicyError([issue for error in exc.errors() for issue in _issues(filename, root, error)]) from None
 
 
-def _issue(filename: str, root: yaml.Node | None, error: dict) -> PolicyIssue:
+def _issues(filename: str, root: yaml.Node | None, error: dict) -> list[PolicyIssue]:
+    """One issue per problem in `error`: a FieldErrors from a model-level check holds several,
+    each located below the model that raised it."""
     location = [part for part in error["loc"] if not _is_union_tag(part)]
-    field = ".".join(str(part) for part in location)
-    message = error["msg"].removeprefix("Value error, ")
-    if error["type"] == "extra_forbidden":
-        message = "unknown key"
-    return PolicyIssue(filename, _line_of(root, location), field, message)
+    cause = error.get("ctx", {}).get("error")
+    if isinstance(cause, FieldErrors):
+        return [_issue(filename, root, location + list(path), message) for path, message in cause.problems]
+    message = "unknown key" if error["type"] == "extra_forbidden" else error["msg"].removeprefix("Value error, ")
+    return [_issue(filename, root, location, message)]
+
+
+def _issue(filename: str, root: yaml.Node | None, location: list, message: str) -> PolicyIssue:
+    return PolicyIssue(filename, _line_of(root, location), ".".join(str(part) for part in location), message)
 
 
 def _is_union_tag(part: object) -> bool:

@@ -23,6 +23,18 @@ def parse_duration(value: object) -> object:
 
 Seconds = Annotated[float, BeforeValidator(parse_duration), Field(gt=0)]
 Similarity = Annotated[float, Field(ge=0.0, le=1.0)]
+Problem = tuple[tuple[str | int, ...], str]  # a field's path below the model that found it, and what is wrong
+
+
+class FieldErrors(ValueError):
+    """Problems a model-level check found, each blamed on one field by its path below the model.
+
+    Pydantic locates a model validator's error at the model itself; the loader reads `problems`
+    (from the error's context) to report each one at its own key's line, and all of them at once."""
+
+    def __init__(self, problems: list[Problem]):
+        super().__init__("; ".join(f"{'.'.join(map(str, path))}: {message}" for path, message in problems))
+        self.problems = problems
 
 
 class Strict(BaseModel):
@@ -40,11 +52,14 @@ class MatchRules(Strict):
 
     @model_validator(mode="after")
     def _regexes_compile(self) -> "MatchRules":
-        for pattern in self.regex:
+        problems: list[Problem] = []
+        for index, pattern in enumerate(self.regex):
             try:
                 re.compile(pattern)
-            except re.error as exc:
-                raise ValueError(f"regex {pattern!r} does not compile: {exc}") from None
+            except (re.error, OverflowError) as exc:  # OverflowError: a repeat count such as {99999999999}
+                problems.append((("regex", index), f"{pattern!r} does not compile: {exc}"))
+        if problems:
+            raise FieldErrors(problems)
         return self
 
 
@@ -81,7 +96,7 @@ class Category(Strict):
     @model_validator(mode="after")
     def _ic_below_threshold(self) -> "Category":
         if self.ic is not None and self.ic.low >= self.threshold:
-            raise ValueError(f"ic.low ({self.ic.low}) must be below threshold ({self.threshold})")
+            raise FieldErrors([(("ic", "low"), f"{self.ic.low} must be below threshold ({self.threshold})")])
         return self
 
 
@@ -156,11 +171,15 @@ class Policy(Strict):
 
     @model_validator(mode="after")
     def _references_resolve(self) -> "Policy":
+        problems: list[Problem] = []
         if self.classifier.default not in self.categories:
-            raise ValueError(f"classifier.default names '{self.classifier.default}', which is not a category")
+            problems.append((("classifier", "default"), f"names '{self.classifier.default}', which is not a category"))
         for name, category in self.categories.items():
             if category.ic is not None and category.ic.backend not in self.backends:
-                raise ValueError(f"categories.{name}.ic.backend names '{category.ic.backend}', which is not a backend")
+                problems.append((("categories", name, "ic", "backend"),
+                                 f"names '{category.ic.backend}', which is not a backend"))
+        if problems:
+            raise FieldErrors(problems)
         return self
 
     def category(self, name: str) -> Category:
