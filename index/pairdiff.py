@@ -14,6 +14,7 @@ import numpy as np
 
 _WORD = re.compile(r"[A-Za-z]+(?:'[a-z]+)?|\d+(?:[.,]\d+)*")
 _NUMBER = re.compile(r"\d+(?:[.,]\d+)*")
+_OPENERS = frozenset(".?!:;([{\"'\u201c\u2018")
 _NEGATIONS = frozenset({"not", "no", "never", "none", "nothing", "nobody", "without", "cannot", "neither", "nor"})
 _ASKS = ("how", "why", "what", "when", "where", "who", "which", "whom", "whose",
          "is", "are", "can", "could", "should", "would", "will", "do", "does", "did")
@@ -52,9 +53,18 @@ def _ask(tokens: list[str]) -> str:
 
 
 def _capitalised(text: str) -> set[str]:
-    """Capitalised words after the first, a proxy for names (Python, London, iPhone)."""
-    tokens = _WORD.findall(text)
-    return {t.lower() for t in tokens[1:] if t[:1].isupper() or any(c.isupper() for c in t[1:])}
+    """Capitalised words, a proxy for names (Python, London, iPhone): not a word that opens the
+    text or a sentence or clause (after . ? ! : ; or a bracket or quote), not "I", not a stop word."""
+    found, last_end = set(), None
+    for match in _WORD.finditer(text):
+        token, gap = match.group(), text[last_end:match.start()] if last_end is not None else None
+        last_end = match.end()
+        lower = token.lower().removesuffix("'s")
+        if gap is None or _OPENERS.intersection(gap) or lower in _STOP or lower.split("'")[0] == "i":
+            continue
+        if token[:1].isupper() or any(c.isupper() for c in token[1:]):
+            found.add(lower)
+    return found
 
 
 @dataclass(frozen=True)

@@ -35,6 +35,10 @@ def test_lexical_guard_accepts_paraphrases():
     guard = load_verifier("lexical-guard")
     assert guard.check("How did Donald trump win the elections?", "How did Donald Trump win the election?", 0.99, 0.5).accepted
     assert guard.check("What is your 2017 New Year's resolution?", "What is your New Year's resolution for 2017?", 0.98, 0.5).accepted
+    # "I", stop words and words that open a sentence or clause are not names
+    assert guard.check("How can I safely use essential oils?", "How do you safely use essential oils?", 0.98, 0.5).accepted
+    assert guard.check("Movies: What is the best film of 2016?", "Movies: Which is the best film of 2016?", 0.97, 0.5).accepted
+    assert guard.check("Why is the iPhone's camera good?", "Why is the iPhone camera good?", 0.98, 0.5).accepted
 
 
 def test_diff_sees_what_changed():
