@@ -11,8 +11,9 @@ import pytest
 
 POLICIES = Path(__file__).parent / "data" / "policies-e2e.yaml"
 PARAPHRASES = ("How do I reverse a list in Python?", "How can I reverse a list in Python?")
-# A QQP hard negative: nearly the same words, a different question.
-HARD_NEGATIVE = ("How do I learn Python programming quickly?", "How do I learn Java programming quickly?")
+# A hard negative labeled in ../shared/workloads/qqp-dev/pairs.jsonl: cosine 0.98, a different question.
+HARD_NEGATIVE = ("Will there be a Deep Learning Summer School in 2017?",
+                 "Will there be a Deep Learning Summer School in 2016?")
 
 
 @pytest.fixture
@@ -53,7 +54,9 @@ def test_paraphrase_is_a_semantic_hit(proxy, api_key):
 def test_hard_negative_is_not_a_hit(proxy, api_key):
     ask(proxy, key=api_key, text=HARD_NEGATIVE[0])
     headers, _ = ask(proxy, key=api_key, text=HARD_NEGATIVE[1])
-    assert headers["x-catcache"] == "miss"
+    assert headers["x-catcache"] == "miss" and headers["x-catcache-category"] == "default"
+    assert float(headers["x-catcache-similarity"]) >= 0.9, "above the threshold: the verifier refused it"
+    assert headers["x-catcache-verdict"].startswith("numbers differ: 2016 vs 2017")
 
 
 def test_no_hit_across_scopes(proxy, api_key):
