@@ -94,3 +94,27 @@ def test_rebuild_loads_every_live_entry_across_batches(redis_url: str) -> None:
             await redis.aclose()
 
     asyncio.run(scenario())
+
+
+def test_sweep_drops_entries_redis_has_expired(redis_url: str) -> None:
+    async def scenario() -> None:
+        redis = Redis.from_url(redis_url)
+        store = DocumentStore(redis, origin=uuid.uuid4().hex)
+        category = f"sweep-{uuid.uuid4().hex[:8]}"
+        vectors = unit(np.random.default_rng(5), 3)
+        try:
+            index = SemanticIndex(store, DIM)
+            for i, vector in enumerate(vectors):
+                await store.put(Document(f"{category}-{i}", "chat", "m", category, "s", f"q{i}", {"choices": []},
+                                         embedding=vector), ttl=60, eviction="lru", quota=10)
+                index.add(category, f"{category}-{i}", "s", vector)
+            await redis.pexpire(f"cc:doc:{category}-1", 1)
+            await asyncio.sleep(0.05)
+            assert await index.sweep() >= 1
+            assert index.sizes()[category] == 2
+            assert await store.category_size(category) == 2
+            assert all(n.entry.doc_id != f"{category}-1" for n in index.search(category, vectors[1], "s", 3, 0.0))
+        finally:
+            await redis.aclose()
+
+    asyncio.run(scenario())
