@@ -3,10 +3,13 @@
 A threshold that is right for chit-chat serves wrong answers for code, and no one can guess the
 right numbers. Given pairs labeled equivalent or not (the workloads format), this classifies each
 pair as the proxy would (on text `a`, the cached side), scores it as the proxy would (similarity,
-then the category's verifier when it is on) and picks, per category, the lowest threshold at and
-above which the false-hit rate on those pairs stays within 1 - precision. Categories with too few
-pairs keep their threshold. The result is written into a copy of the policy file with only the
-`threshold:` values changed, so comments and layout survive.
+then the category's verifier when it is on) and picks, per category, the lowest threshold whose
+false-hit rate on those pairs is certified within 1 - precision: the upper bound of a 90%
+confidence interval, not the rate seen, so 20 lucky pairs certify nothing. A category whose own
+pairs certify no threshold gets the one certified on all pairs pooled; no threshold goes above
+0.995, where only case and punctuation variants of a cached text would hit. The result is
+written into a copy of the policy file with only the `threshold:` values changed, so comments
+and layout survive.
 """
 
 from __future__ import annotations
@@ -27,7 +30,8 @@ from catcache.index.verify import load_verifier
 from catcache.policy.loader import load_policy
 from catcache.policy.schema import Policy
 
-MIN_PAIRS = 30
+CONFIDENCE_Z = 1.2816  # one-sided 90%
+CEILING = 0.995
 OVERALL = "overall"
 
 
@@ -61,8 +65,9 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("--policies", type=Path, default=Path("policies.yaml"), help="policy file to start from")
     parser.add_argument("--out", type=Path, help="where to write the calibrated copy (default: <policies>.calibrated.yaml)")
     parser.add_argument("--uniform", action="store_true", help="one threshold for every category, for comparison")
-    parser.add_argument("--min-pairs", type=int, default=MIN_PAIRS,
-                        help=f"categories with fewer pairs keep their threshold (default {MIN_PAIRS})")
+    parser.add_argument("--ceiling", type=float, default=CEILING,
+                        help=f"highest threshold to write (default {CEILING}): above it the semantic tier "
+                             "would only see case and punctuation variants of a cached text")
     parser.set_defaults(run=run)
 
 
@@ -72,7 +77,7 @@ def run(args: argparse.Namespace) -> int:
     policy = load_policy(args.policies)
     pairs = [json.loads(line) for line in args.pairs.read_text(encoding="utf-8").splitlines() if line.strip()]
     scored = score_pairs(policy, pairs)
-    choices = calibrate(policy, scored, args.target_precision, args.min_pairs, args.uniform)
+    choices = calibrate(policy, scored, args.target_precision, args.ceiling, args.uniform)
     out = args.out or args.policies.with_suffix(".calibrated.yaml")
     text = write_thresholds(args.policies.read_text(encoding="utf-8"),
                             {c.category: c.threshold for c in choices if c.category != OVERALL})
@@ -113,17 +118,27 @@ def rates(scored: list[Scored], threshold: float) -> tuple[float, float]:
             wrong / len(accepted) if accepted else 0.0)
 
 
+def false_rate_bound(wrong: int, accepted: int, z: float = CONFIDENCE_Z) -> float:
+    """Upper Wilson bound of a false-hit rate seen as wrong / accepted: how bad it may really be,
+    so a threshold backed by 20 pairs is not trusted like one backed by 2,000."""
+    if accepted == 0:
+        return 1.0
+    seen, spread = wrong / accepted, z * z / accepted
+    margin = z * math.sqrt(seen * (1 - seen) / accepted + spread / (4 * accepted))
+    return (seen + spread / 2 + margin) / (1 + spread)
+
+
 def lowest_threshold(scored: list[Scored], target_precision: float) -> float | None:
-    """The lowest threshold whose false-hit rate on `scored` is within 1 - precision; None when no
-    threshold is (every accepted set has too many false hits). It is written short: rounded down
-    to the fewest decimals that admit no pair below the lowest one it accepts."""
+    """The lowest threshold whose false-hit rate on `scored` is certified within 1 - precision
+    (false_rate_bound); None when none is. It is written short: rounded down to the fewest
+    decimals that admit no pair below the lowest one it accepts."""
     allowed = 1.0 - target_precision
     accepted = sorted((s for s in scored if s.verified), key=lambda s: -s.similarity)
     best, below, wrong = None, -math.inf, 0
     for count, s in enumerate(accepted, start=1):
         wrong += not s.equivalent
         next_lower = accepted[count].similarity if count < len(accepted) else -math.inf
-        if wrong / count <= allowed + 1e-12 and next_lower < s.similarity:
+        if false_rate_bound(wrong, count) <= allowed + 1e-12 and next_lower < s.similarity:
             best, below = s.similarity, next_lower
     if best is None:
         return None
@@ -135,30 +150,26 @@ def lowest_threshold(scored: list[Scored], target_precision: float) -> float | N
 
 
 def calibrate(policy: Policy, scored: list[Scored], target_precision: float,
-              min_pairs: int = MIN_PAIRS, uniform: bool = False) -> list[Choice]:
+              ceiling: float = CEILING, uniform: bool = False) -> list[Choice]:
     """One Choice per cacheable category of the policy, then the overall row."""
     cacheable = [n for n, c in policy.categories.items() if c.cacheable]
     pooled = [s for s in scored if s.category in cacheable]
-    shared = lowest_threshold(pooled, target_precision) if uniform else None
+    shared = lowest_threshold(pooled, target_precision)
     choices, chosen = [], {}
     for name in cacheable:
         category = policy.categories[name]
         mine = [s for s in scored if s.category == name]
+        found, note = (shared, "uniform") if uniform else (lowest_threshold(mine, target_precision), "")
+        if found is None:
+            found, note = shared, "pooled: its own pairs certify none"
+        if found is None or found > ceiling:
+            found, note = ceiling, f"ceiling: nothing certified below {ceiling:g}"
         floor = category.ic.low + 0.001 if category.ic else 0.0
-        if uniform:
-            threshold, note = (1.0, "unreachable") if shared is None else (shared, "uniform")
-            if threshold < floor:
-                threshold, note = floor, f"raised above ic.low"
-        elif len(mine) < min_pairs:
-            threshold, note = category.threshold, f"kept (< {min_pairs} pairs)"
-        else:
-            found = lowest_threshold(mine, target_precision)
-            threshold, note = (1.0, "no threshold reaches it") if found is None else (found, "")
-            if threshold < floor:
-                threshold, note = floor, f"raised above ic.low"
-        chosen[name] = threshold
-        hit, false = rates(mine, threshold)
-        choices.append(Choice(name, category.threshold, threshold, len(mine), hit, false, note))
+        if found < floor:
+            found, note = floor, "raised above ic.low"
+        chosen[name] = found
+        hit, false = rates(mine, found)
+        choices.append(Choice(name, category.threshold, found, len(mine), hit, false, note))
     accepted = [s for s in pooled if s.verified and s.similarity >= chosen[s.category]]
     wrong = sum(not s.equivalent for s in accepted)
     equivalent = sum(s.equivalent for s in pooled)

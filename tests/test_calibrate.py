@@ -7,46 +7,70 @@ from pathlib import Path
 
 import pytest
 
-from catcache.index.calibrate import Scored, add_parser, lowest_threshold, rates, run, write_thresholds
+from catcache.index.calibrate import (Scored, add_parser, calibrate, false_rate_bound, lowest_threshold, rates,
+                                      run, write_thresholds)
 from catcache.policy.loader import load_policy, parse_policy
 
 ROOT = Path(__file__).resolve().parent.parent
 PAIRS = Path(__file__).parent / "data/verify_pairs.jsonl"
 
 
-def scored(*rows: tuple[float, bool]) -> list[Scored]:
-    return [Scored("factual", similarity, True, equivalent) for similarity, equivalent in rows]
+def scored(*rows: tuple[int, float, bool], category: str = "factual") -> list[Scored]:
+    """`count` pairs at `similarity`, labeled `equivalent`, for each (count, similarity, equivalent)."""
+    return [Scored(category, similarity, True, equivalent) for count, similarity, equivalent in rows
+            for _ in range(count)]
 
 
 def test_lowest_threshold_meets_the_precision():
-    rows = scored((0.99, True), (0.98, True), (0.97, False), (0.96, True), (0.95, True), (0.94, True),
-                  (0.93, False), (0.92, False))
-    assert lowest_threshold(rows, 1.0) == 0.98          # nothing wrong allowed: stop above 0.97
-    assert lowest_threshold(rows, 0.8) == 0.94          # 1 wrong in 6
-    assert lowest_threshold(rows, 0.5) == 0.92
-    assert lowest_threshold(scored((0.99, False)), 0.9) is None
+    rows = scored((200, 0.98, True), (3, 0.96, False), (200, 0.95, True), (50, 0.90, False))
+    assert lowest_threshold(rows, 0.95) == 0.95     # 3 wrong in 403: certified within 5%
+    assert lowest_threshold(rows, 0.99) == 0.98     # 3 in 403 is 0.7% seen, but up to 1.5%: not within 1%
+    assert lowest_threshold(rows, 0.80) == 0.9      # 53 in 453
+    assert lowest_threshold(scored((500, 0.99, False)), 0.9) is None
+
+
+def test_a_few_lucky_pairs_certify_nothing():
+    assert false_rate_bound(0, 10) > 0.1 > false_rate_bound(0, 20) > 0.05 > false_rate_bound(0, 200)
+    assert lowest_threshold(scored((10, 0.97, True)), 0.98) is None
+    assert lowest_threshold(scored((150, 0.97, True)), 0.98) == 0.97
 
 
 def test_a_short_threshold_never_drops_the_pair_it_was_chosen_at():
-    rows = scored((0.95, True), (0.92, False), (0.9004, True), (0.9003, True))
-    chosen = lowest_threshold(rows, 2 / 3)
-    assert chosen == 0.9 and rates(rows, chosen) == (1.0, 0.25)
-    tight = scored((0.95, True), (0.9007, True), (0.9004, False))
-    assert lowest_threshold(tight, 1.0) == 0.9007  # 0.90 or 0.900 would admit the wrong pair at 0.9004
+    rows = scored((300, 0.95, True), (1, 0.92, False), (300, 0.9004, True), (300, 0.9003, True))
+    chosen = lowest_threshold(rows, 0.98)
+    assert chosen == 0.9 and rates(rows, chosen) == (1.0, 1 / 901)
+    tight = scored((300, 0.95, True), (300, 0.9007, True), (100, 0.9004, False))
+    assert lowest_threshold(tight, 0.98) == 0.9007  # 0.90 or 0.900 would admit the wrong pairs at 0.9004
 
 
 def test_refused_pairs_never_count():
-    rows = scored((0.99, True)) + [Scored("factual", 0.985, False, False)]
-    assert lowest_threshold(rows, 1.0) == 0.99
+    rows = scored((200, 0.99, True), (200, 0.98, True)) + [Scored("factual", 0.985, False, False)] * 50
+    assert lowest_threshold(rows, 0.98) == 0.98
+
+
+def test_few_pairs_fall_back_to_the_pooled_threshold():
+    policy = parse_policy("categories:\n  big: {threshold: 0.9}\n  small: {threshold: 0.9}\n"
+                          "  default: {threshold: 0.9}\n", "p.yaml")
+    rows = scored((400, 0.97, True), (40, 0.93, False), category="big") + scored((12, 0.99, True), category="small")
+    chosen = {c.category: c for c in calibrate(policy, rows, 0.98)}
+    assert chosen["big"].threshold == chosen["small"].threshold == 0.97
+    assert chosen["big"].note == "" and chosen["small"].note.startswith("pooled")
+
+
+def test_nothing_goes_above_the_ceiling():
+    policy = parse_policy("categories:\n  noisy: {threshold: 0.9}\n  default: {threshold: 0.9}\n", "p.yaml")
+    rows = scored((300, 0.999, True), (300, 0.999, False), category="noisy")
+    noisy = calibrate(policy, rows, 0.98)[0]
+    assert noisy.threshold == 0.995 and noisy.note.startswith("ceiling")
 
 
 def test_write_thresholds_keeps_comments_and_layout():
     text = (ROOT / "policies.yaml").read_text()
-    written = write_thresholds(text, {"code": 0.971, "factual": 0.9})
+    written = write_thresholds(text, {"code": 0.971, "factual": 0.95})
     before, after = text.splitlines(), written.splitlines()
     changed = [(b, a) for b, a in zip(before, after) if b != a]
     assert len(before) == len(after)
-    assert [a.strip() for _, a in changed] == ["threshold: 0.971", "threshold: 0.9"]
+    assert [a.strip() for _, a in changed] == ["threshold: 0.971", "threshold: 0.95"]
     assert parse_policy(written, "calibrated.yaml").categories["code"].threshold == 0.971
 
 
@@ -64,7 +88,7 @@ def test_calibrate_end_to_end(tmp_path, capsys, uniform):
     add_parser(parser.add_subparsers())
     out = tmp_path / "calibrated.yaml"
     argv = ["calibrate", "--pairs", str(PAIRS), "--target-precision", "0.9", "--policies",
-            str(ROOT / "policies.yaml"), "--out", str(out), "--min-pairs", "5"] + (["--uniform"] if uniform else [])
+            str(ROOT / "policies.yaml"), "--out", str(out)] + (["--uniform"] if uniform else [])
     args = parser.parse_args(argv)
     assert args.run is run
     assert run(args) == 0
