@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import uuid
+from collections.abc import Callable
 
 import numpy as np
 from redis.asyncio import Redis
@@ -18,6 +19,13 @@ DIM = 16
 def unit(rng: np.random.Generator, n: int) -> np.ndarray:
     vectors = rng.standard_normal((n, DIM)).astype(np.float32)
     return vectors / np.linalg.norm(vectors, axis=1, keepdims=True)
+
+
+async def store_entries(store: DocumentStore, category: str, vectors: np.ndarray, scope: Callable[[int], str]) -> None:
+    """Entry i of `category` as `<category>-<i>`, with its vector and scope(i), as a proxy stores it."""
+    for i, vector in enumerate(vectors):
+        doc = Document(f"{category}-{i}", "chat", "m", category, scope(i), f"q{i}", {"choices": []}, embedding=vector)
+        await store.put(doc, ttl=60, eviction="lru", quota=1000)
 
 
 def test_search_finds_each_entry_and_grows_past_its_capacity() -> None:
@@ -79,10 +87,7 @@ def test_rebuild_loads_every_live_entry_across_batches(redis_url: str) -> None:
         category = f"rebuild-{uuid.uuid4().hex[:8]}"
         vectors = unit(np.random.default_rng(3), 25)
         try:
-            for i, vector in enumerate(vectors):
-                doc = Document(f"{category}-{i}", "chat", "m", category, f"scope{i % 2}", f"q{i}",
-                               {"choices": []}, embedding=vector)
-                await store.put(doc, ttl=60, eviction="lru", quota=1000)
+            await store_entries(store, category, vectors, lambda i: f"scope{i % 2}")
             await store.delete([f"{category}-0"], category)
             index = SemanticIndex(store, DIM)
             await index.rebuild(batch=7)
@@ -104,9 +109,8 @@ def test_sweep_drops_entries_redis_has_expired(redis_url: str) -> None:
         vectors = unit(np.random.default_rng(5), 3)
         try:
             index = SemanticIndex(store, DIM)
+            await store_entries(store, category, vectors, lambda i: "s")
             for i, vector in enumerate(vectors):
-                await store.put(Document(f"{category}-{i}", "chat", "m", category, "s", f"q{i}", {"choices": []},
-                                         embedding=vector), ttl=60, eviction="lru", quota=10)
                 index.add(category, f"{category}-{i}", "s", vector)
             await redis.pexpire(f"cc:doc:{category}-1", 1)
             await asyncio.sleep(0.05)
