@@ -54,11 +54,11 @@ class Answer:
     tokens: int
 
 
-async def ask(client: AsyncOpenAI, text: str) -> Answer:
+async def ask(client: AsyncOpenAI, text: str, model: str = MODEL) -> Answer:
     started = time.perf_counter()
     try:
         raw = await client.chat.completions.with_raw_response.create(
-            model=MODEL, messages=[{"role": "user", "content": text}])
+            model=model, messages=[{"role": "user", "content": text}])
         completion = raw.parse()
     except Exception as exc:  # noqa: BLE001 - a failed query is counted, not fatal to the run
         return Answer(f"error: {type(exc).__name__}", None, None, None, None,
@@ -72,7 +72,8 @@ async def ask(client: AsyncOpenAI, text: str) -> Answer:
                   completion.usage.total_tokens if completion.usage else 0)
 
 
-async def send_all(base_url: str, texts: list[str], concurrency: int, progress: bool = True) -> list[Answer]:
+async def send_all(base_url: str, texts: list[str], concurrency: int, progress: bool = True,
+                   model: str = MODEL) -> list[Answer]:
     """Send `texts` in order, at most `concurrency` at a time; answers in the same order."""
     answers: list[Answer | None] = [None] * len(texts)
     queue = iter(range(len(texts)))
@@ -80,7 +81,7 @@ async def send_all(base_url: str, texts: list[str], concurrency: int, progress: 
 
     async def worker(client: AsyncOpenAI) -> None:
         for i in queue:
-            answers[i] = await ask(client, texts[i])
+            answers[i] = await ask(client, texts[i], model)
             bar.update()
 
     async with AsyncOpenAI(base_url=base_url, api_key="catcache-bench", max_retries=0, timeout=300) as client:
@@ -148,9 +149,9 @@ def grade(queries: list[dict], answers: list[Answer], limits: dict[str, float]) 
 
 
 async def replay(base_url: str, queries: list[dict], concurrency: int, policies: Path,
-                 progress: bool = True) -> dict:
+                 progress: bool = True, model: str = MODEL) -> dict:
     started = time.perf_counter()
-    answers = await send_all(base_url, [q["text"] for q in queries], concurrency, progress)
+    answers = await send_all(base_url, [q["text"] for q in queries], concurrency, progress, model)
     elapsed = time.perf_counter() - started
     return {"seconds": round(elapsed, 1), "queries_per_s": round(len(queries) / elapsed, 1),
             "rates": grade(queries, answers, thresholds(policies))}
@@ -178,15 +179,17 @@ def main() -> None:
     parser.add_argument("--tokens-per-s", type=float, default=50, help="test backend's token rate; 0: instant")
     parser.add_argument("--policies", type=Path, default=stack.DEFAULT_POLICIES)
     parser.add_argument("--proxy", help="base URL of a running catcache (…/v1) instead of starting one")
+    parser.add_argument("--model", default=MODEL,
+                        help="model name sent with each query; name one priced in the policy to see cost saved")
     parser.add_argument("--name", default="replay", help="results file: bench/results/NAME.json")
     args = parser.parse_args()
     name, queries = workload.load(args)
     with stack.catcache(args.think_ms, args.tokens_per_s, args.policies, args.proxy) as base_url:
-        result = asyncio.run(replay(base_url, queries, args.concurrency, args.policies))
+        result = asyncio.run(replay(base_url, queries, args.concurrency, args.policies, model=args.model))
     show(f"replay of {name}: {len(queries)} queries, concurrency {args.concurrency}, "
          f"{result['queries_per_s']} q/s", result["rates"])
     output.save(args.name, {
-        "workload": name, "queries": len(queries), "concurrency": args.concurrency,
+        "workload": name, "queries": len(queries), "concurrency": args.concurrency, "model": args.model,
         "backend": None if args.proxy else {"think_ms": args.think_ms, "tokens_per_s": args.tokens_per_s},
         "policies": str(args.policies), "proxy": args.proxy or "fresh", **result,
     })
