@@ -139,21 +139,38 @@ def summarise(counts: dict) -> dict:
 
 
 def settings(policies: Path) -> list[Setting]:
-    policy = load_policy(policies)
-    own = {n: c.threshold for n, c in policy.categories.items() if c.cacheable}
-    verified = {n for n, c in policy.categories.items() if c.verify.enabled}
+    own = own_thresholds(policies, f"{policies.name} thresholds + its verifier")
     found = [Setting(f"uniform {t}", t) for t in (0.90, 0.95, 0.98, 0.99, 0.995, 0.997)]
-    found.append(Setting(f"{policies.name} thresholds", own))
+    found.append(Setting(f"{policies.name} thresholds", own.thresholds))
     found += [Setting(f"lexical-guard @ {t}", t, "lexical-guard") for t in (0.93, 0.95, 0.97, 0.99)]
     found += [Setting(f"pair-classifier {v} @ {t}", t, "pair-classifier", v)
               for t in (0.90, 0.95, 0.98) for v in (0.5, 0.8, 0.9)]
     found += [Setting(f"oracle (refuses labeled non-duplicates) @ {t}", t, "oracle")
               for t in (0.90, 0.95, 0.97, 0.99, 0.995)]
-    verifiers = {c.verify.verifier for c in policy.categories.values() if c.verify.enabled}
-    for name in sorted(verifiers):
-        v = {c.verify.threshold for c in policy.categories.values() if c.verify.verifier == name}.pop()
-        found.append(Setting(f"{policies.name} thresholds + {name} {v}", own, name, v, verified))
-    return found
+    return found + [own]
+
+
+def own_thresholds(policies: Path, name: str) -> Setting:
+    """The policy file's thresholds with its verifier, as the proxy would run them."""
+    policy = load_policy(policies)
+    verified = {n: c.verify for n, c in policy.categories.items() if c.cacheable and c.verify.enabled}
+    verifier = next(iter(verified.values()), None)
+    return Setting(name, {n: c.threshold for n, c in policy.categories.items() if c.cacheable},
+                   verifier.verifier if verifier else "none", verifier.threshold if verifier else 0.5, set(verified))
+
+
+def matching_uniform(data: Replayed, like: Setting, target: float, scores: dict, steps: int = 16) -> Setting:
+    """One threshold for every category, with `like`'s verifier, whose overall false-hit rate is
+    `target`: the lowest such threshold, found by bisection (the rate falls as the threshold rises)."""
+    verifier = load_verifier(like.verifier)
+    low, high = 0.80, 1.0
+    for _ in range(steps):
+        middle = (low + high) / 2
+        rates = summarise(replay(data, Setting("", middle, like.verifier, like.verify_threshold), verifier,
+                                 scores, []))["overall"]
+        low, high = (middle, high) if rates["false_hit_rate"] > target else (low, middle)
+    return Setting(f"uniform {high:.4f} + {like.verifier} (same overall false-hit rate)", high, like.verifier,
+                   like.verify_threshold)
 
 
 def percentile(values: list[float], q: float) -> float:
@@ -165,6 +182,9 @@ def main() -> None:
     parser.add_argument("--workload", type=Path, default=ROOT / "../shared/workloads/qqp-dev")
     parser.add_argument("--policies", type=Path, default=ROOT / "policies.yaml")
     parser.add_argument("--out", type=Path, default=ROOT / "bench/results/verify_sweep.json")
+    parser.add_argument("--compare", type=Path, action="append", default=[], metavar="POLICIES",
+                        help="also replay this policy file's thresholds (e.g. from catcache calibrate) next to "
+                             "one uniform threshold at the same overall false-hit rate; repeatable")
     args = parser.parse_args()
 
     _, stream = load_split(args.workload)
@@ -177,6 +197,13 @@ def main() -> None:
         verifier = oracle if setting.verifier == "oracle" else load_verifier(setting.verifier)
         summary = summarise(replay(data, setting, verifier, scores, timings[setting.verifier]))
         results.append({"setting": setting.name, "verifier": setting.verifier, "rates": summary})
+    for policies in args.compare:
+        calibrated = own_thresholds(policies, f"{policies.name} thresholds + its verifier")
+        summary = summarise(replay(data, calibrated, load_verifier(calibrated.verifier), scores, []))
+        uniform = matching_uniform(data, calibrated, summary["overall"]["false_hit_rate"], scores)
+        for setting, rates in ((calibrated, summary),
+                               (uniform, summarise(replay(data, uniform, load_verifier(uniform.verifier), scores, [])))):
+            results.append({"setting": setting.name, "verifier": setting.verifier, "rates": rates})
     latency = {name: {"p50_ms": percentile(t, 50), "p99_ms": percentile(t, 99), "calls": len(t)}
                for name, t in timings.items() if t and name != "oracle"}
 
