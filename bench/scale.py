@@ -1,7 +1,7 @@
 """How the semantic tier's costs grow with the index: search latency, memory, rebuild time.
 
     python -m bench.scale                        # 10k and 100k entries
-    python -m bench.scale --sizes 1000000        # 1M: about 20 minutes and 6 GB here
+    python -m bench.scale --sizes 1000000        # 1M: about 40 minutes and 6 GB here
 
 Per size, with synthetic 384-dimensional unit vectors (the search cost of HNSW depends on the
 size and dimension, not on where the vectors come from):
