@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import uuid
 from collections.abc import Callable
 
 import numpy as np
@@ -12,6 +11,8 @@ from redis.asyncio import Redis
 from catcache.index.hnsw import CategoryIndex, Entry
 from catcache.index.semantic import SemanticIndex
 from catcache.store.documents import Document, DocumentStore
+
+from .util import run_with_store
 
 DIM = 16
 
@@ -81,44 +82,32 @@ def test_other_scopes_do_not_crowd_out_this_one() -> None:
 
 
 def test_rebuild_loads_every_live_entry_across_batches(redis_url: str) -> None:
-    async def scenario() -> None:
-        redis = Redis.from_url(redis_url)
-        store = DocumentStore(redis, origin=uuid.uuid4().hex)
-        category = f"rebuild-{uuid.uuid4().hex[:8]}"
+    async def scenario(store: DocumentStore, redis: Redis, category: str) -> None:
         vectors = unit(np.random.default_rng(3), 25)
-        try:
-            await store_entries(store, category, vectors, lambda i: f"scope{i % 2}")
-            await store.delete([f"{category}-0"], category)
-            index = SemanticIndex(store, DIM)
-            await index.rebuild(batch=7)
-            assert index.sizes()[category] == 24
-            found = index.search(category, vectors[9], "scope1", 1, floor=0.9)
-            assert found[0].entry.doc_id == f"{category}-9"
-            assert index.search(category, vectors[0], "scope0", 1, floor=0.9)[0].entry.doc_id != f"{category}-0"
-        finally:
-            await redis.aclose()
+        await store_entries(store, category, vectors, lambda i: f"scope{i % 2}")
+        await store.delete([f"{category}-0"], category)
+        index = SemanticIndex(store, DIM)
+        await index.rebuild(batch=7)
+        assert index.sizes()[category] == 24
+        found = index.search(category, vectors[9], "scope1", 1, floor=0.9)
+        assert found[0].entry.doc_id == f"{category}-9"
+        assert index.search(category, vectors[0], "scope0", 1, floor=0.9)[0].entry.doc_id != f"{category}-0"
 
-    asyncio.run(scenario())
+    run_with_store(redis_url, scenario)
 
 
 def test_sweep_drops_entries_redis_has_expired(redis_url: str) -> None:
-    async def scenario() -> None:
-        redis = Redis.from_url(redis_url)
-        store = DocumentStore(redis, origin=uuid.uuid4().hex)
-        category = f"sweep-{uuid.uuid4().hex[:8]}"
+    async def scenario(store: DocumentStore, redis: Redis, category: str) -> None:
         vectors = unit(np.random.default_rng(5), 3)
-        try:
-            index = SemanticIndex(store, DIM)
-            await store_entries(store, category, vectors, lambda i: "s")
-            for i, vector in enumerate(vectors):
-                index.add(category, f"{category}-{i}", "s", vector)
-            await redis.pexpire(f"cc:doc:{category}-1", 1)
-            await asyncio.sleep(0.05)
-            assert await index.sweep() >= 1
-            assert index.sizes()[category] == 2
-            assert await store.category_size(category) == 2
-            assert all(n.entry.doc_id != f"{category}-1" for n in index.search(category, vectors[1], "s", 3, 0.0))
-        finally:
-            await redis.aclose()
+        index = SemanticIndex(store, DIM)
+        await store_entries(store, category, vectors, lambda i: "s")
+        for i, vector in enumerate(vectors):
+            index.add(category, f"{category}-{i}", "s", vector)
+        await redis.pexpire(f"cc:doc:{category}-1", 1)
+        await asyncio.sleep(0.05)
+        assert await index.sweep() >= 1
+        assert index.sizes()[category] == 2
+        assert await store.category_size(category) == 2
+        assert all(n.entry.doc_id != f"{category}-1" for n in index.search(category, vectors[1], "s", 3, 0.0))
 
-    asyncio.run(scenario())
+    run_with_store(redis_url, scenario)

@@ -2,29 +2,14 @@
 
 from __future__ import annotations
 
-import asyncio
 import time
-import uuid
-from collections.abc import Awaitable, Callable
 
 import pytest
 from redis.asyncio import Redis
 
 from catcache.store.documents import Document, DocumentStore, category_key, doc_key
 
-Scenario = Callable[[DocumentStore, Redis, str], Awaitable[None]]
-
-
-def run(redis_url: str, scenario: Scenario) -> None:
-    """Run `scenario` with a store on its own client and a category no other test uses."""
-    async def main() -> None:
-        redis = Redis.from_url(redis_url)
-        try:
-            await scenario(DocumentStore(redis, origin=uuid.uuid4().hex), redis, f"store-{uuid.uuid4().hex[:8]}")
-        finally:
-            await redis.aclose()
-
-    asyncio.run(main())
+from .util import run_with_store
 
 
 def document(category: str, doc_id: str) -> Document:
@@ -48,7 +33,7 @@ def test_touch_on_a_gone_entry_leaves_nothing_behind(redis_url: str, eviction: s
             assert await redis.exists(doc_key(doc.doc_id)) == 0
             assert await redis.zscore(category_key(category), doc.doc_id) is None
 
-    run(redis_url, scenario)
+    run_with_store(redis_url, scenario)
 
 
 @pytest.mark.parametrize("eviction", ["lru", "lfu"])
@@ -69,7 +54,7 @@ def test_touch_counts_a_hit_and_keeps_the_ttl(redis_url: str, eviction: str) -> 
         else:
             assert score is not None and score >= before
 
-    run(redis_url, scenario)
+    run_with_store(redis_url, scenario)
 
 
 def test_an_incomplete_hash_reads_as_a_miss(redis_url: str) -> None:
@@ -85,7 +70,7 @@ def test_an_incomplete_hash_reads_as_a_miss(redis_url: str) -> None:
         assert docs[:3] == [None, None, None]
         assert docs[3] is not None and docs[3].doc_id == good.doc_id
 
-    run(redis_url, scenario)
+    run_with_store(redis_url, scenario)
 
 
 def test_lfu_quota_evicts_the_least_used_and_keeps_the_new_entry(redis_url: str) -> None:
@@ -106,7 +91,7 @@ def test_lfu_quota_evicts_the_least_used_and_keeps_the_new_entry(redis_url: str)
             assert await redis.exists(doc_key(new.doc_id)) == 1
             assert await members(redis, category) == {old[1].doc_id, old[2].doc_id, new.doc_id}
 
-    run(redis_url, scenario)
+    run_with_store(redis_url, scenario)
 
 
 def test_a_lowered_quota_evicts_every_excess_entry_but_the_new_one(redis_url: str) -> None:
@@ -121,7 +106,7 @@ def test_a_lowered_quota_evicts_every_excess_entry_but_the_new_one(redis_url: st
         assert await members(redis, category) == {old[3].doc_id, new.doc_id}
         assert await redis.exists(*(doc_key(i) for i in evicted)) == 0
 
-    run(redis_url, scenario)
+    run_with_store(redis_url, scenario)
 
 
 def test_lru_quota_evicts_the_least_recently_used(redis_url: str) -> None:
@@ -136,7 +121,7 @@ def test_lru_quota_evicts_the_least_recently_used(redis_url: str) -> None:
         assert await redis.exists(doc_key(old[1].doc_id)) == 0
         assert await members(redis, category) == {old[0].doc_id, old[2].doc_id, new.doc_id}
 
-    run(redis_url, scenario)
+    run_with_store(redis_url, scenario)
 
 
 def test_lru_quota_keeps_the_new_entry_when_others_were_used_later(redis_url: str) -> None:
@@ -152,4 +137,4 @@ def test_lru_quota_keeps_the_new_entry_when_others_were_used_later(redis_url: st
         assert await redis.exists(doc_key(new.doc_id)) == 1
         assert await members(redis, category) == {old[1].doc_id, new.doc_id}
 
-    run(redis_url, scenario)
+    run_with_store(redis_url, scenario)

@@ -1,19 +1,26 @@
-"""Helpers for tests and benchmarks: free ports, waiting on HTTP, and `catcache serve` as a child."""
+"""Helpers for tests and benchmarks: free ports, waiting on HTTP, `catcache serve` as a child, and a
+document store of its own on the test Redis."""
 
 from __future__ import annotations
 
+import asyncio
 import os
 import signal
 import socket
 import subprocess
 import sys
 import time
-from collections.abc import Mapping, Sequence
+import uuid
+from collections.abc import Awaitable, Callable, Mapping, Sequence
 from pathlib import Path
 
 import httpx
+from redis.asyncio import Redis
 
+from catcache.store.documents import DocumentStore
 from catcache.store.embedded import die_with_parent
+
+StoreScenario = Callable[[DocumentStore, Redis, str], Awaitable[None]]
 
 START_TIMEOUT = 60.0
 STOP_TIMEOUT = 15.0
@@ -126,3 +133,15 @@ class ProxyProcess:
         except OSError:
             return "(no output)"
         return "\n".join(text.splitlines()[-lines:]) or "(no output)"
+
+
+def run_with_store(redis_url: str, scenario: StoreScenario) -> None:
+    """Run `scenario` with a store on its own client and a category no other test uses."""
+    async def main() -> None:
+        redis = Redis.from_url(redis_url)
+        try:
+            await scenario(DocumentStore(redis, origin=uuid.uuid4().hex), redis, f"cat-{uuid.uuid4().hex[:8]}")
+        finally:
+            await redis.aclose()
+
+    asyncio.run(main())
