@@ -50,10 +50,10 @@ def _add_serve(commands: argparse._SubParsersAction) -> None:
 
 def port(value: str) -> int:
     """A TCP port, from --port or CATCACHE_PORT; argparse turns the ValueError into a usage error."""
-    port = int(value)
-    if not 0 < port < 65536:
+    number = int(value)
+    if not 0 < number < 65536:
         raise ValueError(value)
-    return port
+    return number
 
 
 def _log_to_stderr(level: str) -> None:
