@@ -45,7 +45,32 @@ def _add_serve(commands: argparse._SubParsersAction) -> None:
     serve.add_argument("--host", default=_env("host", "127.0.0.1"))
     serve.add_argument("--port", type=port, default=_env("port", "8080"))
     serve.add_argument("--log-level", default=_env("log_level", "info"), choices=["debug", "info", "warning", "error"])
+    serve.add_argument("--backend-timeout", type=positive_seconds, default=_env("backend_timeout"),
+                       help="seconds the large backend may stay silent before the client gets a 504 "
+                            "(default: the policy's backends.large.timeout, 600)")
+    serve.add_argument("--max-body-bytes", type=byte_size, default=_env("max_body_bytes", "8MB"),
+                       help="largest request body; a larger one gets a 413 (default 8MB)")
+    serve.add_argument("--admin-token", default=_env("admin_token"),
+                       help="bearer token that /admin/*, /stats and /metrics require (prefer CATCACHE_ADMIN_TOKEN: "
+                            "a flag shows in the process list)")
     serve.set_defaults(run=_serve)
+
+
+def positive_seconds(value: str) -> float:
+    seconds = float(value)
+    if not 0 < seconds < float("inf"):
+        raise ValueError(value)
+    return seconds
+
+
+def byte_size(value: str) -> int:
+    """`8388608`, `8MB`, `512KB` or `8MiB` (KB and MB are 1024-based here, as in Nginx's client_max_body_size)."""
+    text = value.strip().upper().removesuffix("B").removesuffix("I")
+    factor = {"K": 1024, "M": 1024**2, "G": 1024**3}.get(text[-1:], 1)
+    number = int(text[:-1] if factor > 1 else text)
+    if number <= 0:
+        raise ValueError(value)
+    return number * factor
 
 
 def port(value: str) -> int:
@@ -95,7 +120,9 @@ def _serve(args: argparse.Namespace) -> int:
             print(f"catcache: {exc}", file=sys.stderr)
             return 2
     try:
-        app = create_app(Settings(backend=args.backend, policies=policies, redis_url=redis_url, embedded=embedded))
+        app = create_app(Settings(backend=args.backend, policies=policies, redis_url=redis_url, embedded=embedded,
+                                  backend_timeout=args.backend_timeout, max_body_bytes=args.max_body_bytes,
+                                  admin_token=args.admin_token or None))
         uvicorn.run(app, host=args.host, port=args.port, log_level=args.log_level, access_log=False,
                     loop="uvloop" if sys.platform != "win32" else "auto", timeout_graceful_shutdown=5)
     finally:

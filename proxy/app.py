@@ -21,7 +21,9 @@ from catcache.backends.client import forwardable
 from catcache.index.embedder import Embedder
 from catcache.index.semantic import SemanticIndex
 from catcache.policy.loader import PolicyError, load_policy
-from catcache.proxy.responses import bad_gateway, json_response, openai_error
+from catcache.proxy.admin_auth import AdminAuth
+from catcache.proxy.limits import DEFAULT_MAX_BODY_BYTES, BodyLimit
+from catcache.proxy.responses import backend_failed, json_response, openai_error
 from catcache.proxy.pipeline import CachePipeline
 from catcache.proxy.state import ProxyState, build_live
 from catcache.reports.recorder import Recorder
@@ -41,16 +43,22 @@ class Settings:
     policies: Path | None
     redis_url: str
     embedded: EmbeddedRedis | None = None  # stopped when the app shuts down (SIGTERM and SIGINT too)
+    backend_timeout: float | None = None  # seconds without a byte from the large backend; None: the policy's
+    max_body_bytes: int = DEFAULT_MAX_BODY_BYTES
+    admin_token: str | None = None  # required by /admin/*, /stats and /metrics when set
 
 
 def create_app(settings: Settings) -> FastAPI:
     app = FastAPI(title="catcache", lifespan=lambda app: lifespan(app, settings), docs_url=None, redoc_url=None)
+    app.add_middleware(BodyLimit, max_bytes=settings.max_body_bytes)
+    app.add_middleware(AdminAuth, token=settings.admin_token)  # added last: runs first
 
     @app.get("/healthz")
     async def healthz(request: Request) -> Response:
         state: ProxyState = request.app.state.proxy
         return json_response({"status": "ok", "redis": "up" if state.guard.healthy else "down",
-                              "index": state.index.sizes(), "policy_error": state.last_reload_error})
+                              "index": state.index.sizes(), "policy_error": state.last_reload_error,
+                              "redis_restarts": settings.embedded.restarts if settings.embedded else None})
 
     @app.post("/admin/reload")
     async def reload(request: Request) -> Response:
@@ -85,7 +93,7 @@ async def pass_through(state: ProxyState, request: Request) -> Response:
                                       content=await request.body(), query=request.url.query)
     except httpx.HTTPError as exc:
         backend.in_flight -= 1
-        return bad_gateway(f"catcache could not reach the backend: {exc!r}")
+        return backend_failed(backend.name, exc)
 
     async def done() -> None:
         await upstream.aclose()
@@ -102,8 +110,9 @@ async def lifespan(app: FastAPI, settings: Settings) -> AsyncIterator[None]:
     redis = Redis.from_url(settings.redis_url, socket_timeout=1.0, socket_connect_timeout=1.0)
     store = DocumentStore(redis, origin=uuid.uuid4().hex)
     state = ProxyState(
-        live=await asyncio.to_thread(build_live, policy, embedder, settings.backend),
-        policy_path=settings.policies, backend_override=settings.backend, embedder=embedder, store=store,
+        live=await asyncio.to_thread(build_live, policy, embedder, settings.backend, None, settings.backend_timeout),
+        policy_path=settings.policies, backend_override=settings.backend, timeout_override=settings.backend_timeout,
+        embedder=embedder, store=store,
         guard=RedisGuard(redis), index=SemanticIndex(store, embedder.dim),
         recorder=Recorder(redis, lambda: state.policy))
     await state.index.rebuild()

@@ -29,7 +29,7 @@ from catcache.categories.classifier import Classification, RequestTraits
 from catcache.index.verify import load_verifier
 from catcache.policy.schema import Category, Policy
 from catcache.proxy.canonical import CanonicalRequest, InvalidRequest, canonicalise
-from catcache.proxy.responses import bad_gateway, json_response, openai_error
+from catcache.proxy.responses import backend_failed, json_response, openai_error
 from catcache.proxy.sse import DONE, StreamAssembler, event_payloads, replay_chunks
 from catcache.proxy.state import ProxyState
 from catcache.reports.record import RequestRecord
@@ -312,7 +312,7 @@ class CachePipeline:
                      exc: httpx.HTTPError) -> Response:
         self._land(flight, None)
         self._record(exchange, "error", None, None)
-        return bad_gateway(f"catcache could not reach the {backend.name} backend: {exc!r}")
+        return backend_failed(backend.name, exc)
 
     async def _relay(self, exchange: Exchange, backend: BackendClient, upstream: httpx.Response, started: float,
                      outcome: str, store: bool, flight: str | None) -> AsyncIterator[bytes]:

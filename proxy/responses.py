@@ -3,6 +3,7 @@ usual exceptions with our message."""
 
 from __future__ import annotations
 
+import httpx
 import orjson
 from fastapi.responses import Response
 
@@ -18,3 +19,11 @@ def openai_error(status: int, message: str, *, type: str = "invalid_request_erro
 
 def bad_gateway(message: str) -> Response:
     return openai_error(502, message, type="backend_error", code="backend_unreachable")
+
+
+def backend_failed(backend: str, exc: httpx.HTTPError) -> Response:
+    """504 when the backend went silent past its timeout, 502 when it could not be reached or broke off."""
+    if isinstance(exc, httpx.TimeoutException) and not isinstance(exc, httpx.ConnectTimeout):
+        return openai_error(504, f"the {backend} backend sent nothing for longer than its timeout ({exc!r})",
+                            type="backend_error", code="backend_timeout")
+    return bad_gateway(f"catcache could not reach the {backend} backend: {exc!r}")

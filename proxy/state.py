@@ -43,6 +43,7 @@ class ProxyState:
     guard: RedisGuard
     index: SemanticIndex
     recorder: Recorder
+    timeout_override: float | None = None  # --backend-timeout: the large backend's, over the policy's
     flights: SingleFlight = field(default_factory=SingleFlight)
     last_reload_error: str | None = None
 
@@ -58,7 +59,7 @@ class ProxyState:
         try:
             policy = await asyncio.to_thread(load_policy, self.policy_path)
             live = await asyncio.to_thread(build_live, policy, self.embedder, self.backend_override,
-                                           self.live.backends)
+                                           self.live.backends, self.timeout_override)
         except PolicyError as exc:
             self.last_reload_error = str(exc)
             log.error("policy reload refused, the old policy stays live:\n%s", exc)
@@ -74,7 +75,7 @@ class ProxyState:
 
 
 def build_live(policy: Policy, embedder: Embedder, backend_override: str | None,
-               previous: dict[str, BackendClient] | None = None) -> Live:
+               previous: dict[str, BackendClient] | None = None, timeout_override: float | None = None) -> Live:
     """The parts derived from `policy`; a backend whose settings did not change keeps its client
     from `previous`, with its pool and the requests it is carrying."""
     configs = dict(policy.backends)
@@ -83,6 +84,8 @@ def build_live(policy: Policy, embedder: Embedder, backend_override: str | None,
         configs["large"] = large.model_copy(update={"url": backend_override}) if large else Backend(url=backend_override)
     elif large is not None:
         configs["large"] = large
+    if "large" in configs and timeout_override is not None:
+        configs["large"] = configs["large"].model_copy(update={"timeout": timeout_override})
     if "large" not in configs:
         raise PolicyError([PolicyIssue("policies.yaml", None, "backends",
                                        "no backend with role large: add one, or pass --backend URL")])

@@ -2,7 +2,9 @@
 
 The server listens on a free loopback port, keeps its append-only file in the data dir (entries
 survive restarts), and dies with the proxy even when the proxy is SIGKILLed. A lock file keeps two
-proxies from sharing one data dir, which would corrupt the append-only file.
+proxies from sharing one data dir, which would corrupt the append-only file. A supervisor thread
+reaps the server if it dies under the proxy (OOM killer, kill -9) and starts it again on the same
+port from its append-only file, so the proxy's Redis URL stays valid and caching resumes by itself.
 """
 
 from __future__ import annotations
@@ -10,19 +12,23 @@ from __future__ import annotations
 import atexit
 import ctypes
 import fcntl
+import logging
 import os
 import shutil
 import signal
 import socket
 import subprocess
 import sys
+import threading
 import time
 from collections.abc import Callable
 from pathlib import Path
 from types import TracebackType
 
+log = logging.getLogger("catcache.redis")
 START_TIMEOUT = 10.0
 STOP_TIMEOUT = 10.0
+RESTART_PAUSE_S = 0.5
 _PR_SET_PDEATHSIG = 1
 _PORT_ATTEMPTS = 3
 
@@ -88,6 +94,10 @@ class EmbeddedRedis:
         self._process: subprocess.Popen[bytes] | None = None
         self._port: int | None = None
         self._lock_fd: int | None = None
+        self._stopping = threading.Event()
+        self._swap = threading.Lock()  # stop() and a restart never race over which process is current
+        self._supervisor: threading.Thread | None = None
+        self.restarts = 0  # times the server died unasked and the supervisor started it again
 
     @property
     def url(self) -> str:
@@ -104,6 +114,10 @@ class EmbeddedRedis:
         return self.data_dir / "redis.log"
 
     @property
+    def pid_path(self) -> Path:
+        return self.data_dir / "redis.pid"
+
+    @property
     def url_path(self) -> Path:
         """Where a running server's URL is published, so `catcache report` can read a live data dir."""
         return self.data_dir / "redis.url"
@@ -115,16 +129,24 @@ class EmbeddedRedis:
         self.data_dir.mkdir(parents=True, exist_ok=True)
         (self.data_dir / "redis").mkdir(exist_ok=True)
         self._lock_fd = _lock(self.data_dir)
+        self._stopping.clear()
         atexit.register(self.stop)
         try:
-            return self._launch()
+            url = self._launch()
         except BaseException:
             self.stop()
             raise
+        self._supervisor = threading.Thread(target=self._supervise, name="redis-supervisor", daemon=True)
+        self._supervisor.start()
+        return url
 
     def stop(self) -> None:
         """SIGTERM the server (it flushes the append-only file), SIGKILL it if it hangs; idempotent."""
+        self._stopping.set()
         self._terminate()
+        if self._supervisor is not None and self._supervisor is not threading.current_thread():
+            self._supervisor.join(STOP_TIMEOUT)
+            self._supervisor = None
         self._port = None
         self.url_path.unlink(missing_ok=True)
         if self._lock_fd is not None:
@@ -149,7 +171,7 @@ class EmbeddedRedis:
             log_offset = self.log_path.stat().st_size if self.log_path.exists() else 0
             self._port = _free_port()
             self._process = self._spawn(self._port)
-            if self._wait_ready():
+            if self._wait_ready(self._process):
                 self.url_path.write_text(self.url + "\n")
                 return self.url
             status = self._process.poll()
@@ -160,6 +182,38 @@ class EmbeddedRedis:
             why = f"exited with status {status}" if status is not None else "did not answer PING in time"
             raise RuntimeError(f"redis-server {why}; {self.log_path} ends with:\n{log_tail}")
 
+    def _supervise(self) -> None:
+        """Reap the server when it exits; unless we stopped it, start it again on the same port.
+
+        Runs for the server's whole life: Linux sends PR_SET_PDEATHSIG when the *thread* that forked
+        a child ends, so the thread that starts replacements must outlive them.
+        """
+        while not self._stopping.is_set():
+            process = self._process
+            if process is None:
+                return
+            status = process.wait()  # reaps the zombie
+            if self._stopping.is_set() or process is not self._process:
+                return
+            log.warning("embedded redis-server (pid %d) exited with status %s: restarting it from its "
+                        "append-only file", process.pid, status)
+            self.restarts += 1
+            while not self._stopping.is_set():
+                started = time.monotonic()
+                with self._swap:
+                    if self._stopping.is_set():
+                        return
+                    replacement = self._process = self._spawn(self._port)
+                if self._wait_ready(replacement):
+                    log.warning("embedded redis-server is back (pid %d) after %.2f s", replacement.pid,
+                                time.monotonic() - started)
+                    break
+                if replacement.poll() is None:
+                    replacement.kill()
+                replacement.wait()
+                log.error("embedded redis-server did not restart; see %s; trying again", self.log_path)
+                self._stopping.wait(RESTART_PAUSE_S)
+
     def _spawn(self, port: int) -> subprocess.Popen[bytes]:
         args = [
             redis_server_path(),
@@ -169,6 +223,7 @@ class EmbeddedRedis:
             "--appendonly", "yes",
             "--save", "",
             "--daemonize", "no",
+            "--pidfile", str(self.pid_path),
             "--logfile", str(self.log_path),
         ]  # fmt: skip
         with open(self.log_path, "ab") as log:
@@ -183,11 +238,11 @@ class EmbeddedRedis:
                 start_new_session=True,  # Ctrl-C reaches the proxy, which then stops redis in order
             )
 
-    def _wait_ready(self) -> bool:
+    def _wait_ready(self, process: subprocess.Popen[bytes]) -> bool:
         """True once PING answers PONG; False if the server exits or stays silent too long."""
-        assert self._process is not None and self._port is not None
+        assert self._port is not None
         deadline = time.monotonic() + START_TIMEOUT
-        while time.monotonic() < deadline and self._process.poll() is None:
+        while time.monotonic() < deadline and process.poll() is None:
             reply = _ping(self._port)
             if reply.startswith(b"+PONG"):
                 return True
@@ -197,7 +252,8 @@ class EmbeddedRedis:
         return False
 
     def _terminate(self) -> None:
-        process, self._process = self._process, None
+        with self._swap:
+            process, self._process = self._process, None
         if process is None or process.poll() is not None:
             return
         process.terminate()

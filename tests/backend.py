@@ -6,7 +6,8 @@ called. Think time and a token rate make latency realistic, and request headers 
 failures a proxy must survive:
 
 - `x-test-status: 503` answers that status with an OpenAI error body (any path but /stats);
-- `x-test-truncate: 1` cuts a stream halfway, with neither finish_reason nor [DONE].
+- `x-test-truncate: 1` cuts a stream halfway, with neither finish_reason nor [DONE];
+- `x-test-hang: 1` never answers (it holds the connection until the client gives up).
 
 Run it alone with `python -m tests.backend --port 8000 --think-ms 400 --tokens-per-s 50`.
 """
@@ -74,7 +75,7 @@ class BackendState:
 
 
 class _CountAndFail:
-    """ASGI middleware: count every call but /stats, and answer `x-test-status` with an error."""
+    """ASGI middleware: count every call but /stats, answer `x-test-status` with an error, hang on `x-test-hang`."""
 
     def __init__(self, app: ASGIApp, state: BackendState):
         self.app = app
@@ -84,7 +85,10 @@ class _CountAndFail:
         if scope["type"] != "http" or scope["path"] == "/stats":
             return await self.app(scope, receive, send)
         self.state.count(scope["path"])
-        status = dict(scope["headers"]).get(b"x-test-status", b"").decode()
+        headers = dict(scope["headers"])
+        if headers.get(b"x-test-hang") == b"1":
+            await asyncio.sleep(3600)
+        status = headers.get(b"x-test-status", b"").decode()
         if status.isdigit():
             return await _error(int(status), f"test backend: status {status} requested")(scope, receive, send)
         await self.app(scope, receive, send)

@@ -2,6 +2,7 @@ import os
 import signal
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -78,3 +79,25 @@ def test_default_data_dir_follows_xdg(monkeypatch: pytest.MonkeyPatch, tmp_path:
     assert default_data_dir() == tmp_path / "catcache"
     monkeypatch.delenv("XDG_DATA_HOME")
     assert default_data_dir() == Path.home() / ".local" / "share" / "catcache"
+
+
+def test_a_killed_server_is_reaped_and_restarted_from_its_aof(tmp_path: Path) -> None:
+    with EmbeddedRedis(tmp_path) as server:
+        client = redis.Redis.from_url(server.url, socket_timeout=1)
+        client.set("acknowledged", "yes")
+        first = server.pid
+        assert first is not None and int((tmp_path / "redis.pid").read_text()) == first
+        os.kill(first, signal.SIGKILL)
+        killed = time.monotonic()
+        while True:
+            try:
+                if client.get("acknowledged") == b"yes":
+                    break
+            except redis.ConnectionError:
+                pass
+            assert time.monotonic() - killed < 2.0, "not answering again within 2 s of the kill"
+            time.sleep(0.02)
+        assert server.pid != first and server.restarts == 1
+        with pytest.raises(ProcessLookupError):  # a zombie would still take signal 0
+            os.kill(first, 0)
+    assert server.pid is None  # stop() ended the replacement too, and the supervisor let it be
