@@ -99,7 +99,7 @@ def test_manifests_have_the_whole_stack():
                              ("Deployment", "vllm-small"): 1, ("Service", "vllm-small"): 1,
                              ("Service", "redis"): 1, ("StatefulSet", "redis"): 1,
                              ("ConfigMap", "catcache-policies"): 1, ("Deployment", "catcache"): 1,
-                             ("Service", "catcache"): 1})
+                             ("Service", "catcache"): 1, ("ConfigMap", "prometheus-catcache-scrape"): 1})
 
 
 def test_vllm_deployment_gets_gpus_replicas_probes_and_args():
@@ -126,14 +126,26 @@ def test_catcache_reads_the_policy_from_a_configmap_that_points_at_the_services(
     assert container["command"][:6] == ["catcache", "serve", "--redis", "redis://redis:6379/0",
                                         "--policies", "/etc/catcache/policies.yaml"]
     assert container["readinessProbe"]["httpGet"]["path"] == "/healthz"
-    assert pod["metadata"]["annotations"]["prometheus.io/path"] == "/metrics"
-    assert {e["name"] for e in container["env"]} == {"LARGE_KEY", "OPENAI_API_KEY"}
+    assert {e["name"] for e in container["env"]} == {"CATCACHE_ADMIN_TOKEN", "LARGE_KEY", "OPENAI_API_KEY"}
     assert "subPath" not in container["volumeMounts"][0]  # ConfigMap edits must reach the hot reload
     text = named(documents, "ConfigMap", "catcache-policies")["data"]["policies.yaml"]
     policy = parse_policy(text, "configmap")
     assert policy.backends["large"].url == "http://vllm-large:8000/v1"
     assert policy.backends["hosted"].url == "https://api.openai.com/v1"
     assert policy.backends["large"].vllm == make_policy().backends["large"].vllm
+
+
+def test_admin_routes_need_a_token_from_a_secret_and_prometheus_scrapes_with_it():
+    documents = docs(make_policy())
+    pod = named(documents, "Deployment", "catcache")["spec"]["template"]
+    token = next(e for e in pod["spec"]["containers"][0]["env"] if e["name"] == "CATCACHE_ADMIN_TOKEN")
+    assert token["valueFrom"]["secretKeyRef"] == {"name": "catcache-admin", "key": "token"}  # not optional
+    assert "annotations" not in pod["metadata"], "an annotation-driven scrape would go without the token"
+    [job] = yaml.safe_load(named(documents, "ConfigMap", "prometheus-catcache-scrape")["data"]["catcache-scrape.yaml"])
+    assert job["metrics_path"] == "/metrics"
+    assert job["authorization"] == {"type": "Bearer", "credentials_file": render.PROMETHEUS_TOKEN_FILE}
+    assert {"source_labels": ["__meta_kubernetes_pod_label_app_kubernetes_io_name"], "regex": "catcache",
+            "action": "keep"} in job["relabel_configs"]
 
 
 def test_redis_keeps_an_append_only_file_on_a_volume():
