@@ -1,4 +1,4 @@
-"""The `catcache` command: serve, policy check, calibrate, report, deploy."""
+"""The `catcache` command: serve, policy check, calibrate, report, deploy, purge."""
 
 from __future__ import annotations
 
@@ -24,8 +24,9 @@ def _feature_modules() -> list:
     from catcache.deploy import render
     from catcache.index import calibrate
     from catcache.reports import report
+    from catcache.store import purge
 
-    return [calibrate, report, render]
+    return [calibrate, report, render, purge]
 
 
 def _env(flag: str, default: str | None = None) -> str | None:

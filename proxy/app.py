@@ -21,6 +21,7 @@ from catcache.backends.client import forwardable
 from catcache.index.embedder import Embedder
 from catcache.index.semantic import SemanticIndex
 from catcache.policy.loader import PolicyError, load_policy
+from catcache.proxy.admin import router as admin_router
 from catcache.proxy.admin_auth import AdminAuth
 from catcache.proxy.limits import DEFAULT_MAX_BODY_BYTES, BodyLimit
 from catcache.proxy.responses import backend_failed, json_response, openai_error
@@ -81,6 +82,7 @@ def create_app(settings: Settings) -> FastAPI:
         return await pass_through(request.app.state.proxy, request)
 
     app.include_router(reports_router)
+    app.include_router(admin_router)
     return app
 
 

@@ -375,7 +375,8 @@ class CachePipeline:
             return
         doc = Document(exchange.doc_id, exchange.endpoint, exchange.canon.model, exchange.category,
                        exchange.scope_key, exchange.canon.query_text, response, request=exchange.canon.canonical,
-                       latency_ms=latency_ms, embedding=exchange.vector)
+                       latency_ms=latency_ms, embedding=exchange.vector,
+                       tenant="" if category.shared else exchange.tenant or "")
         ttl = category.ttl * (1 + self._relief(policy) * (policy.adaptive.max_ttl_factor - 1))
         try:
             evicted = await self.state.guard.run(self.state.store.put(doc, ttl, category.eviction, category.quota))

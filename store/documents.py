@@ -3,7 +3,8 @@ stream of additions and evictions that other proxies follow.
 
 Keys (prefix `cc:`):
   doc:<id>        hash: response, request, endpoint, model, category, scope, query, created,
-                  latency_ms, hits, embedding (float32 bytes); expires with the category's TTL.
+                  latency_ms, hits, tenant (hash; empty when shared), embedding (float32 bytes);
+                  expires with the category's TTL.
                   <id> is the request's functional key, so the exact tier is one HGETALL.
   cat:<category>  sorted set of ids: score = last use (LRU) or use count (LFU).
   events          stream of {op: add|del, id, category, origin}.
@@ -52,12 +53,14 @@ class Document:
     created: float = field(default_factory=time.time)
     hits: int = 0
     embedding: np.ndarray | None = None
+    tenant: str = ""  # the tenant hash (never the key), so `catcache purge --tenant` can find its entries
 
     def to_redis(self) -> dict[str, bytes | str | float]:
         fields: dict[str, bytes | str | float] = {
             "endpoint": self.endpoint, "model": self.model, "category": self.category,
             "scope": self.scope_key, "query": self.query, "response": orjson.dumps(self.response),
             "request": self.request, "latency_ms": self.latency_ms, "created": self.created, "hits": self.hits,
+            "tenant": self.tenant,
         }
         if self.embedding is not None:
             fields["embedding"] = self.embedding.astype(np.float32).tobytes()
@@ -75,7 +78,7 @@ class Document:
             category=text["category"].decode(), scope_key=text["scope"].decode(), query=text["query"].decode(),
             response=orjson.loads(text["response"]), request=text.get("request", b""),
             latency_ms=float(text.get("latency_ms", 0)), created=float(text.get("created", 0)),
-            hits=int(text.get("hits", 0)),
+            hits=int(text.get("hits", 0)), tenant=text.get("tenant", b"").decode(),
             embedding=np.frombuffer(embedding, dtype=np.float32) if embedding else None,
         )
 

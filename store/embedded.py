@@ -21,7 +21,8 @@ import subprocess
 import sys
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from types import TracebackType
 
@@ -262,6 +263,27 @@ class EmbeddedRedis:
         except subprocess.TimeoutExpired:
             process.kill()
             process.wait()
+
+
+@contextmanager
+def data_dir_redis(redis_url: str | None, data_dir: str | Path | None) -> Iterator[str]:
+    """A Redis URL for a CLI command: `redis_url`, else the Redis of a running catcache on `data_dir`
+    (its published URL), else that dir's Redis started for the command and stopped after."""
+    if redis_url:
+        yield redis_url
+        return
+    server = EmbeddedRedis(Path(data_dir) if data_dir else default_data_dir())
+    try:
+        url = server.start()
+    except DataDirInUse as exc:
+        if not server.url_path.is_file():
+            raise RuntimeError(f"{exc}; or pass --redis URL") from None
+        yield server.url_path.read_text().strip()
+        return
+    try:
+        yield url
+    finally:
+        server.stop()
 
 
 def _lock(data_dir: Path) -> int:
