@@ -25,7 +25,9 @@ def backend_failed(backend: str, exc: httpx.HTTPError) -> Response:
     """504 when the backend went silent past its timeout, 502 when it could not be reached or broke off,
     400 when the client's request cannot be sent on at all (a header value HTTP does not allow)."""
     if isinstance(exc, httpx.LocalProtocolError):
-        return openai_error(400, f"catcache cannot forward this request: {exc}", code="unforwardable_request")
+        # Not the exception's text: it quotes the offending header value, which may be an API key.
+        return openai_error(400, "catcache cannot forward this request: a header value is not allowed in HTTP",
+                            code="unforwardable_request")
     if isinstance(exc, httpx.TimeoutException) and not isinstance(exc, httpx.ConnectTimeout):
         return openai_error(504, f"the {backend} backend sent nothing for longer than its timeout ({exc!r})",
                             type="backend_error", code="backend_timeout")
