@@ -20,6 +20,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from catcache.proxy.app import Settings
+from catcache.store.embedded import EmbeddedRedis
 
 from .inprocess import InProcess, in_process
 
@@ -31,9 +32,11 @@ FUZZ_EXAMPLES_SLOW = 3400  # x 3 route families = 10,200 requests
 
 
 @pytest.fixture(scope="module")
-def proxy(backend, redis_url) -> Iterator[InProcess]:
-    with in_process(Settings(backend=backend.base_url, policies=POLICIES, redis_url=redis_url,
-                             max_body_bytes=LIMIT, admin_token=TOKEN)) as running:
+def proxy(backend, tmp_path_factory) -> Iterator[InProcess]:
+    """On a Redis of its own: the fuzzer also sends valid purges, which would empty a shared one."""
+    with EmbeddedRedis(tmp_path_factory.mktemp("fuzz-redis")) as redis, \
+            in_process(Settings(backend=backend.base_url, policies=POLICIES, redis_url=redis.url,
+                                max_body_bytes=LIMIT, admin_token=TOKEN)) as running:
         yield running
 
 
