@@ -92,11 +92,11 @@ async def one(api: openai.AsyncOpenAI, kind: str, rng: random.Random, run: Run) 
         run.errors.append(f"{kind}: {exc!r}"[:300])
 
 
-async def clients(base_url: str, count: int, until: float, run: Run) -> None:
+async def clients(base_url: str, count: int, until: float, run: Run, mix: tuple = KINDS) -> None:
     async def client(number: int) -> None:
         rng = random.Random(number)
         api = openai.AsyncOpenAI(base_url=base_url, api_key=f"sk-soak-{number % 4}", max_retries=0, timeout=60)
-        kinds, weights = zip(*KINDS)
+        kinds, weights = zip(*mix)
         while time.monotonic() < until:
             await one(api, rng.choices(kinds, weights)[0], rng, run)
         await api.close()
@@ -120,7 +120,8 @@ async def sampler(proxy_url: str, pid: int, redis_url: str, every: float, until:
     await client.aclose()
 
 
-def soak(clients_n: int, duration: float, every: float, warmup: float, think_ms: float, tokens_per_s: float) -> dict:
+def soak(clients_n: int, duration: float, every: float, warmup: float, think_ms: float, tokens_per_s: float,
+         mix: tuple = KINDS) -> dict:
     with stack.backend(think_ms, tokens_per_s) as backend_url, stack.proxy(backend_url) as proxy:
         assert proxy.process is not None
         redis_url = (proxy.data_dir / "redis.url").read_text().strip()
@@ -133,7 +134,7 @@ def soak(clients_n: int, duration: float, every: float, warmup: float, think_ms:
 
         async def main() -> None:
             until = time.monotonic() + duration
-            await asyncio.gather(clients(proxy.base_url, clients_n, until, run),
+            await asyncio.gather(clients(proxy.base_url, clients_n, until, run, mix),
                                  sampler(proxy.url, proxy.process.pid, redis_url, every, until, run))
 
         asyncio.run(main())
@@ -158,6 +159,15 @@ def summarise(run: Run, duration: float, warmup: float) -> dict:
     }
 
 
+def mix_of(text: str) -> tuple[tuple[str, float], ...]:
+    """`exact=50,semantic=30,stream=20` -> ((kind, weight), ...); hits only shows what new entries cost."""
+    pairs = [part.split("=", 1) for part in text.split(",")]
+    mix = tuple((kind.strip(), float(weight)) for kind, weight in pairs)
+    if not mix or any(kind not in dict(KINDS) or weight < 0 for kind, weight in mix):
+        raise ValueError(text)
+    return mix
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--clients", type=int, default=32)
@@ -166,10 +176,13 @@ def main() -> None:
     parser.add_argument("--warmup", type=float, help="seconds before the RSS baseline (default: a tenth of the run)")
     parser.add_argument("--think-ms", type=float, default=20, help="the backend's delay before the first token")
     parser.add_argument("--tokens-per-s", type=float, default=200, help="the backend's token rate (streams last)")
+    parser.add_argument("--mix", type=mix_of, default=KINDS,
+                        help="kind=weight,...: exact, semantic, miss, stream, cancelled (default: "
+                             + ",".join(f"{k}={int(w * 100)}" for k, w in KINDS) + ")")
     parser.add_argument("--out", type=Path)
     args = parser.parse_args()
     warmup = args.warmup if args.warmup is not None else args.duration / 10
-    result = soak(args.clients, args.duration, args.sample_every, warmup, args.think_ms, args.tokens_per_s)
+    result = soak(args.clients, args.duration, args.sample_every, warmup, args.think_ms, args.tokens_per_s, args.mix)
     output.show(f"soak: {args.clients} clients for {args.duration:g} s", ["figure", "value"], [
         ["requests", result["requests"]], ["requests/s", result["requests_per_s"]],
         ["errors caused by catcache", result["errors"]],
@@ -180,7 +193,8 @@ def main() -> None:
         ["redis clients after warm-up / end / max",
          f"{result['redis_clients_after_warmup']} / {result['redis_clients_end']} / {result['redis_clients_max']}"],
         ["indexed entries after warm-up / end", f"{result['indexed_after_warmup']} / {result['indexed_end']}"]])
-    output.save("soak", {"clients": args.clients, "duration_s": args.duration, "warmup_s": warmup, **result}, args.out)
+    output.save("soak", {"clients": args.clients, "duration_s": args.duration, "warmup_s": warmup,
+                         "mix": dict(args.mix), **result}, args.out)
 
 
 if __name__ == "__main__":
