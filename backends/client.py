@@ -17,6 +17,11 @@ def forwardable(headers: httpx.Headers | dict, drop: set[str] = frozenset()) -> 
     return {k: v for k, v in headers.items() if k.lower() not in HOP_BY_HOP and k.lower() not in drop}
 
 
+# Idle connections are dropped before the backend drops them: uvicorn (and so vLLM) closes them after 5 s,
+# and a request sent on one it is closing fails with a ReadError, a 502 for the client. httpx's default is 5 s.
+KEEPALIVE_S = 3.0
+
+
 class BackendClient:
     def __init__(self, name: str, config: Backend):
         self.name = name
@@ -24,7 +29,8 @@ class BackendClient:
         self.base_url = config.url.rstrip("/")
         self.in_flight = 0  # requests awaiting this backend now: the adaptive policy's load signal
         self._http = httpx.AsyncClient(timeout=httpx.Timeout(config.timeout, connect=5.0),
-                                       limits=httpx.Limits(max_connections=512, max_keepalive_connections=128))
+                                       limits=httpx.Limits(max_connections=512, max_keepalive_connections=128,
+                                                           keepalive_expiry=KEEPALIVE_S))
 
     def target(self, path: str, query: str = "") -> str:
         """`/v1/chat/completions` -> the backend's base URL (which ends in /v1) + `/chat/completions`."""
