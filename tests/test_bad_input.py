@@ -168,10 +168,16 @@ def _encodable(value: object) -> bool:
 def send(proxy: InProcess, method: str, path: str, body: object, headers: dict[str, str]) -> httpx.Response:
     response = proxy.run(proxy.http.request(method, path, content=encode(body) if body is not None else None,
                                             headers=headers))
-    assert response.status_code < 500 or _from_backend(response), f"{response.status_code} {response.text[:300]}"
+    assert response.status_code < 500 or _from_backend(response) or _redis_down(response), \
+        f"{response.status_code} {response.text[:300]}"
     if response.status_code >= 400 and response.headers.get("content-type", "").startswith("application/json"):
         assert "error" in response.json() or "detail" in response.json()
     return response
+
+
+def _redis_down(response: httpx.Response) -> bool:
+    """/stats's documented 503 while Redis misses its time budget (a loaded machine, not the input)."""
+    return response.status_code == 503 and response.json()["error"]["code"] == "redis_down"
 
 
 def _from_backend(response: httpx.Response) -> bool:
