@@ -3,8 +3,8 @@ policy, once as is and once by an app that reports every hit it is served, right
 
     python -m bench.feedback --stream ../shared/workloads/comqa-dev/stream.jsonl --limit 2000
 
-The app judges a hit by the workload's labels, with the replay's rule (the served entry's query
-is of the query's group), and reports it through POST /v1/cache/feedback as soon as it is served,
+The app judges a hit by the workload's labels, with the replay's rule (verify/labels.py; a hit
+the labels cannot grade is not reported), and reports it through POST /v1/cache/feedback as soon as it is served,
 so a wrong entry is evicted before the next query. That is the best case: a real app reports
 some of its wrong hits, later. Queries go one at a time, so each report lands before the next
 query. Each policy runs as shipped and with one threshold for every category (no verifier, no IC
@@ -25,11 +25,12 @@ from tqdm import tqdm
 
 from bench import output, replay, stack, workload
 from bench.replay import HITS, Answer
+from catcache.verify.labels import Grader
 
 
-async def run(base_url: str, queries: list[dict], report: bool) -> tuple[list[Answer], dict]:
+async def run(base_url: str, queries: list[dict], report: bool, grader: Grader) -> tuple[list[Answer], dict]:
     """Every query in order; with `report`, every hit judged and reported at once."""
-    stored: dict[str, str] = {}  # entry key -> group of the query whose answer it holds
+    stored: dict[str, dict] = {}  # entry key -> the query whose answer it holds
     answers: list[Answer] = []
     sent = {"reports": 0, "wrong": 0, "gone": 0, "report_ms": []}
     async with AsyncOpenAI(base_url=base_url, api_key="catcache-bench", max_retries=0, timeout=300) as client:
@@ -37,9 +38,11 @@ async def run(base_url: str, queries: list[dict], report: bool) -> tuple[list[An
             answer = await replay.ask(client, query["text"])
             answers.append(answer)
             if answer.outcome == "miss" and answer.key:
-                stored[answer.key] = query["group"]  # a key evicted and stored again holds the new answer
+                stored[answer.key] = query  # a key evicted and stored again holds the new answer
             elif report and answer.outcome in HITS and answer.key in stored:
-                correct = stored[answer.key] == query["group"]
+                correct = grader.right(query, stored[answer.key])
+                if correct is None:
+                    continue
                 started = time.perf_counter()
                 try:
                     await client.post("/cache/feedback", cast_to=object, body={"key": answer.key, "correct": correct})
@@ -51,13 +54,13 @@ async def run(base_url: str, queries: list[dict], report: bool) -> tuple[list[An
     return answers, {**sent, "report_ms": output.percentiles(sent["report_ms"])}
 
 
-def compare(backend_url: str, queries: list[dict], policies: Path) -> dict:
+def compare(backend_url: str, queries: list[dict], policies: Path, grader: Grader) -> dict:
     """Both apps, each on a fresh proxy (an empty cache) with `policies`."""
     results = {}
     for mode in ("no feedback", "oracle feedback"):
         with stack.proxy(backend_url, policies) as proxy:
-            answers, sent = asyncio.run(run(proxy.base_url, queries, report=mode != "no feedback"))
-        overall = replay.grade(queries, answers, replay.thresholds(policies))["overall"]
+            answers, sent = asyncio.run(run(proxy.base_url, queries, mode != "no feedback", grader))
+        overall = replay.grade(queries, answers, replay.thresholds(policies), grader)["overall"]
         results[mode] = {**{k: overall[k] for k in ("hits", "correct", "false", "hit_rate", "false_hit_rate",
                                                     "hit_ms")}, "feedback": sent}
     return results
@@ -71,11 +74,11 @@ def main() -> None:
                         help="the one threshold of the comparison policy (a common semantic-cache default)")
     parser.add_argument("--name", default="feedback", help="results file: bench/results/NAME.json")
     args = parser.parse_args()
-    name, queries = workload.load(args)
+    name, queries, grader = workload.load(args)
     results = {}
     with stack.backend(0, 0) as backend_url, stack.uniform_policies(args.policies, args.uniform) as uniform:
         for label, policies in ((f"{args.policies.name}", args.policies), (f"uniform {args.uniform}", uniform)):
-            results[label] = compare(backend_url, queries, policies)
+            results[label] = compare(backend_url, queries, policies, grader)
     rows = []
     for label, modes in results.items():
         for mode, r in modes.items():

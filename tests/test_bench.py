@@ -94,7 +94,12 @@ def test_lookup_cost_on_a_small_index() -> None:
 def test_feedback_reports_each_hit_and_a_wrong_one_is_evicted(running: tuple[str, str]) -> None:
     text = "How do I learn Python quickly? (feedback bench)"
     queries = [{"text": text, "group": group} for group in ("g1", "g1", "g2", "g2")]  # g2: labeled otherwise
-    answers, sent = asyncio.run(feedback.run(running[1], queries, report=True))
+
+    class ByGroup:
+        def right(self, query: dict, source: dict) -> bool:
+            return query["group"] == source["group"]
+
+    answers, sent = asyncio.run(feedback.run(running[1], queries, True, ByGroup()))
     assert [a.outcome for a in answers] == ["miss", "hit-exact", "hit-exact", "miss"]
     assert (sent["reports"], sent["wrong"], sent["gone"]) == (2, 1, 0)
 
