@@ -23,6 +23,7 @@ from catcache.index.semantic import SemanticIndex
 from catcache.policy.loader import PolicyError, load_policy
 from catcache.proxy.admin import router as admin_router
 from catcache.proxy.admin_auth import AdminAuth
+from catcache.proxy.feedback import router as feedback_router
 from catcache.proxy.limits import DEFAULT_MAX_BODY_BYTES, BodyLimit
 from catcache.proxy.responses import backend_failed, json_response, openai_error
 from catcache.proxy.pipeline import CachePipeline
@@ -76,6 +77,8 @@ def create_app(settings: Settings) -> FastAPI:
     @app.post("/v1/completions")
     async def completions(request: Request) -> Response:
         return await request.app.state.pipeline.handle(request, "completions")
+
+    app.include_router(feedback_router)  # before the pass-through, which takes the rest of /v1
 
     @app.api_route("/v1/{rest:path}", methods=["GET", "POST", "PUT", "PATCH", "DELETE", "HEAD", "OPTIONS"])
     async def passthrough(request: Request) -> Response:
