@@ -16,12 +16,20 @@ from catcache.proxy.app import Settings, create_app
 T = TypeVar("T")
 
 
+class TaskPerRequest(httpx.ASGITransport):
+    """Each request in a task of its own, as uvicorn serves it: ASGITransport would run it in the
+    caller's task, and single flight ties a flight to its leader's task, so two clients could each
+    wait for a flight the other leads until their whole loops end."""
+
+    async def handle_async_request(self, request: httpx.Request) -> httpx.Response:
+        return await asyncio.create_task(super().handle_async_request(request))
+
+
 class InProcess:
     def __init__(self, settings: Settings):
         self.app = create_app(settings)
         self.loop = asyncio.new_event_loop()
-        self.http = httpx.AsyncClient(transport=httpx.ASGITransport(app=self.app), base_url="http://catcache",
-                                      timeout=60)
+        self.http = httpx.AsyncClient(transport=TaskPerRequest(app=self.app), base_url="http://catcache", timeout=60)
 
     def run(self, work: Coroutine[Any, Any, T]) -> T:
         return self.loop.run_until_complete(work)
