@@ -68,7 +68,7 @@ def render_shell(policy: Policy) -> str:
              "# Run one backend per invocation, each on its own GPUs (set CUDA_VISIBLE_DEVICES).",
              "set -euo pipefail", "", f'case "${{1:?usage: $0 {"|".join(backends) or "BACKEND"}}}" in']
     for name, backend in backends.items():
-        url = urlsplit(backend.url)
+        url = urlsplit(backend.replica_urls[0])
         host = "127.0.0.1" if url.hostname in {"127.0.0.1", "localhost", "::1"} else "0.0.0.0"
         command = vllm_command(name, backend, host=host, port=url.port or backend.vllm.port)
         lines += [f"  {shlex.quote(name)})", "    exec " + " \\\n      ".join(_lines(command)), "    ;;"]

@@ -54,7 +54,7 @@ class ProxyProcess:
 
     def __init__(
         self,
-        backend_url: str,
+        backend_url: str | None,
         policies: Path | str,
         data_dir: Path,
         redis_url: str | None = None,
@@ -67,7 +67,7 @@ class ProxyProcess:
         self.log_path = log_path or self.data_dir.with_name(self.data_dir.name + ".log")
         self.args = [
             sys.executable, "-m", "catcache", "serve",
-            "--backend", backend_url,
+            *(["--backend", backend_url] if backend_url else []),  # None: the policy's backends
             "--host", "127.0.0.1",
             "--port", str(self.port),
             "--data-dir", str(self.data_dir),
