@@ -15,12 +15,14 @@ from collections.abc import Awaitable, Callable, Mapping, Sequence
 from pathlib import Path
 
 import httpx
-from redis.asyncio import Redis
+import redis
+from redis.asyncio import Redis, RedisCluster
 
+from catcache.store.connect import CLUSTER_SCHEMES, connect
 from catcache.store.documents import DocumentStore
 from catcache.store.embedded import die_with_parent
 
-StoreScenario = Callable[[DocumentStore, Redis, str], Awaitable[None]]
+StoreScenario = Callable[[DocumentStore, Redis | RedisCluster, str], Awaitable[None]]
 
 START_TIMEOUT = 60.0
 STOP_TIMEOUT = 15.0
@@ -138,10 +140,18 @@ class ProxyProcess:
 def run_with_store(redis_url: str, scenario: StoreScenario) -> None:
     """Run `scenario` with a store on its own client and a category no other test uses."""
     async def main() -> None:
-        redis = Redis.from_url(redis_url)
+        redis = connect(redis_url)
         try:
             await scenario(DocumentStore(redis, origin=uuid.uuid4().hex), redis, f"cat-{uuid.uuid4().hex[:8]}")
         finally:
             await redis.aclose()
 
     asyncio.run(main())
+
+
+def sync_client(url: str) -> redis.Redis | redis.RedisCluster:
+    """A blocking client for `url` (one server or, with the cluster scheme, a Redis Cluster)."""
+    scheme, _, rest = url.partition("://")
+    if scheme in CLUSTER_SCHEMES:
+        return redis.RedisCluster.from_url(f"{CLUSTER_SCHEMES[scheme]}://{rest}")
+    return redis.Redis.from_url(url)
