@@ -56,8 +56,8 @@ class RedisClusterServers:
 
     @property
     def url(self) -> str:
-        """What `catcache serve --redis` takes: any one node, with the cluster scheme."""
-        return f"redis+cluster://127.0.0.1:{self.ports[0]}"
+        """What `catcache serve --redis` takes: every node, so any one of them may be down."""
+        return "redis+cluster://" + ",".join(f"127.0.0.1:{port}" for port in self.ports)
 
     def start(self) -> RedisClusterServers:
         for port in self.ports:
@@ -88,15 +88,19 @@ class RedisClusterServers:
                 time.sleep(0.05)
 
     def wait_ready(self, timeout: float = 30.0) -> None:
-        """Until every live node says the cluster is ok and knows every master has a replica."""
+        """Until every live node says the cluster is ok, with all its masters up and, before any
+        node was killed, every replica attached."""
         deadline = time.monotonic() + timeout
+        wanted_replicas = len(self.live_ports()) - self.masters
         while True:
-            states = [redis.Redis(host="127.0.0.1", port=port).cluster("info")["cluster_state"] for port in self.live_ports()]
-            replicas = len(self.client().cluster_nodes_of("slave"))
-            if all(state == "ok" for state in states) and replicas >= self.masters * self.replicas_per_master:
+            states = [redis.Redis(host="127.0.0.1", port=port).cluster("info")["cluster_state"]
+                      for port in self.live_ports()]
+            view = self.client()
+            masters, replicas = len(view.cluster_nodes_of("master")), len(view.cluster_nodes_of("slave"))
+            if all(state == "ok" for state in states) and masters == self.masters and replicas >= wanted_replicas:
                 return
             if time.monotonic() > deadline:
-                raise TimeoutError(f"cluster not ready: states {states}, {replicas} replicas")
+                raise TimeoutError(f"cluster not ready: states {states}, {masters} masters, {replicas} replicas")
             time.sleep(0.1)
 
     def live_ports(self) -> list[int]:

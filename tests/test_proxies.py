@@ -19,11 +19,13 @@ from .conftest import DEFAULT_POLICIES
 DEADLINE_S = 10.0  # the bench reports the delay (target: 1 s p99); here it only has to arrive
 
 
-@pytest.fixture
-def three(proxy_factory, redis_url, clean_redis, tmp_path: Path):
-    policies = tmp_path / "policies.yaml"
+@pytest.fixture(scope="module")
+def three(module_proxy_factory, redis_url, tmp_path_factory):
+    """Started once for the module (a start costs seconds of model loading); each test keeps to
+    its own tenant, and the policy change comes last."""
+    policies = tmp_path_factory.mktemp("policy") / "policies.yaml"
     shutil.copy(DEFAULT_POLICIES, policies)
-    return policies, [proxy_factory(policies=policies, redis_url=redis_url) for _ in range(3)]
+    return policies, [module_proxy_factory(policies=policies, redis_url=redis_url) for _ in range(3)]
 
 
 def test_an_entry_stored_through_one_proxy_is_a_hit_on_the_others_under_load(three, api_key):

@@ -17,8 +17,9 @@ from pathlib import Path
 import httpx
 import redis
 from redis.asyncio import Redis, RedisCluster
+from redis.cluster import ClusterNode
 
-from catcache.store.connect import CLUSTER_SCHEMES, connect
+from catcache.store.connect import cluster_seeds, connect, is_cluster_url
 from catcache.store.documents import DocumentStore
 from catcache.store.embedded import die_with_parent
 
@@ -151,7 +152,7 @@ def run_with_store(redis_url: str, scenario: StoreScenario) -> None:
 
 def sync_client(url: str) -> redis.Redis | redis.RedisCluster:
     """A blocking client for `url` (one server or, with the cluster scheme, a Redis Cluster)."""
-    scheme, _, rest = url.partition("://")
-    if scheme in CLUSTER_SCHEMES:
-        return redis.RedisCluster.from_url(f"{CLUSTER_SCHEMES[scheme]}://{rest}")
+    if is_cluster_url(url):
+        first, others = cluster_seeds(url)
+        return redis.RedisCluster.from_url(first, startup_nodes=[ClusterNode(h, p) for h, p in others])
     return redis.Redis.from_url(url)
