@@ -12,6 +12,8 @@ import httpx
 import openai
 import pytest
 
+from catcache.store.documents import doc_key
+
 from .backend import TestBackend
 from .util import free_port, wait_http
 
