@@ -7,6 +7,7 @@ import asyncio
 from collections import Counter
 from pathlib import Path
 
+import httpx
 import orjson
 import pytest
 import yaml
@@ -162,3 +163,12 @@ def test_the_proxy_routes_a_prefix_to_one_replica_and_survives_a_dead_one(tmp_pa
                 assert sorted([first.calls(CHAT), second.calls(CHAT)]) == [0, 4]  # one replica took them all
         finally:
             proxy.stop()
+
+
+def test_the_bench_backend_models_a_prefix_cache_of_n_system_prompts():
+    with TestBackend(prefix_ms=1, prefix_slots=2) as server:
+        client = httpx.Client(base_url=server.url)
+        for system in ("a", "b", "a", "c", "b", "c"):  # LRU of 2: a, b miss; a hits; c evicts b; b evicts a
+            assert client.post("/v1/chat/completions", json=chat(system)).status_code == 200
+        assert client.get("/stats/prefix-cache").json() == {"hits": 2, "misses": 4, "slots": 2}
+        client.close()
