@@ -70,5 +70,4 @@ def test_a_killed_master_costs_no_client_error_and_no_acknowledged_entry(proxy_f
             assert all(client.exists(doc_key(key)) for key in before_kill)  # WAIT made each one durable
         finally:
             client.close()
-        assert "bypass" in outcomes or outcomes.count("miss") > 0
         assert outcomes[-20:].count("bypass") < 20, "caching never resumed after the failover"
