@@ -6,6 +6,7 @@ import os
 
 import httpx
 
+from catcache.backends.tcp import transport
 from catcache.policy.schema import Backend
 
 # Headers that describe one hop, not the message: never forwarded in either direction.
@@ -23,8 +24,9 @@ class BackendClient:
         self.config = config
         self.base_url = config.url.rstrip("/")
         self.in_flight = 0  # requests awaiting this backend now: the adaptive policy's load signal
+        limits = httpx.Limits(max_connections=512, max_keepalive_connections=128)
         self._http = httpx.AsyncClient(timeout=httpx.Timeout(config.timeout, connect=5.0),
-                                       limits=httpx.Limits(max_connections=512, max_keepalive_connections=128))
+                                       transport=transport(limits))
 
     def target(self, path: str, query: str = "") -> str:
         """`/v1/chat/completions` -> the backend's base URL (which ends in /v1) + `/chat/completions`."""

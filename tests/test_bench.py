@@ -56,8 +56,8 @@ def test_replay_against_a_running_proxy(running: tuple[str, str]) -> None:
 
 
 def test_overhead_measures_misses_hits_and_throughput(running: tuple[str, str]) -> None:
-    result = asyncio.run(overhead.measure(*running, n=3, total=6))
-    assert result["miss"]["outcomes"] == {"miss": 3}
+    result = asyncio.run(overhead.measure(*running, n=3, total=6))["catcache"]
+    assert result["miss"]["outcomes"] == {"miss": 3} and result["no_store"]["outcomes"] == {"bypass": 3}
     assert result["exact_hit"]["hits"] == 3 and result["semantic_hit"]["hits"] == 3
     assert [p["concurrency"] for p in result["throughput"]["exact"]] == list(overhead.CONCURRENCY)
 
