@@ -16,7 +16,7 @@ import numpy as np
 INITIAL_CAPACITY = 1024
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)  # slots: ~100 bytes less per cached entry
 class Entry:
     doc_id: str
     scope_key: str

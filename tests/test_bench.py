@@ -82,7 +82,8 @@ def test_interpolation_at_equal_false_hit_rate() -> None:
 def test_scale_on_a_small_index() -> None:
     result = scale.search_ms(200)
     assert result["search_ms"]["p50"] > 0 and result["bytes_per_entry"] >= 0
-    assert asyncio.run(scale.rebuild_s(200))["rebuilt"] == 200
+    rebuilt = asyncio.run(scale.rebuild_s(200))
+    assert rebuilt["rebuilt"] == 200 and rebuilt["restarted_with"] == 202
 
 
 def test_lookup_cost_on_a_small_index() -> None:
