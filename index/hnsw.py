@@ -7,6 +7,7 @@ hit needs beyond that (the response, whether it is still alive) is one read from
 from __future__ import annotations
 
 import pickle
+import sys
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -20,6 +21,12 @@ INITIAL_CAPACITY = 1024
 class Entry:
     doc_id: str
     scope_key: str
+
+    @classmethod
+    def of(cls, doc_id: str, scope_key: str) -> Entry:
+        """An entry whose scope string is shared with every other entry of that scope (one tenant's
+        or conversation's entries repeat it), not one copy each: ~110 bytes less an entry."""
+        return cls(doc_id, sys.intern(scope_key))
 
 
 @dataclass(frozen=True)
@@ -111,7 +118,7 @@ class CategoryIndex:
         with open(entries_path, "rb") as source:
             saved = pickle.load(source)  # our own file, in our own data dir
         index._next_label = saved["next_label"]
-        index._entries = {label: Entry(doc_id, scope)
+        index._entries = {label: Entry.of(doc_id, scope)
                           for label, doc_id, scope in zip(saved["labels"], saved["doc_ids"], saved["scopes"])}
         index._labels = {entry.doc_id: label for label, entry in index._entries.items()}
         index._deleted = index._graph.get_current_count() - len(index._entries)

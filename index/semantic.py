@@ -50,9 +50,9 @@ class SemanticIndex:
     def add(self, category: str, doc_id: str, scope_key: str, vector: np.ndarray) -> None:
         self._changes += 1
         if self._deferred is not None:
-            self._deferred.append((category, [Entry(doc_id, scope_key)], vector))
+            self._deferred.append((category, [Entry.of(doc_id, scope_key)], vector))
             return
-        self._index(category).add(Entry(doc_id, scope_key), vector)
+        self._index(category).add(Entry.of(doc_id, scope_key), vector)
 
     def remove(self, category: str, doc_ids: list[str]) -> None:
         self._changes += len(doc_ids)
@@ -169,7 +169,7 @@ class SemanticIndex:
                     progress.advance(task)
                     if vector is None or vector.shape[0] != self.dim:
                         continue
-                    entries.append(Entry(doc_id, scope))
+                    entries.append(Entry.of(doc_id, scope))
                     vectors.append(vector)
                     if len(entries) >= batch:
                         await self._load(category, entries, vectors)
