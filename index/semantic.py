@@ -152,6 +152,10 @@ class SemanticIndex:
                  time.perf_counter() - started)
         return True
 
+    def categories(self) -> list[str]:
+        """The categories that hold at least one entry."""
+        return [name for name, index in self._indexes.items() if len(index)]
+
     async def rebuild(self, batch: int = 2000) -> int:
         """Load every live entry from Redis, `batch` at a time into each graph; returns how many.
         Events after the stream position taken first are replayed by `follow` (adding is idempotent)."""
