@@ -19,7 +19,7 @@ from rich.progress import Progress
 
 from catcache.index import snapshot
 from catcache.index.hnsw import CategoryIndex, Entry, Neighbour
-from catcache.store.documents import DocumentStore
+from catcache.store.documents import EVENTS_MAXLEN, DocumentStore
 
 log = logging.getLogger("catcache.index")
 PROGRESS_ABOVE = 10_000
@@ -111,10 +111,13 @@ class SemanticIndex:
         if found is None:
             log.info("no snapshot for model %s in %s; rebuilding from redis", self.model, directory)
             return None
-        # Redis 6 streams do not say what they trimmed: if the oldest event is past the snapshot's
-        # and the stream has been trimmed since the save, events the snapshot lacks may be gone.
+        # Redis 6 streams do not say what they trimmed. The stream was trimmed since the save if its
+        # oldest event moved, or, empty then, if it has reached its length limit since; events the
+        # snapshot lacks may then be gone when the oldest event left is past the snapshot's.
         first, last = await self.store.first_event_id(), await self.store.last_event_id()
-        trimmed = _after(first, found.position) and first != found.stream_first
+        moved = first != found.stream_first if found.stream_first != "0-0" \
+            else await self.store.event_count() >= EVENTS_MAXLEN
+        trimmed = moved and _after(first, found.position)
         if trimmed or _after(found.position, last):
             log.info("snapshot at event %s is stale (the stream holds %s..%s); rebuilding from redis",
                      found.position, first, last)

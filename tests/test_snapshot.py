@@ -106,3 +106,23 @@ def test_catcache_serve_saves_at_shutdown_and_restarts_from_the_snapshot(proxy_f
     lower = [{"role": "user", "content": "how do i reverse a list in python?"}]  # not an exact hit
     raw = client.chat.completions.with_raw_response.create(model="test-model", messages=lower)
     assert raw.headers["x-catcache"] == "hit-semantic" and raw.parse().choices[0].message.content == first
+
+
+def test_a_snapshot_of_an_empty_stream_stays_usable_as_events_arrive(redis_url: str, tmp_path: Path,
+                                                                    monkeypatch: pytest.MonkeyPatch) -> None:
+    vectors = unit(np.random.default_rng(8), 6)
+
+    async def scenario(store: DocumentStore, redis: Redis, category: str) -> None:
+        await store_entries(store, category, vectors[:5], lambda i: "s")
+        await redis.delete(EVENTS)  # as after bulk loads that write no events, or a fresh Redis
+        running = SemanticIndex(store, DIM, model="m")
+        await running.start(None)
+        await running.save_snapshot(tmp_path)
+        other = DocumentStore(redis, origin="another proxy")
+        await store_entries(other, category, vectors, lambda i: "s")  # the stream starts after the save
+        restarted = fresh(store)
+        monkeypatch.setattr(restarted, "rebuild", pytest.fail)
+        await restarted.start(tmp_path)
+        assert restarted.sizes()[category] == 6
+
+    run_with_store(redis_url, scenario)
