@@ -87,8 +87,7 @@ class PairDiff:
 
     @property
     def kinds_differ(self) -> bool:
-        kinds = {self.kind_query, self.kind_candidate}
-        return len(kinds) == 2 and (all(kinds) or bool(kinds & {"date", "number"}))
+        return question.kinds_conflict(self.kind_query, self.kind_candidate)
 
     @property
     def numbers_differ(self) -> bool:

@@ -61,8 +61,8 @@ def words(text: str) -> list[str]:
 
 
 def answer_kind(text: str) -> str:
-    """The kind of answer asked for: number, date, place, person, reason or manner; "" for a
-    question that names none (most "what" questions), which agrees with every kind."""
+    """The kind of answer asked for: number, date, place, person, reason, manner, or "thing" for
+    another what / which question; "" for text that asks nothing ("my card has not arrived")."""
     lowered = " ".join(words(text))
     if _NUMBER_ASK.search(lowered):
         return "number"
@@ -74,7 +74,17 @@ def answer_kind(text: str) -> str:
         return "person"
     if re.search(r"\bwhy\b", lowered):
         return "reason"
-    return "manner" if re.search(r"\bhow\b", lowered) else ""
+    if re.search(r"\bhow\b", lowered):
+        return "manner"
+    return "thing" if re.search(r"\b(what|which)\b", lowered) else ""
+
+
+def kinds_conflict(first: str, second: str) -> bool:
+    """Whether answers of these two kinds cannot be the same answer. "What was her first album?"
+    (a thing) may name a person or a place, but never a date or a number."""
+    if not first or not second or first == second:
+        return False
+    return "thing" not in (first, second) or bool({first, second} & {"date", "number"})
 
 
 def quantities(tokens: list[str]) -> frozenset[str]:
