@@ -95,7 +95,12 @@ def _serve(args: argparse.Namespace) -> int:
             print(f"catcache: {exc}", file=sys.stderr)
             return 2
     try:
-        app = create_app(Settings(backend=args.backend, policies=policies, redis_url=redis_url, embedded=embedded))
+        from catcache.index import snapshot
+
+        snapshots = snapshot.directory(Path(args.data_dir) if args.data_dir else default_data_dir(),
+                                       None if embedded is not None else redis_url)
+        app = create_app(Settings(backend=args.backend, policies=policies, redis_url=redis_url, embedded=embedded,
+                                  snapshots=snapshots))
         uvicorn.run(app, host=args.host, port=args.port, log_level=args.log_level, access_log=False,
                     loop="uvloop" if sys.platform != "win32" else "auto", timeout_graceful_shutdown=5)
     finally:
