@@ -41,7 +41,7 @@ def _add_serve(commands: argparse._SubParsersAction) -> None:
     serve.add_argument("--policies", default=_env("policies"),
                        help="policies.yaml (default: ./policies.yaml if present, else the built-in defaults)")
     serve.add_argument("--redis", default=_env("redis"),
-                       help="redis:// URL; without it catcache runs its own redis-server in the data dir")
+                       help="redis:// URL, or redis+cluster://HOST:PORT for a Redis Cluster; without it catcache runs its own redis-server in the data dir")
     serve.add_argument("--data-dir", default=_env("data_dir"), help="where the embedded Redis keeps its files")
     serve.add_argument("--host", default=_env("host", "127.0.0.1"))
     serve.add_argument("--port", type=port, default=_env("port", "8080"))
@@ -121,9 +121,13 @@ def _serve(args: argparse.Namespace) -> int:
             print(f"catcache: {exc}", file=sys.stderr)
             return 2
     try:
+        from catcache.index import snapshot
+
+        snapshots = snapshot.directory(Path(args.data_dir) if args.data_dir else default_data_dir(),
+                                       None if embedded is not None else redis_url)
         app = create_app(Settings(backend=args.backend, policies=policies, redis_url=redis_url, embedded=embedded,
-                                  backend_timeout=args.backend_timeout, max_body_bytes=args.max_body_bytes,
-                                  admin_token=args.admin_token or None))
+                                  snapshots=snapshots, backend_timeout=args.backend_timeout,
+                                  max_body_bytes=args.max_body_bytes, admin_token=args.admin_token or None))
         uvicorn.run(app, host=args.host, port=args.port, log_level=args.log_level, access_log=False,
                     loop="uvloop" if sys.platform != "win32" else "auto", timeout_graceful_shutdown=5)
     finally:

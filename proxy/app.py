@@ -14,7 +14,6 @@ from pathlib import Path
 import httpx
 from fastapi import FastAPI, Request
 from fastapi.responses import Response, StreamingResponse
-from redis.asyncio import Redis
 from starlette.background import BackgroundTask
 
 from catcache.backends.client import forwardable
@@ -30,12 +29,14 @@ from catcache.proxy.pipeline import CachePipeline
 from catcache.proxy.state import ProxyState, build_live
 from catcache.reports.recorder import Recorder
 from catcache.reports.routes import router as reports_router
+from catcache.store.connect import connect
 from catcache.store.documents import DocumentStore
 from catcache.store.embedded import EmbeddedRedis
 from catcache.store.health import CacheUnavailable, RedisGuard
 
 log = logging.getLogger("catcache")
 SWEEP_EVERY_S = 60.0
+SNAPSHOT_EVERY_S = 300.0
 POLICY_POLL_S = 1.0
 
 
@@ -48,6 +49,7 @@ class Settings:
     backend_timeout: float | None = None  # seconds without a byte from the large backend; None: the policy's
     max_body_bytes: int = DEFAULT_MAX_BODY_BYTES
     admin_token: str | None = None  # required by /admin/*, /stats and /metrics when set
+    snapshots: Path | None = None  # where the semantic indexes are saved, for a fast restart
 
 
 def create_app(settings: Settings) -> FastAPI:
@@ -112,27 +114,31 @@ async def pass_through(state: ProxyState, request: Request) -> Response:
 async def lifespan(app: FastAPI, settings: Settings) -> AsyncIterator[None]:
     policy = load_policy(settings.policies)
     embedder = await asyncio.to_thread(Embedder, policy.embedding_model)
-    redis = Redis.from_url(settings.redis_url, socket_timeout=1.0, socket_connect_timeout=1.0)
+    redis = connect(settings.redis_url, socket_timeout=1.0, socket_connect_timeout=1.0)
     store = DocumentStore(redis, origin=uuid.uuid4().hex)
     state = ProxyState(
         live=await asyncio.to_thread(build_live, policy, embedder, settings.backend, None, settings.backend_timeout),
         policy_path=settings.policies, backend_override=settings.backend, timeout_override=settings.backend_timeout,
         embedder=embedder, store=store,
-        guard=RedisGuard(redis), index=SemanticIndex(store, embedder.dim),
+        guard=RedisGuard(redis), index=SemanticIndex(store, embedder.dim, model=embedder.name),
         recorder=Recorder(redis, lambda: state.policy))
-    await state.index.rebuild()
+    await state.index.start(settings.snapshots)
     app.state.proxy = state
     app.state.pipeline = CachePipeline(state)
     tasks = [asyncio.create_task(every(SWEEP_EVERY_S, lambda: state.guard.run(state.index.sweep(), timeout=30))),
              asyncio.create_task(follow_replicas(state))]
     if settings.policies is not None:
         tasks.append(asyncio.create_task(watch_policy(state, settings.policies)))
+    if settings.snapshots is not None:
+        tasks.append(asyncio.create_task(every(SNAPSHOT_EVERY_S, lambda: state.index.save_snapshot(settings.snapshots))))
     log.info("catcache ready: backend %s, redis %s", state.large().base_url, settings.redis_url)
     try:
         yield
     finally:
         for task in tasks:
             task.cancel()
+        if settings.snapshots is not None:
+            await state.index.save_snapshot(settings.snapshots)
         await state.recorder.close()
         for client in state.live.backends.values():
             await client.aclose()
@@ -152,12 +158,9 @@ async def every(seconds: float, job: Callable[[], Awaitable[object]]) -> None:
 
 async def follow_replicas(state: ProxyState) -> None:
     """Learn of entries other proxies add or evict, through the Redis event stream."""
-    after = None
     while True:
         try:
-            if after is None:
-                after = await state.guard.run(state.store.last_event_id())
-            after = await state.guard.run(state.index.follow(after), timeout=5.0)
+            await state.guard.run(state.index.follow(state.index.position), timeout=5.0)
         except CacheUnavailable:
             await asyncio.sleep(1.0)
 

@@ -25,6 +25,7 @@ from fastapi.responses import Response, StreamingResponse
 
 from catcache.backends.client import BackendClient, forwardable
 from catcache.backends.ic import in_context_request
+from catcache.backends.replicas import affinity_key
 from catcache.categories.classifier import Classification, RequestTraits
 from catcache.index.hnsw import Neighbour
 from catcache.verify.verifiers import load_verifier
@@ -301,7 +302,8 @@ class CachePipeline:
         backend.in_flight += 1
         started = time.perf_counter()
         try:
-            upstream = await backend.open("POST", exchange.path, headers=exchange.headers, content=orjson.dumps(body))
+            upstream = await backend.open("POST", exchange.path, headers=exchange.headers, content=orjson.dumps(body),
+                                          affinity=affinity_key(exchange.tenant, exchange.category, body))
         except httpx.HTTPError as exc:
             backend.in_flight -= 1
             if fall_through:

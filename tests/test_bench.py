@@ -56,8 +56,8 @@ def test_replay_against_a_running_proxy(running: tuple[str, str]) -> None:
 
 
 def test_overhead_measures_misses_hits_and_throughput(running: tuple[str, str]) -> None:
-    result = asyncio.run(overhead.measure(*running, n=3, total=6))
-    assert result["miss"]["outcomes"] == {"miss": 3}
+    result = asyncio.run(overhead.measure(*running, n=3, total=6))["catcache"]
+    assert result["miss"]["outcomes"] == {"miss": 3} and result["no_store"]["outcomes"] == {"bypass": 3}
     assert result["exact_hit"]["hits"] == 3 and result["semantic_hit"]["hits"] == 3
     assert [p["concurrency"] for p in result["throughput"]["exact"]] == list(overhead.CONCURRENCY)
 
@@ -82,7 +82,8 @@ def test_interpolation_at_equal_false_hit_rate() -> None:
 def test_scale_on_a_small_index() -> None:
     result = scale.search_ms(200)
     assert result["search_ms"]["p50"] > 0 and result["bytes_per_entry"] >= 0
-    assert asyncio.run(scale.rebuild_s(200))["rebuilt"] == 200
+    rebuilt = asyncio.run(scale.rebuild_s(200))
+    assert rebuilt["rebuilt"] == 200 and rebuilt["restarted_with"] == 202
 
 
 def test_lookup_cost_on_a_small_index() -> None:
@@ -111,6 +112,9 @@ def test_feedback_reports_each_hit_and_a_wrong_one_is_evicted(running: tuple[str
     ["bench.scale", "--sizes", "1000", "--name", "tmp/test-scale"],
     ["bench.lookup_cost", "--entries", "1000", "--queries", "20", "--name", "tmp/test-lookup"],
     ["bench.feedback", "--stream", str(STREAM), "--name", "tmp/test-feedback"],
+    ["bench.routing", "--replicas", "2", "--requests", "40", "--out", str(RESULTS / "tmp" / "test-routing.json")],
+    ["bench.propagation", "--probes", "3", "--out", str(RESULTS / "tmp" / "test-propagation.json")],
+    ["bench.redis_memory", "--entries", "500", "--out", str(RESULTS / "tmp" / "test-redis-memory.json")],
 ])
 def test_command_line(command: list[str]) -> None:
     subprocess.run([sys.executable, "-m", *command], cwd=ROOT, check=True, timeout=600)
