@@ -18,6 +18,7 @@ from redis.asyncio import Redis
 from starlette.background import BackgroundTask
 
 from catcache.backends.client import forwardable
+from catcache.backends.local import LocalModel
 from catcache.index.embedder import Embedder
 from catcache.index.semantic import SemanticIndex
 from catcache.policy.loader import PolicyError, load_policy
@@ -41,6 +42,8 @@ class Settings:
     policies: Path | None
     redis_url: str
     embedded: EmbeddedRedis | None = None  # stopped when the app shuts down (SIGTERM and SIGINT too)
+    local: LocalModel | None = None        # the bundled model, likewise
+    local_url: str | None = None
 
 
 def create_app(settings: Settings) -> FastAPI:
@@ -102,10 +105,10 @@ async def lifespan(app: FastAPI, settings: Settings) -> AsyncIterator[None]:
     redis = Redis.from_url(settings.redis_url, socket_timeout=1.0, socket_connect_timeout=1.0)
     store = DocumentStore(redis, origin=uuid.uuid4().hex)
     state = ProxyState(
-        live=await asyncio.to_thread(build_live, policy, embedder, settings.backend),
+        live=await asyncio.to_thread(build_live, policy, embedder, settings.backend, None, settings.local_url),
         policy_path=settings.policies, backend_override=settings.backend, embedder=embedder, store=store,
         guard=RedisGuard(redis), index=SemanticIndex(store, embedder.dim),
-        recorder=Recorder(redis, lambda: state.policy))
+        recorder=Recorder(redis, lambda: state.policy), local_url=settings.local_url)
     await state.index.rebuild()
     app.state.proxy = state
     app.state.pipeline = CachePipeline(state)
@@ -127,6 +130,8 @@ async def lifespan(app: FastAPI, settings: Settings) -> AsyncIterator[None]:
         await redis.aclose()
         if settings.embedded is not None:
             settings.embedded.stop()
+        if settings.local is not None:
+            settings.local.stop()
 
 
 async def every(seconds: float, job: Callable[[], Awaitable[object]]) -> None:
