@@ -2,6 +2,8 @@
 
 The examples go right after the system prompt, in a stable order (oldest entry first), so that
 requests of one category share a prompt prefix and the backend's prefix cache reuses their KV.
+The router's quality signals live here too: whether the examples agree with each other, and how
+sure the small model was of its own answer (bench/ic.py measures both on ComQA).
 """
 
 from __future__ import annotations
@@ -32,6 +34,27 @@ def in_context_request(body: dict, endpoint: str, examples: list[Document], mode
         prefix = "".join(f"Q: {shots[i]['content']}\nA: {shots[i + 1]['content']}\n\n" for i in range(0, len(shots), 2))
         request["prompt"] = prefix + f"Q: {body['prompt']}\nA:" if shots else body["prompt"]
     return request
+
+
+def agreement(examples: list[Document]) -> float:
+    """1 when every example gives the same answer, 1/n when n answers differ: examples that
+    disagree leave the small model to pick, which it does badly."""
+    answers = {_answer_text(doc.response).strip().lower() for doc in examples}
+    return 1.0 / len(answers) if answers else 0.0
+
+
+def confident_request(request: dict, endpoint: str) -> dict:
+    """`request` asked whole and with token log-probabilities, so the answer can be judged before it is served."""
+    asked = {k: v for k, v in request.items() if k != "stream_options"}
+    return dict(asked, stream=False, logprobs=True if endpoint == "chat" else 1)
+
+
+def confidence(response: dict) -> float | None:
+    """The mean log-probability of the answer's tokens; None when the backend sent none."""
+    logprobs = (response.get("choices") or [{}])[0].get("logprobs") or {}
+    values = [t.get("logprob") for t in logprobs.get("content") or []] or logprobs.get("token_logprobs") or []
+    values = [v for v in values if isinstance(v, (int, float))]
+    return sum(values) / len(values) if values else None
 
 
 def _answer_text(response: dict) -> str:

@@ -13,13 +13,14 @@ their title words). The router's signals are logged per near miss (similarity, v
 agreement of the examples' answers, the small model's token log-probabilities); the router's
 thresholds are chosen on the calibration half and reported on the measurement half.
 
-    python -m bench.ic --per-half 60
+    python -m bench.ic --per-half 40        # --report: the tables of a run so far
 """
 
 from __future__ import annotations
 
 import argparse
 import hashlib
+import json
 import random
 import re
 import time
@@ -154,9 +155,17 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--data-dir", type=Path, default=Path("/tmp/catcache-bench-ic"))
     parser.add_argument("--seed", type=int, default=13)
     parser.add_argument("--out", type=Path, default=None)
+    parser.add_argument("--answers", type=Path, default=Path("/tmp/catcache-bench-ic/answers.jsonl"),
+                        help="each graded near miss is appended here as it is done; --report reads it back")
+    parser.add_argument("--report", action="store_true", help="only print the tables of an --answers file")
     args = parser.parse_args(argv)
+    if args.report:
+        report(*read_answers(args.answers), args)
+        return
 
     rows = read_jsonl(args.workload)
+    args.answers.parent.mkdir(parents=True, exist_ok=True)
+    args.answers.write_text("")
     embedder = Embedder()
     model = LocalModel(args.data_dir, threads=args.threads)
     url = model.start()
@@ -165,21 +174,39 @@ def main(argv: list[str] | None = None) -> None:
     counts: dict[str, int] = {}
     try:
         with httpx.Client(timeout=600) as http:
-            for half, name in ((0, "calibration"), (1, "measurement")):
+            for half, name in ((1, "measurement"), (0, "calibration")):
                 mine = [r for r in rows if group_half(r["group"]) == half]
                 vectors = embedder.encode([r["text"] for r in mine])
                 misses = near_misses(mine, vectors, args.low, args.threshold, args.k)
                 counts[name] = len(misses)
+                _append(args.answers, {"half": name, "near_misses": len(misses)})
                 sample = random.Random(args.seed).sample(misses, min(args.per_half, len(misses)))
                 results[name] = []
                 for n, miss in enumerate(sample):
                     results[name].append(answer_three_ways(http, url, mine, miss, verifier))
+                    _append(args.answers, {"half": name, "item": results[name][-1]})
                     if n % 10 == 9:
                         print(f"{name}: {n + 1}/{len(sample)}", flush=True)
     finally:
         model.stop()
         embedder.close()
     report(results, counts, args)
+
+
+def _append(path: Path, record: dict) -> None:
+    with open(path, "a") as out:
+        out.write(json.dumps(record) + "\n")
+
+
+def read_answers(path: Path) -> tuple[dict[str, list[dict]], dict[str, int]]:
+    results: dict[str, list[dict]] = {}
+    counts: dict[str, int] = {}
+    for record in read_jsonl(path):
+        if "item" in record:
+            results.setdefault(record["half"], []).append(record["item"])
+        else:
+            counts[record["half"]] = record["near_misses"]
+    return results, counts
 
 
 def report(results: dict[str, list[dict]], counts: dict[str, int], args: argparse.Namespace) -> None:
@@ -198,6 +225,8 @@ def report(results: dict[str, list[dict]], counts: dict[str, int], args: argpars
 
     router_rows, router = [], {}
     for signal in ("mean_logprob", "min_logprob", "similarity", "verifier", "agreement"):
+        if not results.get("calibration") or not results.get("measurement"):
+            break
         cut = best_cut(curve(results["calibration"], signal))
         held = routed(results["measurement"], signal, cut["cut"]) if cut else None
         router[signal] = {"cut": cut and cut["cut"], "calibration": cut, "measurement": held}
@@ -208,7 +237,7 @@ def report(results: dict[str, list[dict]], counts: dict[str, int], args: argpars
          "right on calibration)", ["signal", "cut", "offload (cal.)", "offload (meas.)", "IC right (meas.)"],
          router_rows)
     save("ic", {"settings": {k: str(v) for k, v in vars(args).items()}, "summary": summary,
-                "router": router, "curves": {s: curve(results["measurement"], s) for s in router},
+                "router": router, "curves": {s: curve(results.get("measurement", []), s) for s in router},
                 "items": results}, args.out)
 
 
