@@ -11,6 +11,19 @@ from __future__ import annotations
 from catcache.store.documents import Document
 
 
+def within_budget(examples: list[Document], budget_tokens: int) -> list[Document]:
+    """The most relevant examples (given most similar first) whose text fits the category's
+    prompt-token budget: each example costs the small model prefill on every IC request. Tokens
+    are estimated at 4 characters each; an example too long to fit is skipped, not cut."""
+    chosen, spent = [], 0
+    for doc in examples:
+        cost = (len(doc.query) + len(_answer_text(doc.response))) // 4 + 8  # + the chat template's markers
+        if spent + cost <= budget_tokens:
+            chosen.append(doc)
+            spent += cost
+    return chosen
+
+
 def example_messages(examples: list[Document]) -> list[dict]:
     messages = []
     for doc in sorted(examples, key=lambda d: (d.created, d.doc_id)):

@@ -24,7 +24,7 @@ from fastapi import Request
 from fastapi.responses import Response, StreamingResponse
 
 from catcache.backends.client import BackendClient, forwardable
-from catcache.backends.ic import agreement, confidence, confident_request, in_context_request
+from catcache.backends.ic import agreement, confidence, confident_request, in_context_request, within_budget
 from catcache.categories.classifier import Classification, RequestTraits
 from catcache.index.verify import load_verifier
 from catcache.policy.schema import Category, Policy
@@ -240,7 +240,7 @@ class CachePipeline:
             found = await self.state.guard.run(self.state.store.get_many(ids))
         except CacheUnavailable:
             return None
-        examples = [doc for doc in found if doc is not None]
+        examples = within_budget([doc for doc in found if doc is not None], settings.example_tokens)
         if not examples or agreement(examples) < settings.min_agreement:
             return None
         body = in_context_request(exchange.body, exchange.endpoint, examples, small.config.model)

@@ -6,7 +6,7 @@ from __future__ import annotations
 import openai
 import pytest
 
-from catcache.backends.ic import agreement, confidence, confident_request
+from catcache.backends.ic import agreement, confidence, confident_request, example_messages, within_budget
 from catcache.policy.loader import PolicyError, parse_policy
 from catcache.store.documents import Document
 
@@ -19,6 +19,13 @@ def doc(answer: str, n: int = 0) -> Document:
 def test_agreement_is_one_over_the_distinct_answers():
     assert agreement([doc("Paris", 0), doc("paris ", 1)]) == 1.0
     assert agreement([doc("Paris", 0), doc("Lyon", 1), doc("Paris", 2)]) == 0.5
+
+
+def test_examples_fit_the_budget_most_relevant_first_in_a_stable_order():
+    near, far, huge = doc("Paris", 2), doc("Lyon", 1), doc("x" * 4000, 0)
+    chosen = within_budget([near, huge, far], budget_tokens=40)
+    assert chosen == [near, far], "the long example is skipped, the next relevant one still fits"
+    assert [m["content"] for m in example_messages(chosen)] == ["question 1", "Lyon", "question 2", "Paris"]
 
 
 def test_confidence_reads_chat_and_completions_logprobs():
