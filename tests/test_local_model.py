@@ -15,9 +15,23 @@ from .util import ProxyProcess
 MODEL_LOAD_S = 300.0  # reading and dequantising the GGUF: seconds on an idle CPU, minutes on a busy one
 
 
+POLICY = """
+version: 1
+backends:
+  large: {url: local}
+  small: {url: local, role: small}
+categories:
+  default:
+    threshold: 0.99
+    ic: {low: 0.6, k: 2, backend: small}
+"""
+
+
 @pytest.fixture(scope="module")
 def local_proxy(tmp_path_factory):
-    proxy = ProxyProcess(LOCAL, DEFAULT_POLICIES, tmp_path_factory.mktemp("local"))
+    root = tmp_path_factory.mktemp("local")
+    (root / "policies.yaml").write_text(POLICY)
+    proxy = ProxyProcess(LOCAL, root / "policies.yaml", root / "data")
     try:
         yield proxy.start(timeout=MODEL_LOAD_S)
     finally:
@@ -52,3 +66,16 @@ def test_streams_completions_with_usage(local_proxy, api_key):
     text = "".join(c.choices[0].text for c in chunks if c.choices)
     assert "5" in text
     assert chunks[-1].usage.completion_tokens == 6
+
+
+def test_a_near_miss_is_answered_in_context_by_the_bundled_model(local_proxy, api_key):
+    client = OpenAI(base_url=f"{local_proxy.url}/v1", api_key=api_key)
+
+    def ask(text: str):
+        return client.chat.completions.with_raw_response.create(
+            model="any", messages=[{"role": "user", "content": text}], max_tokens=12, temperature=0)
+
+    assert ask("Who wrote the novel Pride and Prejudice?").headers["x-catcache"] == "miss"
+    near = ask("Who is the author of Pride and Prejudice?")
+    assert near.headers["x-catcache"] == "ic"
+    assert "Austen" in near.parse().choices[0].message.content
