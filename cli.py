@@ -22,7 +22,7 @@ def main(argv: list[str] | None = None) -> int:
 
 def _feature_modules() -> list:
     from catcache.deploy import render
-    from catcache.index import calibrate
+    from catcache.verify import calibrate
     from catcache.reports import report
 
     return [calibrate, report, render]

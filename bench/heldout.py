@@ -33,6 +33,12 @@ def pair_half(a: str, b: str) -> int:
     return digest[0] & 1
 
 
+def group_half(group: str) -> int:
+    """0 or 1 for a stream workload whose labels are complete (comqa-dev): whole groups fall on one
+    side, so no paraphrase of a measured query was ever calibrated on."""
+    return hashlib.sha256(group.encode()).digest()[0] & 1
+
+
 def read_jsonl(path: str | Path) -> list[dict]:
     with open(path, encoding="utf-8") as lines:
         return [json.loads(line) for line in lines if line.strip()]

@@ -1,11 +1,11 @@
-"""Re-create index/models/pair_classifier.json from the training half of a labeled workload.
+"""Re-create verify/models/pair_classifier.json from the training half of a labeled workload.
 
     python -m bench.train_verifier [--workload ../shared/workloads/qqp-dev]
 
 Examples are the half-0 labeled pairs (bench/heldout.py) plus what a cache actually meets: each
 query of the half-0 stream against its nearest earlier query, labeled by whether their groups
 match. Half 1 is never read, so bench/verify_sweep.py can measure on it. The trees are stored
-as plain JSON (no pickle) and evaluated by catcache.index.verify.PairClassifier.
+as plain JSON (no pickle) and evaluated by catcache.verify.verifiers.PairClassifier.
 """
 
 from __future__ import annotations
@@ -18,8 +18,8 @@ import numpy as np
 from sklearn.ensemble import GradientBoostingClassifier
 
 from bench.heldout import TRAIN, heldout_stream, pairs_of_half, read_jsonl
-from catcache.index.pairdiff import FEATURES, features
-from catcache.index.verify import PAIR_CLASSIFIER
+from catcache.verify.pairdiff import FEATURES, features
+from catcache.verify.verifiers import PAIR_CLASSIFIER
 
 MINE_ABOVE = 0.80  # nearest neighbours below this never reach a verifier at sane thresholds
 

@@ -28,7 +28,7 @@ from rich.table import Table
 
 from bench.heldout import HELDOUT, load_split, normalise, pairs_of_half, read_jsonl
 from catcache.categories.classifier import Classifier, RequestTraits
-from catcache.index.verify import Verifier, load_verifier
+from catcache.verify.verifiers import Verifier, load_verifier
 from catcache.policy.loader import load_policy
 
 ROOT = Path(__file__).parents[1]

@@ -81,7 +81,7 @@ class InContext(Strict):
 
 
 class Verify(Strict):
-    """Second opinion on a semantic neighbour before it is served (index/verify.py,
+    """Second opinion on a semantic neighbour before it is served (verify/verifiers.py,
     docs/verification.md). `threshold` is the verifier's score a neighbour needs, in [0, 1]."""
 
     enabled: bool = True

@@ -26,7 +26,7 @@ from fastapi.responses import Response, StreamingResponse
 from catcache.backends.client import BackendClient, forwardable
 from catcache.backends.ic import agreement, confidence, confident_request, in_context_request, within_budget
 from catcache.categories.classifier import Classification, RequestTraits
-from catcache.index.verify import load_verifier
+from catcache.verify.verifiers import load_verifier
 from catcache.policy.schema import Category, Policy
 from catcache.proxy.canonical import CanonicalRequest, InvalidRequest, canonicalise
 from catcache.proxy.responses import bad_gateway, json_response, openai_error

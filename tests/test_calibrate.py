@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from catcache.index.calibrate import (Scored, add_parser, calibrate, false_rate_bound, lowest_threshold, rates,
+from catcache.verify.calibrate import (Scored, add_parser, calibrate, false_rate_bound, lowest_threshold, rates,
                                       run, write_thresholds)
 from catcache.policy.loader import load_policy, parse_policy
 

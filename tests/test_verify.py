@@ -9,8 +9,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from catcache.index.pairdiff import FEATURES, diff, features
-from catcache.index.verify import load_verifier
+from catcache.verify.pairdiff import FEATURES, diff, features
+from catcache.verify.verifiers import load_verifier
 
 PAIRS = [json.loads(line) for line in (Path(__file__).parent / "data/verify_pairs.jsonl").read_text().splitlines()]
 

@@ -21,7 +21,7 @@ from typing import Protocol
 
 import numpy as np
 
-from catcache.index.pairdiff import FEATURES, PairDiff, diff, features
+from catcache.verify.pairdiff import FEATURES, PairDiff, diff, features
 
 MODELS = Path(__file__).parent / "models"
 PAIR_CLASSIFIER = MODELS / "pair_classifier.json"
@@ -106,7 +106,7 @@ class LexicalGuard(Checks):
 
 
 class PairClassifier(Checks):
-    """Gradient-boosted trees over the similarity and the pair's differences (index/pairdiff.py),
+    """Gradient-boosted trees over the similarity and the pair's differences (verify/pairdiff.py),
     trained on labeled pairs by bench/train_verifier.py and stored as plain JSON."""
 
     name = "pair-classifier"

@@ -26,7 +26,7 @@ from rich.console import Console
 from rich.table import Table
 
 from catcache.categories.classifier import Classifier, RequestTraits
-from catcache.index.verify import load_verifier
+from catcache.verify.verifiers import load_verifier
 from catcache.policy.loader import load_policy
 from catcache.policy.schema import Policy
 
