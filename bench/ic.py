@@ -19,7 +19,6 @@ thresholds are chosen on the calibration half and reported on the measurement ha
 from __future__ import annotations
 
 import argparse
-import hashlib
 import json
 import random
 import re
@@ -30,22 +29,17 @@ from urllib.parse import unquote
 import httpx
 import numpy as np
 
-from bench.heldout import read_jsonl
+from bench.heldout import group_half, read_jsonl
 from bench.output import fmt, save, show
 from catcache.backends.ic import in_context_request
 from catcache.backends.local import LocalModel
 from catcache.index.embedder import Embedder
-from catcache.index.verify import load_verifier
+from catcache.verify.verifiers import load_verifier
 from catcache.store.documents import Document
 
 WORKLOAD = Path("/work/shared/workloads/comqa-dev/stream.jsonl")
 SYSTEM = "Answer the question in one short sentence."
 FLOOR = 0.80  # the share of IC answers that must be right among those the router keeps
-
-
-def group_half(group: str) -> int:
-    """0 = calibration, 1 = measurement: the split bench.heldout.group_half uses on main."""
-    return hashlib.sha256(group.encode()).digest()[0] & 1
 
 
 def gold_texts(answer: str) -> list[str]:
