@@ -440,8 +440,10 @@ class CachePipeline:
 
     def _record(self, exchange: Exchange, outcome: str, backend_ms: float | None, usage: dict | None) -> None:
         usage = usage or {}
+        small = self.state.live.backends.get(exchange.policy.ic.backend) if outcome == "ic" else None
+        model = (small and small.config.model) or exchange.canon.model  # an IC answer costs the small model's price
         self.state.recorder.record(RequestRecord(
-            outcome=outcome, category=exchange.category or "-", model=exchange.canon.model, tenant=exchange.tenant,
+            outcome=outcome, category=exchange.category or "-", model=model, tenant=exchange.tenant,
             similarity=exchange.similarity, verdict=exchange.verdict, latency_ms=exchange.elapsed_ms(),
             backend_latency_ms=backend_ms, prompt_tokens=int(usage.get("prompt_tokens") or 0),
             completion_tokens=int(usage.get("completion_tokens") or 0), endpoint=exchange.endpoint))

@@ -8,6 +8,8 @@ import pytest
 
 from catcache.backends.ic import agreement, confidence, confident_request, example_messages, within_budget
 from catcache.policy.loader import PolicyError, parse_policy
+from catcache.reports.buckets import SCALARS
+from catcache.reports.stats import summarize
 from catcache.store.documents import Document
 
 
@@ -38,6 +40,13 @@ def test_confidence_reads_chat_and_completions_logprobs():
 def test_confident_request_asks_whole_with_logprobs():
     asked = confident_request({"stream": True, "stream_options": {"include_usage": True}, "prompt": "x"}, "completions")
     assert asked == {"stream": False, "prompt": "x", "logprobs": 1}
+
+
+def test_reports_count_what_ic_answered_and_what_it_cost():
+    ic = dict.fromkeys(SCALARS, 0.0) | {"requests": 2, "prompt_tokens": 300, "completion_tokens": 20, "cost_usd": 0.5}
+    miss = dict.fromkeys(SCALARS, 0.0) | {"requests": 3, "prompt_tokens": 30, "cost_usd": 2.0}
+    summary = summarize({"ic": ic, "miss": miss})
+    assert (summary["ic_answers"], summary["ic_tokens"], summary["ic_cost_usd"]) == (2, 320, 0.5)
 
 
 def test_router_knobs_are_validated():
