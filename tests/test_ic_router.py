@@ -58,7 +58,7 @@ def test_router_knobs_are_validated():
         parse_policy(text % "min_agreement: 2", "p")
 
 
-@pytest.mark.parametrize("knob", ["min_logprob: -1.0", "busy_at: 1"])
+@pytest.mark.parametrize("knob", ["min_logprob: -1.0", "busy_at: 1"], ids=["small-model-unsure", "large-backend-idle"])
 def test_near_miss_goes_large_when_the_router_says_so(proxy_factory, fresh_backend, tmp_path, api_key, knob):
     """The test backend sends no log-probabilities (never sure), and nothing else keeps the large one busy."""
     policy = tmp_path / "router.yaml"
