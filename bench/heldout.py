@@ -19,6 +19,8 @@ from pathlib import Path
 
 import numpy as np
 
+from catcache.verify.labels import Grader, neighbour_pairs
+
 TRAIN, HELDOUT = 0, 1
 
 
@@ -67,27 +69,46 @@ def heldout_stream(stream: Iterable[dict], pairs: Iterable[dict], half: int = HE
     return [q for q in stream if normalise(q["text"]) in seen[half] and normalise(q["text"]) not in other]
 
 
+def completely_labeled(stream: list[dict]) -> bool:
+    """Rows with answers (comqa-dev) label every pair; QQP's groups label only within each pair."""
+    return any("answer" in row for row in stream)
+
+
+def stream_half(stream: list[dict], half: int) -> list[dict]:
+    return [row for row in stream if group_half(row["group"]) == half]
+
+
+def split_stream(workload: str | Path, half: int) -> list[dict]:
+    """One half of a workload's stream: by group where labels are complete, else by labeled pair."""
+    folder = Path(workload)
+    stream = read_jsonl(folder / "stream.jsonl")
+    if completely_labeled(stream):
+        return stream_half(stream, half)
+    return heldout_stream(stream, read_jsonl(folder / "pairs.jsonl"), half)
+
+
+def labeled_pairs(workload: str | Path, half: int) -> list[dict]:
+    """The labeled pairs of `pairs.jsonl` that belong to `half` (both texts' groups, or the pair's hash)."""
+    folder = Path(workload)
+    pairs = read_jsonl(folder / "pairs.jsonl") if (folder / "pairs.jsonl").exists() else []
+    stream = read_jsonl(folder / "stream.jsonl")
+    if not completely_labeled(stream):
+        return pairs_of_half(pairs, half)
+    halves = {normalise(row["text"]): group_half(row["group"]) for row in stream}
+    return [p for p in pairs if halves.get(normalise(p["a"])) == halves.get(normalise(p["b"])) == half]
+
+
 def load_split(workload: str | Path) -> tuple[list[dict], list[dict]]:
     """(half-0 training pairs, half-1 measured stream) of a workload folder."""
+    return labeled_pairs(workload, TRAIN), split_stream(workload, HELDOUT)
+
+
+def training_pairs(workload: str | Path, encode: Callable[[list[str]], np.ndarray]) -> list[dict]:
+    """Half 0 of a workload as labeled pairs: its labeled pairs and its stream's graded neighbours."""
     folder = Path(workload)
-    pairs = read_jsonl(folder / "pairs.jsonl")
-    return pairs_of_half(pairs, TRAIN), heldout_stream(read_jsonl(folder / "stream.jsonl"), pairs)
-
-
-def neighbour_pairs(stream: list[dict], encode: Callable[[list[str]], np.ndarray], above: float = 0.8) -> list[dict]:
-    """What a cache meets, as labeled pairs: each query against its most similar earlier query
-    (when at least `above`), equivalent when their groups match. Labeled pairs alone miss the
-    near neighbours nobody labeled, which a stream replay counts as false hits."""
-    texts = [q["text"] for q in stream]
-    vectors = encode(texts)
-    found = []
-    for i in range(1, len(texts)):
-        similarities = vectors[:i] @ vectors[i]
-        j = int(np.argmax(similarities))
-        if similarities[j] >= above:
-            found.append({"a": texts[j], "b": texts[i], "equivalent": stream[i]["group"] == stream[j]["group"],
-                          "category": stream[i]["category"]})
-    return found
+    stream = split_stream(folder, TRAIN)
+    pairs = labeled_pairs(folder, TRAIN)
+    return pairs + neighbour_pairs(stream, encode, Grader.for_rows(stream, pairs))
 
 
 def main() -> None:
@@ -98,9 +119,7 @@ def main() -> None:
     args = parser.parse_args()
     from catcache.index.embedder import Embedder
 
-    pairs = read_jsonl(args.workload / "pairs.jsonl")
-    stream = heldout_stream(read_jsonl(args.workload / "stream.jsonl"), pairs, half=TRAIN)
-    found = pairs_of_half(pairs, TRAIN) + neighbour_pairs(stream, Embedder().encode)
+    found = training_pairs(args.workload, Embedder().encode)
     args.out.write_text("".join(json.dumps(p) + "\n" for p in found), encoding="utf-8")
     print(f"{len(found)} half-{TRAIN} pairs -> {args.out}")
 

@@ -10,8 +10,8 @@
 - catcache as configured (per-category thresholds, verifier, IC band), through the running proxy
   (`bench.replay`), and catcache with one threshold for every category and no verifier (ablation).
 
-Both replay the workload in order: a query that misses is cached, a hit is graded by the group of
-the query whose answer it served. The table gives each one's hit rate at catcache's false-hit rate,
+Both replay the workload in order: a query that misses is cached, a hit is graded by the labels of
+the query whose answer it served (verify/labels.py). The table gives each one's hit rate at catcache's false-hit rate,
 interpolated between the two sweep points around it. Lookup latency: GPTCache's `get` in process
 plus one MiniLM embedding; catcache's is the whole OpenAI-SDK round trip of a hit and of a miss
 through the proxy (backend think time 0), so it includes HTTP and is the heavier measure.
@@ -29,27 +29,30 @@ from pathlib import Path
 import numpy as np
 
 from bench import output, replay, stack, workload
+from catcache.verify.labels import Grader
 
 COSINE_SWEEP = (0.85, 0.90, 0.93, 0.96, 0.98)
 UNIFORM_SWEEP = (0.90, 0.95, 0.98)
 
 
-def grade(queries: list[dict], sources: Sequence[int | None]) -> dict:
-    """Overall hit rate and false-hit rate from, per query, the index of the query it was served from."""
-    seen: set[str] = set()
-    repeatable = hits = false = 0
-    for query, source in zip(queries, sources):
-        repeatable += query["group"] in seen
-        seen.add(query["group"])
+def grade(queries: list[dict], sources: Sequence[int | None], grader: Grader) -> dict:
+    """Overall hit rate and false-hit rate from, per query, the index of the query it was served from,
+    graded as bench.replay grades (verify/labels.py)."""
+    repeatable = hits = false = correct = 0
+    for query, source, servable in zip(queries, sources, grader.servable(queries)):
+        repeatable += servable
         if source is not None:
             hits += 1
-            false += queries[source]["group"] != query["group"]
+            right = grader.right(query, queries[source])
+            correct += right is True
+            false += right is False
     return {"queries": len(queries), "repeatable": repeatable, "hits": hits, "false": false,
-            "hit_rate": round((hits - false) / repeatable, 4) if repeatable else None,
-            "false_hit_rate": round(false / hits, 4) if hits else None}
+            "hit_rate": round(correct / repeatable, 4) if repeatable else None,
+            "false_hit_rate": round(false / (correct + false), 4) if correct + false else None}
 
 
-def gptcache_run(queries: list[dict], vectors: np.ndarray, cosine: float, embed_ms: float) -> dict:
+def gptcache_run(queries: list[dict], vectors: np.ndarray, cosine: float, embed_ms: float,
+                 grader: Grader | None = None) -> dict:
     """Replay through a fresh GPTCache that keeps neighbours at `cosine` or above."""
     from gptcache import Cache, Config
     from gptcache.adapter.api import get, put
@@ -89,12 +92,12 @@ def gptcache_run(queries: list[dict], vectors: np.ndarray, cosine: float, embed_
             if served is None:
                 put(query["text"], str(i), cache_obj=cache)
     return {"system": "GPTCache", "setting": f"cosine >= {cosine:g} (t={(cosine + 1) / 2:g})",
-            **grade(queries, sources), "lookup_ms": output.percentiles(lookups, (50, 99))}
+            **grade(queries, sources, grader or Grader.for_rows(queries)), "lookup_ms": output.percentiles(lookups, (50, 99))}
 
 
-def catcache_run(queries: list[dict], policies: Path, setting: str, concurrency: int) -> dict:
+def catcache_run(queries: list[dict], policies: Path, setting: str, concurrency: int, grader: Grader) -> dict:
     with stack.catcache(0, 0, policies) as base_url:
-        result = asyncio.run(replay.replay(base_url, queries, concurrency, policies))
+        result = asyncio.run(replay.replay(base_url, queries, concurrency, policies, grader=grader))
     overall = result["rates"]["overall"]
     return {"system": "catcache", "setting": setting,
             **{k: overall[k] for k in ("queries", "repeatable", "hits", "false", "hit_rate", "false_hit_rate")},
@@ -133,19 +136,21 @@ def main() -> None:
                         help="thresholds of the one-threshold catcache ablation")
     parser.add_argument("--name", default="peers")
     args = parser.parse_args()
-    name, queries = workload.load(args)
+    name, queries, grader = workload.load(args)
 
     from catcache.index.embedder import Embedder
 
     embedder = Embedder()
     vectors = embedder.encode([q["text"] for q in queries])
     embed_ms = embed_cost(embedder.encode, [q["text"] for q in queries[:200]])
-    gptcache = [gptcache_run(queries, vectors, c, embed_ms) for c in args.gptcache_cosines]
-    configured = catcache_run(queries, args.policies, f"per-category ({args.policies.name})", args.concurrency)
+    gptcache = [gptcache_run(queries, vectors, c, embed_ms, grader) for c in args.gptcache_cosines]
+    configured = catcache_run(queries, args.policies, f"per-category ({args.policies.name})", args.concurrency,
+                              grader)
     uniform = []
     for threshold in args.uniform:
         with stack.uniform_policies(args.policies, threshold) as policies:
-            uniform.append(catcache_run(queries, policies, f"uniform {threshold:g}, no verifier", args.concurrency))
+            uniform.append(catcache_run(queries, policies, f"uniform {threshold:g}, no verifier", args.concurrency,
+                                        grader))
 
     target = configured["false_hit_rate"] or 0.0
     matched = {"false_hit_rate": target, "catcache per-category": configured["hit_rate"],

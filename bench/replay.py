@@ -5,13 +5,14 @@
 
 Each query is sent as a one-turn chat. The proxy names the cache entry it served or stored in
 `x-catcache-key`; a miss stores its query under that key, so a hit is graded by comparing the
-group of the query that was stored with the group of the query that was served: equal is a
-correct hit, different is a false hit. The workload's own `category` labels are used only to
-break the figures down, never sent to catcache.
+query that was stored with the query that was served, by the workload's labels
+(verify/labels.py): the same group, or for ComQA agreeing answers, is a correct hit; QQP hits
+are graded only where the two questions form a labeled pair, and the rest count as ungraded.
+The workload's own `category` labels are used only to break the figures down, never sent to catcache.
 
-- hit rate: correct hits / repeatable queries (those whose group appeared earlier in the stream;
-  a group's first query can only miss);
-- false-hit rate: false hits / hits;
+- hit rate: correct hits / servable queries (an earlier query could have answered them: same
+  group or agreeing answer; for QQP, the labeled duplicate came earlier);
+- false-hit rate: false hits / graded hits;
 - near miss: a miss or IC answer whose best neighbour came within 0.05 of its category's
   threshold, or that the verifier refused;
 - tokens saved: the usage of every hit's answer; time saved: per hit, the mean miss latency
@@ -35,6 +36,7 @@ from openai import AsyncOpenAI
 from tqdm import tqdm
 
 from bench import output, stack, workload
+from catcache.verify.labels import Grader
 
 MODEL = "test-model"
 HITS = ("hit-exact", "hit-semantic")
@@ -96,7 +98,8 @@ def thresholds(policies: Path) -> dict[str, float]:
     return {name: float(c.get("threshold", 0.92)) for name, c in categories.items()}
 
 
-def grade(queries: list[dict], answers: list[Answer], limits: dict[str, float]) -> dict[str, dict]:
+def grade(queries: list[dict], answers: list[Answer], limits: dict[str, float],
+          grader: Grader | None = None) -> dict[str, dict]:
     """Per workload category and overall: rates, near misses, latencies, savings."""
     stored: dict[str, int] = {}
     for i, answer in enumerate(answers):
@@ -105,14 +108,13 @@ def grade(queries: list[dict], answers: list[Answer], limits: dict[str, float]) 
     miss_ms = [a.latency_ms for a in answers if a.outcome == "miss"]
     mean_miss = sum(miss_ms) / len(miss_ms) if miss_ms else 0.0
 
-    counted = ("queries", "repeatable", "hits", "correct", "false", "unattributed", "hit-exact", "hit-semantic",
+    grader = grader or Grader.for_rows(queries)
+    counted = ("queries", "repeatable", "hits", "correct", "false", "ungraded", "unattributed", "hit-exact",
+               "hit-semantic",
                "miss", "ic", "bypass", "near_misses", "tokens_saved", "time_saved_s")
     rows: dict[str, dict] = defaultdict(lambda: defaultdict(float, dict.fromkeys(counted, 0.0)))
     latencies: dict[str, dict[str, list[float]]] = defaultdict(lambda: {"hit": [], "miss": []})
-    seen: set[str] = set()
-    for i, (query, answer) in enumerate(zip(queries, answers)):
-        repeatable = query["group"] in seen
-        seen.add(query["group"])
+    for i, (query, answer, repeatable) in enumerate(zip(queries, answers, grader.servable(queries))):
         for name in (query.get("category", "-"), "overall"):
             row = rows[name]
             row["queries"] += 1
@@ -121,12 +123,11 @@ def grade(queries: list[dict], answers: list[Answer], limits: dict[str, float]) 
             if answer.outcome in HITS:
                 source = stored.get(answer.key or "")
                 row["hits"] += 1
-                if source is None:
-                    row["unattributed"] += 1
-                elif queries[source]["group"] == query["group"]:
-                    row["correct"] += 1
-                else:
-                    row["false"] += 1
+                right = None if source is None else grader.right(query, queries[source])
+                row["unattributed"] += source is None
+                row["ungraded"] += source is not None and right is None
+                row["correct"] += right is True
+                row["false"] += right is False
                 row["tokens_saved"] += answer.tokens
                 row["time_saved_s"] += max(0.0, mean_miss - answer.latency_ms) / 1000
                 latencies[name]["hit"].append(answer.latency_ms)
@@ -137,11 +138,11 @@ def grade(queries: list[dict], answers: list[Answer], limits: dict[str, float]) 
                 row["near_misses"] += bool(near)
     graded = {}
     for name, row in rows.items():
-        hits = row["hits"]
+        graded_hits = row["correct"] + row["false"]
         graded[name] = {
             **{k: round(v, 1) if k == "time_saved_s" else int(v) for k, v in row.items()},
             "hit_rate": round(row["correct"] / row["repeatable"], 4) if row["repeatable"] else None,
-            "false_hit_rate": round(row["false"] / hits, 4) if hits else None,
+            "false_hit_rate": round(row["false"] / graded_hits, 4) if graded_hits else None,
             "hit_ms": output.percentiles(latencies[name]["hit"]),
             "miss_ms": output.percentiles(latencies[name]["miss"]),
         }
@@ -149,21 +150,21 @@ def grade(queries: list[dict], answers: list[Answer], limits: dict[str, float]) 
 
 
 async def replay(base_url: str, queries: list[dict], concurrency: int, policies: Path,
-                 progress: bool = True, model: str = MODEL) -> dict:
+                 progress: bool = True, model: str = MODEL, grader: Grader | None = None) -> dict:
     started = time.perf_counter()
     answers = await send_all(base_url, [q["text"] for q in queries], concurrency, progress, model)
     elapsed = time.perf_counter() - started
     return {"seconds": round(elapsed, 1), "queries_per_s": round(len(queries) / elapsed, 1),
-            "rates": grade(queries, answers, thresholds(policies))}
+            "rates": grade(queries, answers, thresholds(policies), grader)}
 
 
 def show(title: str, rates: dict[str, dict]) -> None:
-    columns = ["category", "queries", "repeatable", "hits", "hit rate", "false-hit", "near miss",
+    columns = ["category", "queries", "servable", "hits", "ungraded", "hit rate", "false-hit", "near miss",
                "hit p50/p95/p99 ms", "miss p50/p95/p99 ms", "tokens saved", "time saved s"]
     rows = []
     for name, r in rates.items():
         hit, miss = r["hit_ms"], r["miss_ms"]
-        rows.append([name, r["queries"], r["repeatable"], r["hits"], output.fmt(r["hit_rate"], 3),
+        rows.append([name, r["queries"], r["repeatable"], r["hits"], r.get("ungraded", 0), output.fmt(r["hit_rate"], 3),
                      output.fmt(r["false_hit_rate"], 3), r.get("near_misses", 0),
                      "/".join(output.fmt(hit[p], 1) for p in ("p50", "p95", "p99")),
                      "/".join(output.fmt(miss[p], 1) for p in ("p50", "p95", "p99")),
@@ -183,9 +184,10 @@ def main() -> None:
                         help="model name sent with each query; name one priced in the policy to see cost saved")
     parser.add_argument("--name", default="replay", help="results file: bench/results/NAME.json")
     args = parser.parse_args()
-    name, queries = workload.load(args)
+    name, queries, grader = workload.load(args)
     with stack.catcache(args.think_ms, args.tokens_per_s, args.policies, args.proxy) as base_url:
-        result = asyncio.run(replay(base_url, queries, args.concurrency, args.policies, model=args.model))
+        result = asyncio.run(replay(base_url, queries, args.concurrency, args.policies, model=args.model,
+                                    grader=grader))
     show(f"replay of {name}: {len(queries)} queries, concurrency {args.concurrency}, "
          f"{result['queries_per_s']} q/s", result["rates"])
     output.save(args.name, {

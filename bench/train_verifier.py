@@ -3,8 +3,8 @@
     python -m bench.train_verifier [--workload ../shared/workloads/qqp-dev]
 
 Examples are the half-0 labeled pairs (bench/heldout.py) plus what a cache actually meets: each
-query of the half-0 stream against its nearest earlier query, labeled by whether their groups
-match. Half 1 is never read, so bench/verify_sweep.py can measure on it. The trees are stored
+query of the half-0 stream against its nearest earlier query, graded by the workload's labels
+(verify/labels.py; QQP's only where the two form a labeled pair). Half 1 is never read, so bench/verify_sweep.py can measure on it. The trees are stored
 as plain JSON (no pickle) and evaluated by catcache.verify.verifiers.PairClassifier.
 """
 
@@ -17,37 +17,21 @@ from pathlib import Path
 import numpy as np
 from sklearn.ensemble import GradientBoostingClassifier
 
-from bench.heldout import TRAIN, heldout_stream, pairs_of_half, read_jsonl
+from bench.heldout import training_pairs
 from catcache.verify.pairdiff import FEATURES, features
 from catcache.verify.verifiers import PAIR_CLASSIFIER
 
-MINE_ABOVE = 0.80  # nearest neighbours below this never reach a verifier at sane thresholds
+WORKLOADS = Path(__file__).parents[1] / "../shared/workloads"
 
-
-def nearest_earlier(texts: list[str], vectors: np.ndarray, above: float) -> list[tuple[int, int, float]]:
-    """(i, j, similarity) for each query i whose most similar earlier query j is at least `above`."""
-    found = []
-    for i in range(1, len(texts)):
-        similarities = vectors[:i] @ vectors[i]
-        j = int(np.argmax(similarities))
-        if similarities[j] >= above:
-            found.append((i, j, float(similarities[j])))
-    return found
-
-
-def examples(workload: Path, encode) -> tuple[np.ndarray, np.ndarray]:
-    """Feature rows and labels from half 0 of `workload`."""
-    all_pairs = read_jsonl(workload / "pairs.jsonl")
-    pairs = pairs_of_half(all_pairs, TRAIN)
-    stream = heldout_stream(read_jsonl(workload / "stream.jsonl"), all_pairs, half=TRAIN)
-    a = encode([p["a"] for p in pairs])
-    b = encode([p["b"] for p in pairs])
-    rows = [features(p["b"], p["a"], float(u @ v)) for p, u, v in zip(pairs, a, b)]
-    labels = [bool(p["equivalent"]) for p in pairs]
-    texts = [q["text"] for q in stream]
-    for i, j, similarity in nearest_earlier(texts, encode(texts), MINE_ABOVE):
-        rows.append(features(texts[i], texts[j], similarity))
-        labels.append(stream[i]["group"] == stream[j]["group"])
+def examples(workloads: list[Path], encode) -> tuple[np.ndarray, np.ndarray]:
+    """Feature rows and labels from half 0 of each workload (bench/heldout.py training_pairs)."""
+    rows, labels = [], []
+    for workload in workloads:
+        pairs = training_pairs(workload, encode)
+        a = encode([p["a"] for p in pairs])
+        b = encode([p["b"] for p in pairs])
+        rows += [features(p["b"], p["a"], float(u @ v)) for p, u, v in zip(pairs, a, b)]
+        labels += [bool(p["equivalent"]) for p in pairs]
     return np.array(rows), np.array(labels)
 
 
@@ -72,13 +56,15 @@ def export(model: GradientBoostingClassifier) -> dict:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--workload", type=Path, default=Path(__file__).parents[1] / "../shared/workloads/qqp-dev")
+    parser.add_argument("--workload", type=Path, action="append", default=[],
+                        help="a workload folder; repeatable (default: comqa-dev and qqp-dev)")
     parser.add_argument("--out", type=Path, default=PAIR_CLASSIFIER)
     args = parser.parse_args()
 
     from catcache.index.embedder import Embedder
 
-    x, y = examples(args.workload, Embedder().encode)
+    workloads = args.workload or [WORKLOADS / "comqa-dev", WORKLOADS / "qqp-dev"]
+    x, y = examples(workloads, Embedder().encode)
     model = fit(x, y)
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps(export(model), separators=(",", ":")))

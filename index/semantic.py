@@ -62,6 +62,10 @@ class SemanticIndex:
                 return mine[:k]
             wanted *= 4
 
+    def categories(self) -> list[str]:
+        """The categories that hold at least one entry."""
+        return [name for name, index in self._indexes.items() if len(index)]
+
     async def rebuild(self, batch: int = 2000) -> int:
         """Load every live entry from Redis, `batch` at a time into each graph; returns how many."""
         categories = await self.store.categories()

@@ -22,6 +22,7 @@ from catcache.backends.local import LocalModel
 from catcache.index.embedder import Embedder
 from catcache.index.semantic import SemanticIndex
 from catcache.policy.loader import PolicyError, load_policy
+from catcache.proxy.feedback import router as feedback_router
 from catcache.proxy.responses import bad_gateway, json_response, openai_error
 from catcache.proxy.pipeline import CachePipeline
 from catcache.proxy.state import ProxyState, build_live
@@ -70,6 +71,8 @@ def create_app(settings: Settings) -> FastAPI:
     @app.post("/v1/completions")
     async def completions(request: Request) -> Response:
         return await request.app.state.pipeline.handle(request, "completions")
+
+    app.include_router(feedback_router)  # before the pass-through, which takes the rest of /v1
 
     @app.api_route("/v1/{rest:path}", methods=["GET", "POST", "PUT", "PATCH", "DELETE", "HEAD", "OPTIONS"])
     async def passthrough(request: Request) -> Response:

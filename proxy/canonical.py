@@ -68,11 +68,16 @@ def canonicalise(endpoint: str, body: dict, tenant: str | None) -> CanonicalRequ
         model=model,
         query_text=_plain(query),
         canonical=canonical,
-        functional_key=_digest(b"functional", endpoint, tenant, canonical),
+        functional_key=functional_key(endpoint, canonical, tenant),
         scope_key=_digest(b"scope", endpoint, tenant, scope_bytes),
         has_code=any(isinstance(p, Fenced) for p in split_fenced(query)) or looks_like_code(query),
         n=n,
     )
+
+
+def functional_key(endpoint: str, canonical: bytes, tenant: str | None = None) -> str:
+    """The exact tier's key; also recomputed from a stored entry to tell whose entry it is."""
+    return _digest(b"functional", endpoint, tenant, canonical)
 
 
 def _digest(kind: bytes, endpoint: str, tenant: str | None, payload: bytes) -> str:

@@ -26,6 +26,7 @@ from fastapi.responses import Response, StreamingResponse
 from catcache.backends.client import BackendClient, forwardable
 from catcache.backends.ic import agreement, confidence, confident_request, in_context_request, within_budget
 from catcache.categories.classifier import Classification, RequestTraits
+from catcache.index.hnsw import Neighbour
 from catcache.verify.verifiers import load_verifier
 from catcache.policy.schema import Category, Policy
 from catcache.proxy.canonical import CanonicalRequest, InvalidRequest, canonicalise
@@ -173,34 +174,61 @@ class CachePipeline:
 
     async def _semantic_lookup(self, exchange: Exchange, policy: Policy
                                ) -> tuple[Document | None, list[tuple[float, str]]]:
-        """The verified neighbour to serve, else the neighbours inside the IC band."""
-        category = exchange.policy
-        threshold = category.threshold - self._relief(policy) * policy.adaptive.max_threshold_step
-        floor = min(threshold, category.ic.low) if category.ic else threshold
-        neighbours = self.state.index.search(exchange.category, exchange.vector, exchange.scope_key, NEIGHBOURS,
-                                             floor)
-        if not neighbours:
+        """The verified neighbour to serve, else the neighbours inside the IC band.
+
+        A paraphrase may have been classified into another category when it was stored, so every
+        category's index is searched; a neighbour from another category is judged by the stricter
+        of the two policies (see `_strictest`)."""
+        relief = self._relief(policy) * policy.adaptive.max_threshold_step
+        candidates: list[tuple[str, Neighbour, Category]] = []
+        for name in self.state.index.categories():
+            other = policy.categories.get(name)
+            if other is None or not other.cacheable:
+                continue
+            rules = self._strictest(exchange.policy, other)
+            floor = rules.threshold - relief
+            if name == exchange.category and rules.ic:
+                floor = min(floor, rules.ic.low)
+            tenant = None if other.shared else exchange.tenant
+            found = self.state.index.search(name, exchange.vector, scoped(exchange.canon.scope_key, tenant),
+                                            NEIGHBOURS, floor)
+            candidates += [(name, n, rules) for n in found]
+        if not candidates:
             return None, []
-        exchange.similarity = neighbours[0].similarity
-        above = [n for n in neighbours if n.similarity >= threshold][:VERIFY_AT_MOST]
+        candidates.sort(key=lambda c: -c[1].similarity)
+        exchange.similarity = candidates[0][1].similarity
+        above = [c for c in candidates if c[1].similarity >= c[2].threshold - relief][:VERIFY_AT_MOST]
         if above:
-            docs = await self.state.guard.run(self.state.store.get_many([n.entry.doc_id for n in above]))
-            for neighbour, doc in zip(above, docs):
+            docs = await self.state.guard.run(self.state.store.get_many([n.entry.doc_id for _, n, _ in above]))
+            for (name, neighbour, rules), doc in zip(above, docs):
                 if doc is None:
-                    self.state.index.remove(exchange.category, [neighbour.entry.doc_id])
+                    self.state.index.remove(name, [neighbour.entry.doc_id])
                     continue
-                verdict = await self._verify(exchange, doc, neighbour.similarity)
+                if name != exchange.category and time.time() - doc.created > rules.ttl:
+                    continue  # alive under its own category's TTL, too old for this query's
+                verdict = await self._verify(exchange, rules, doc, neighbour.similarity)
                 if verdict is None:
                     exchange.similarity = neighbour.similarity
                     return doc, []
                 exchange.verdict = exchange.verdict or verdict
-        low = category.ic.low if category.ic else None
-        band = [(n.similarity, n.entry.doc_id) for n in neighbours if low is not None and n.similarity >= low]
-        return None, band
+        low = exchange.policy.ic.low if exchange.policy.ic else None
+        band = [(n.similarity, n.entry.doc_id) for _, n, _ in candidates if low is not None and n.similarity >= low]
+        return None, band[:NEIGHBOURS]
 
-    async def _verify(self, exchange: Exchange, doc: Document, similarity: float) -> str | None:
+    @staticmethod
+    def _strictest(mine: Category, other: Category) -> Category:
+        """The rules a neighbour from category `other` must pass to answer a query of `mine`: the
+        higher threshold, the shorter TTL and, where either verifies, a verifier (mine first).
+        Only `mine`'s IC band applies: near misses are answered under the query's own policy."""
+        if other is mine:
+            return mine
+        verify = mine.verify if mine.verify.enabled or not other.verify.enabled else other.verify
+        return mine.model_copy(update={"threshold": max(mine.threshold, other.threshold),
+                                       "ttl": min(mine.ttl, other.ttl), "verify": verify})
+
+    async def _verify(self, exchange: Exchange, rules: Category, doc: Document, similarity: float) -> str | None:
         """None to serve `doc`, else the reason it was refused."""
-        settings = exchange.policy.verify
+        settings = rules.verify
         if not settings.enabled or settings.verifier == "none":
             return None
         verifier = load_verifier(settings.verifier)

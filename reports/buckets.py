@@ -5,6 +5,8 @@ Keys (prefix `cc:stats:`):
   unix time // 60. Metrics are the scalar counters (`requests`, `prompt_tokens`, ...) and the
   histogram bins `sim:<i>` (similarity) and `lat:<i>` (client latency). Expires after the
   retention.
+  Apps' feedback is counted under outcome `feedback`, metrics `false_hits`, `confirmed_hits`,
+  `wrong_answers` and `right_answers`, in the minute it was reported.
 - `cc:stats:minutes`: sorted set of the minutes that have a hash, so a reader fetches only those.
 - `cc:stats:thresholds`: hash of `<category>|threshold` and `<category>|ic_low` -> the live
   policy's values, so a report can draw them without the policy file.
@@ -21,12 +23,14 @@ from collections.abc import Iterable
 from redis.asyncio import Redis
 from redis.asyncio.client import Pipeline
 
+from catcache.reports.record import FEEDBACK
+
 PREFIX = "cc:stats:"
 MINUTES = PREFIX + "minutes"
 THRESHOLDS = PREFIX + "thresholds"
 
 SCALARS = ("requests", "prompt_tokens", "completion_tokens", "latency_ms", "backend_latency_ms", "cost_usd",
-           "near_misses")
+           "near_misses", *FEEDBACK.values())
 FLOATS = frozenset({"latency_ms", "backend_latency_ms", "cost_usd"})  # HINCRBY refuses a float-valued field
 
 # Similarity bins: 50 of width 0.01 over [0.5, 1.0]; thresholds live in this range. Lower

@@ -14,6 +14,11 @@ def count(n: float) -> str:
     return f"{n:.0f}"
 
 
+def judged(feedback: dict[str, int]) -> str:
+    """Hits apps reported false / confirmed (POST /v1/cache/feedback)."""
+    return f"{count(feedback['false_hits'])}/{count(feedback['confirmed_hits'])}"
+
+
 def duration(ms: float) -> str:
     seconds = ms / 1000
     if seconds < 1:

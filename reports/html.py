@@ -66,7 +66,8 @@ def render(window: Window, since: str) -> str:
                                "Nearest cached neighbour of semantic hits and of misses. Misses piled up just "
                                "left of the threshold are near misses: lowering it would serve them, "
                                "rightly or as false hits.", sims))
-        body.append(_panel("Per category", "", _table(summary)))
+        body.append(_panel("Per category", "Reported ✗/✓: hits that apps reported false / confirmed "
+                           "through POST /v1/cache/feedback; a false one is evicted at once.", _table(summary)))
     else:
         body.append('<div class="panel empty">No requests in this window.</div>')
     body.append(f"<footer>catcache report · generated {datetime.now().strftime('%Y-%m-%d %H:%M')}</footer>")
@@ -106,13 +107,14 @@ def _panel(title: str, note: str, content: str) -> str:
 
 def _table(summary: dict) -> str:
     colors = plots.category_colors(list(summary["categories"]))
-    head = ("Category", "Requests", "Hit rate", "Exact", "Semantic", "IC", "Near misses", "Tokens saved",
-            "Latency saved", "Cost saved")
+    head = ("Category", "Requests", "Hit rate", "Exact", "Semantic", "IC", "Near misses", "Reported ✗/✓",
+            "Tokens saved", "Latency saved", "Cost saved")
 
     def cells(row: dict) -> list[str]:
         rates = row["rates"]
         return [fmt.count(row["requests"]), fmt.pct(row["hit_rate"]), fmt.pct(rates["hit-exact"]),
                 fmt.pct(rates["hit-semantic"]), fmt.pct(rates["ic"]), fmt.count(row["near_misses"]),
+                fmt.judged(row["feedback"]),
                 fmt.count(row["tokens_saved"]), fmt.duration(row["latency_saved_ms"]), fmt.usd(row["cost_saved_usd"])]
 
     rows = "".join(

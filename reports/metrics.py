@@ -32,6 +32,9 @@ class Metrics:
                                     ["category"], registry=r)
         self.near_misses = Counter("catcache_near_misses", "Misses just below the threshold or refused by the "
                                    "verifier: false-hit candidates", ["category"], registry=r)
+        self.feedback = Counter("catcache_feedback", "Entries apps reported through /v1/cache/feedback, by "
+                                "verdict: false-hit and confirmed-hit (served from the cache), wrong-answer "
+                                "and right-answer (never served)", ["category", "verdict"], registry=r)
         self.latency = Histogram("catcache_request_duration_seconds", "Time the client waited, by outcome",
                                  ["outcome"], buckets=LATENCY_BUCKETS_S, registry=r)
         self.similarity = Histogram("catcache_similarity", "Nearest neighbour's similarity, by outcome",

@@ -6,6 +6,10 @@ from dataclasses import asdict, dataclass, field
 import time
 
 OUTCOMES = ("hit-exact", "hit-semantic", "ic", "miss", "bypass", "error")
+# What an app said of an entry (POST /v1/cache/feedback) -> the counter that keeps it. An entry
+# served from the cache judges a hit; one never served judges the backend's answer.
+FEEDBACK = {"false-hit": "false_hits", "confirmed-hit": "confirmed_hits",
+            "wrong-answer": "wrong_answers", "right-answer": "right_answers"}
 
 
 @dataclass

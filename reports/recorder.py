@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import time
 from collections.abc import Callable
 
 import orjson
@@ -20,7 +21,7 @@ from redis.exceptions import RedisError
 from catcache.policy.schema import Policy
 from catcache.reports.buckets import Tally, lat_bin, sim_bin
 from catcache.reports.metrics import Metrics
-from catcache.reports.record import RequestRecord
+from catcache.reports.record import FEEDBACK, RequestRecord
 
 access_log = logging.getLogger("catcache.access")
 log = logging.getLogger("catcache.reports")
@@ -56,6 +57,17 @@ class Recorder:
         if self._redis is None:
             return
         self._count(record, cost, near)
+        self._start_flushing()
+
+    def feedback(self, category: str, verdict: str) -> None:
+        """Count an app's report on an entry; `verdict` is a key of FEEDBACK."""
+        self.metrics.feedback.labels(category, verdict).inc()
+        if self._redis is None:
+            return
+        self._pending.add(int(time.time() // 60), (category, "feedback", FEEDBACK[verdict]), 1)
+        self._start_flushing()
+
+    def _start_flushing(self) -> None:
         if self._task is None:
             with contextlib.suppress(RuntimeError):  # no running loop: flush() is called by hand
                 self._task = asyncio.get_running_loop().create_task(self._flush_forever())

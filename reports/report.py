@@ -107,7 +107,8 @@ def table(window: Window, since: str) -> Table:
     headers = [("Category", "all"), ("Requests", fmt.count(total["requests"])),
                ("Hit rate", fmt.pct(total["hit_rate"])), ("Exact", fmt.pct(total["rates"]["hit-exact"])),
                ("Semantic", fmt.pct(total["rates"]["hit-semantic"])), ("IC", fmt.pct(total["rates"]["ic"])),
-               ("Near misses", fmt.count(total["near_misses"])), ("Tokens saved", fmt.count(total["tokens_saved"])),
+               ("Near misses", fmt.count(total["near_misses"])),
+               ("Reported ✗/✓", fmt.judged(total["feedback"])), ("Tokens saved", fmt.count(total["tokens_saved"])),
                ("Latency saved", fmt.duration(total["latency_saved_ms"])),
                ("Cost saved", fmt.usd(total["cost_saved_usd"]))]
     for i, (name, footer) in enumerate(headers):
@@ -115,6 +116,7 @@ def table(window: Window, since: str) -> Table:
     for name, row in summary["categories"].items():
         grid.add_row(name, fmt.count(row["requests"]), fmt.pct(row["hit_rate"]), fmt.pct(row["rates"]["hit-exact"]),
                      fmt.pct(row["rates"]["hit-semantic"]), fmt.pct(row["rates"]["ic"]), fmt.count(row["near_misses"]),
+                     fmt.judged(row["feedback"]),
                      fmt.count(row["tokens_saved"]), fmt.duration(row["latency_saved_ms"]),
                      fmt.usd(row["cost_saved_usd"]))
     if not summary["categories"]:

@@ -13,7 +13,7 @@ from redis.asyncio import Redis
 from catcache.policy.schema import parse_duration
 from catcache.reports import buckets
 from catcache.reports.buckets import FLOATS, SCALARS, Field
-from catcache.reports.record import OUTCOMES
+from catcache.reports.record import FEEDBACK, OUTCOMES
 
 HITS = ("hit-exact", "hit-semantic")
 MISSES = ("miss", "ic")
@@ -110,6 +110,7 @@ def summarize(outcomes: dict[str, dict[str, float]]) -> dict:
         "hit_rate": rate(total("requests", HITS)),
         "rates": {o: rate(outcomes[o]["requests"]) if o in outcomes else 0.0 for o in OUTCOMES},
         "near_misses": int(total("near_misses")),
+        "feedback": {metric: int(total(metric, ("feedback",))) for metric in FEEDBACK.values()},
         "tokens_saved": int(total("prompt_tokens", HITS) + total("completion_tokens", HITS)),
         "latency_saved_ms": total("backend_latency_ms", HITS),
         "cost_saved_usd": total("cost_usd", HITS),

@@ -16,7 +16,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from bench import lookup_cost, overhead, peers, replay, scale, stack
+from bench import feedback, lookup_cost, overhead, peers, replay, scale, stack
 from bench.heldout import read_jsonl
 from bench.output import RESULTS
 
@@ -91,12 +91,26 @@ def test_lookup_cost_on_a_small_index() -> None:
     assert result["with_embedding_ms"]["p50"] >= result["without_embedding_ms"]["p50"] > 0
 
 
+def test_feedback_reports_each_hit_and_a_wrong_one_is_evicted(running: tuple[str, str]) -> None:
+    text = "How do I learn Python quickly? (feedback bench)"
+    queries = [{"text": text, "group": group} for group in ("g1", "g1", "g2", "g2")]  # g2: labeled otherwise
+
+    class ByGroup:
+        def right(self, query: dict, source: dict) -> bool:
+            return query["group"] == source["group"]
+
+    answers, sent = asyncio.run(feedback.run(running[1], queries, True, ByGroup()))
+    assert [a.outcome for a in answers] == ["miss", "hit-exact", "hit-exact", "miss"]
+    assert (sent["reports"], sent["wrong"], sent["gone"]) == (2, 1, 0)
+
+
 @pytest.mark.slow
 @pytest.mark.parametrize("command", [
     ["bench.peers", "--stream", str(STREAM), "--uniform", "0.95", "--name", "tmp/test-peers"],
     ["bench.overhead", "--queries", "20", "--requests", "40", "--name", "tmp/test-overhead"],
     ["bench.scale", "--sizes", "1000", "--name", "tmp/test-scale"],
     ["bench.lookup_cost", "--entries", "1000", "--queries", "20", "--name", "tmp/test-lookup"],
+    ["bench.feedback", "--stream", str(STREAM), "--name", "tmp/test-feedback"],
 ])
 def test_command_line(command: list[str]) -> None:
     subprocess.run([sys.executable, "-m", *command], cwd=ROOT, check=True, timeout=600)

@@ -65,7 +65,25 @@ def test_no_hit_across_scopes(proxy, api_key):
     assert ask(proxy, key=api_key + "-two", text=PARAPHRASES[1])[0]["x-catcache"] == "miss"
     earlier = [{"role": "user", "content": "I use Rust."}, {"role": "assistant", "content": "Nice."}]
     assert ask(proxy, key=api_key, text=PARAPHRASES[1], history=earlier)[0]["x-catcache"] == "miss"
-    assert ask(proxy, key=api_key, text=PARAPHRASES[1], headers={"x-catcache-category": "default"})[0]["x-catcache"] == "miss"
+
+
+def test_a_paraphrase_in_another_category_is_found(proxy, api_key):
+    """Stored as `default` (by the header), asked as `code` (by its rule): still a hit."""
+    _, answer = ask(proxy, key=api_key, text=PARAPHRASES[0], headers={"x-catcache-category": "default"})
+    headers, again = ask(proxy, key=api_key, text=PARAPHRASES[1])
+    assert (headers["x-catcache"], headers["x-catcache-category"], again) == ("hit-semantic", "code", answer)
+
+
+def test_the_stricter_category_decides_across_categories(proxy, api_key):
+    """`strict` asks 0.999 of a neighbour: its entries serve no paraphrase, whatever the query's category;
+    `weather` keeps answers 2 s: an older `default` entry is too old for a weather question."""
+    ask(proxy, key=api_key, text=PARAPHRASES[0], headers={"x-catcache-category": "strict"})
+    headers, _ = ask(proxy, key=api_key, text=PARAPHRASES[1])
+    assert headers["x-catcache"] == "miss" and float(headers["x-catcache-similarity"]) >= 0.9
+    ask(proxy, key=api_key, text="What is the weather like in Oslo?", headers={"x-catcache-category": "default"})
+    assert ask(proxy, key=api_key, text="What's the weather like in Oslo?")[0]["x-catcache"] == "hit-semantic"
+    time.sleep(2.5)
+    assert ask(proxy, key=api_key, text="What's the weather like in Oslo?")[0]["x-catcache"] == "miss"
 
 
 def test_follow_up_does_not_hit_another_conversation(proxy, api_key):

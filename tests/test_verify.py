@@ -79,3 +79,30 @@ def test_latency_within_budget(name):
 def test_unknown_verifier():
     with pytest.raises(ValueError, match="unknown verifier"):
         load_verifier("oracle")
+
+
+@pytest.mark.parametrize("query, candidate, reason", [
+    ("when was bethany hamilton born?", "where was bethany hamilton born?", "asks for a date vs a place"),
+    ("how many senators does georgia have?", "who are the senators of georgia?", "asks for a number vs a person"),
+    ("who was the first woman to climb everest?", "who was the second woman to climb everest?", "numbers differ"),
+    ("what was nicki minaj's 1st album?", "what was nicki minaj's latest album?", "numbers differ"),
+    ("which country has the largest land area in the western hemisphere?",
+     "which country has the largest land area in the eastern hemisphere?", "opposite east-west"),
+    ("when did michael jackson and lisa presley marry?", "when did michael jackson and lisa presley divorce?",
+     "opposite marriage"),
+])
+def test_lexical_guard_refuses_what_changes_the_answer(query, candidate, reason):
+    verdict = load_verifier("lexical-guard").check(query, candidate, 0.96, 0.5)
+    assert not verdict.accepted and verdict.reason.startswith(reason)
+
+
+@pytest.mark.parametrize("query, candidate", [
+    ("who was the 16th president of the us?", "who was the 16 president of us?"),       # ordinal written two ways
+    ("what was nicki minaj's first album?", "what was nicki minaj 1st album?"),
+    ("what is the place of birth of bethany hamilton?", "where was bethany hamilton born?"),  # both ask for a place
+    ("what was george orwell's wife's name?", "who was george orwells wife?"),            # the axis is not in both... same end
+    ("what is the capital of canada's largest province?", "what is the capital city of the largest province of canada?"),
+    ("I still have not received my new card", "My new card has not arrived yet"),        # negation on both sides
+])
+def test_lexical_guard_lets_paraphrases_through(query, candidate):
+    assert load_verifier("lexical-guard").check(query, candidate, 0.95, 0.5).accepted

@@ -22,7 +22,7 @@ from catcache.store.embedded import die_with_parent
 
 StoreScenario = Callable[[DocumentStore, Redis, str], Awaitable[None]]
 
-START_TIMEOUT = 60.0
+START_TIMEOUT = 180.0  # a loaded 2-core machine can take minutes to load torch and the model
 STOP_TIMEOUT = 15.0
 
 

@@ -18,6 +18,7 @@ import argparse
 import json
 import math
 import re
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -26,6 +27,7 @@ from rich.console import Console
 from rich.table import Table
 
 from catcache.categories.classifier import Classifier, RequestTraits
+from catcache.verify.labels import Grader, neighbour_pairs
 from catcache.verify.verifiers import load_verifier
 from catcache.policy.loader import load_policy
 from catcache.policy.schema import Policy
@@ -58,8 +60,12 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
     parser = subparsers.add_parser(
         "calibrate", help="pick per-category thresholds from labeled pairs",
         description=__doc__.split("\n\n")[1].replace("\n", " "))
-    parser.add_argument("--pairs", type=Path, required=True,
-                        help='JSON lines: {"a": ..., "b": ..., "equivalent": true|false}')
+    parser.add_argument("--pairs", type=Path, action="append", default=[],
+                        help='JSON lines: {"a": ..., "b": ..., "equivalent": true|false}; repeatable')
+    parser.add_argument("--stream", type=Path, action="append", default=[],
+                        help='JSON lines in arrival order: {"text": ..., "group": ..., "answer": ...}; each query '
+                             "is paired with its nearest earlier query and labeled by group (or agreeing answers); "
+                             "repeatable")
     parser.add_argument("--target-precision", type=float, required=True,
                         help="wanted share of correct answers among semantic hits, e.g. 0.98")
     parser.add_argument("--policies", type=Path, default=Path("policies.yaml"), help="policy file to start from")
@@ -74,9 +80,17 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
 def run(args: argparse.Namespace) -> int:
     if not 0.0 < args.target_precision <= 1.0:
         raise SystemExit("--target-precision must be in (0, 1]")
+    if not args.pairs and not args.stream:
+        raise SystemExit("give labeled pairs (--pairs) or a labeled stream (--stream), or both")
+    from catcache.index.embedder import Embedder
+
     policy = load_policy(args.policies)
-    pairs = [json.loads(line) for line in args.pairs.read_text(encoding="utf-8").splitlines() if line.strip()]
-    scored = score_pairs(policy, pairs)
+    encode = Embedder(policy.embedding_model).encode
+    pairs = [pair for path in args.pairs for pair in read_jsonl(path)]
+    for path in args.stream:
+        rows = read_jsonl(path)
+        pairs += neighbour_pairs(rows, encode, Grader.for_rows(rows))
+    scored = score_pairs(policy, pairs, encode)
     choices = calibrate(policy, scored, args.target_precision, args.ceiling, args.uniform)
     out = args.out or args.policies.with_suffix(".calibrated.yaml")
     text = write_thresholds(args.policies.read_text(encoding="utf-8"),
@@ -87,14 +101,15 @@ def run(args: argparse.Namespace) -> int:
     return 0
 
 
-def score_pairs(policy: Policy, pairs: list[dict]) -> list[Scored]:
-    """Classify on `a` and score `b` against it, the way the proxy would serve `a`'s answer to `b`."""
-    from catcache.index.embedder import Embedder
+def read_jsonl(path: Path) -> list[dict]:
+    return [json.loads(line) for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
 
-    embedder = Embedder(policy.embedding_model)
-    classifier = Classifier.build(policy, embedder.encode)
-    a = embedder.encode([p["a"] for p in pairs])
-    b = embedder.encode([p["b"] for p in pairs])
+
+def score_pairs(policy: Policy, pairs: list[dict], encode: Callable[[list[str]], np.ndarray]) -> list[Scored]:
+    """Classify on `a` and score `b` against it, the way the proxy would serve `a`'s answer to `b`."""
+    classifier = Classifier.build(policy, encode)
+    a = encode([p["a"] for p in pairs])
+    b = encode([p["b"] for p in pairs])
     scored = []
     for pair, u, v in zip(pairs, a, b):
         traits = RequestTraits("", "/v1/chat/completions", None, pair["a"], "```" in pair["a"])

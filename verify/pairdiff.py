@@ -12,8 +12,9 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from catcache.verify import question
+
 _WORD = re.compile(r"[A-Za-z]+(?:'[a-z]+)?|\d+(?:[.,]\d+)*")
-_NUMBER = re.compile(r"\d+(?:[.,]\d+)*")
 _OPENERS = frozenset(".?!:;([{\"'\u201c\u2018")
 _NEGATIONS = frozenset({"not", "no", "never", "none", "nothing", "nobody", "without", "cannot", "neither", "nor"})
 _ASKS = ("how", "why", "what", "when", "where", "who", "which", "whom", "whose",
@@ -80,6 +81,13 @@ class PairDiff:
     ask_candidate: str
     length_query: int
     length_candidate: int
+    kind_query: str = ""            # the kind of answer asked for (question.answer_kind)
+    kind_candidate: str = ""
+    axis: str = ""                  # an axis both use at different ends ("east-west"), or ""
+
+    @property
+    def kinds_differ(self) -> bool:
+        return question.kinds_conflict(self.kind_query, self.kind_candidate)
 
     @property
     def numbers_differ(self) -> bool:
@@ -90,19 +98,20 @@ def diff(query: str, candidate: str) -> PairDiff:
     wq, wc = words(query), words(candidate)
     cq = {stem(w) for w in wq if w not in _STOP}
     cc = {stem(w) for w in wc if w not in _STOP}
-    nq = frozenset(w for w in wq if _NUMBER.fullmatch(w))
-    nc = frozenset(w for w in wc if _NUMBER.fullmatch(w))
+    qq, qc = question.words(query), question.words(candidate)
+    nq, nc = question.quantities(qq), question.quantities(qc)
     negq = sum(w in _NEGATIONS for w in wq) % 2
     negc = sum(w in _NEGATIONS for w in wc) % 2
     names = _capitalised(query) ^ _capitalised(candidate)
     return PairDiff(frozenset(cq - cc), frozenset(cc - cq), frozenset(cq & cc), nq, nc,
                     frozenset(n for n in names if stem(n) not in cq & cc), negq != negc,
-                    _ask(wq), _ask(wc), len(wq), len(wc))
+                    _ask(wq), _ask(wc), len(wq), len(wc), question.answer_kind(query),
+                    question.answer_kind(candidate), question.opposite_axis(qq, qc))
 
 
 FEATURES = ("similarity", "content_jaccard", "only_query", "only_candidate", "only_max",
             "only_total_chars", "numbers_differ", "names_differ", "negation_differs",
-            "ask_differs", "length_ratio", "length_min")
+            "ask_differs", "length_ratio", "length_min", "kinds_differ", "axis_differs")
 
 
 def features(query: str, candidate: str, similarity: float) -> np.ndarray:
@@ -123,4 +132,6 @@ def features(query: str, candidate: str, similarity: float) -> np.ndarray:
         float(d.ask_query != d.ask_candidate),
         min(d.length_query, d.length_candidate) / longer,
         min(d.length_query, d.length_candidate),
+        float(d.kinds_differ),
+        float(bool(d.axis)),
     ], dtype=np.float64)

@@ -54,6 +54,10 @@ def difference(d: PairDiff) -> str:
         return f"names differ: {_listed(d.names_differ)}"
     if d.negation_differs:
         return "negation differs"
+    if d.kinds_differ:
+        return f"asks for a {d.kind_query} vs a {d.kind_candidate}"
+    if d.axis:
+        return f"opposite {d.axis}"
     if d.ask_query != d.ask_candidate:
         return f"asks differ: {d.ask_query or '-'} vs {d.ask_candidate or '-'}"
     if d.only_query or d.only_candidate:
@@ -93,16 +97,19 @@ class NoVerifier(Checks):
 
 
 class LexicalGuard(Checks):
-    """Refuse when the queries differ in a number, a name or a negation; no training needed.
+    """Refuse when the queries differ in a number or ordinal, a name, a negation, the kind of
+    answer they ask for (when / where / who / how many) or the end of an axis (east / west, born /
+    died); no training needed.
 
-    These three are the differences an embedding averages away and an answer never survives.
+    These are the differences an embedding averages away and an answer never survives.
     """
 
     name = "lexical-guard"
 
     def score(self, query: str, candidate: str, similarity: float) -> float:
         d = diff(query, candidate)
-        return 0.0 if d.numbers_differ or d.names_differ or d.negation_differs else 1.0
+        refused = d.numbers_differ or d.names_differ or d.negation_differs or d.kinds_differ or d.axis
+        return 0.0 if refused else 1.0
 
 
 class PairClassifier(Checks):
