@@ -41,7 +41,7 @@ def _add_serve(commands: argparse._SubParsersAction) -> None:
     serve.add_argument("--policies", default=_env("policies"),
                        help="policies.yaml (default: ./policies.yaml if present, else the built-in defaults)")
     serve.add_argument("--redis", default=_env("redis"),
-                       help="redis:// URL; without it catcache runs its own redis-server in the data dir")
+                       help="redis:// URL, or redis+cluster://HOST:PORT for a Redis Cluster; without it catcache runs its own redis-server in the data dir")
     serve.add_argument("--data-dir", default=_env("data_dir"), help="where the embedded Redis keeps its files")
     serve.add_argument("--host", default=_env("host", "127.0.0.1"))
     serve.add_argument("--port", type=port, default=_env("port", "8080"))

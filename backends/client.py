@@ -1,12 +1,25 @@
-"""HTTP to an OpenAI-compatible backend (vLLM in production), one pooled client per backend."""
+"""HTTP to an OpenAI-compatible backend (vLLM in production), one pooled client per backend.
+
+A backend with several replica URLs routes each request through backends/replicas.py; a replica
+that refuses the connection is marked down and the request goes to the next one (nothing was
+sent, so retrying is safe), and a probe every `HEALTH_INTERVAL_S` brings it back once it answers.
+"""
 
 from __future__ import annotations
 
+import asyncio
+import logging
 import os
+from collections.abc import AsyncIterator
 
 import httpx
 
+from catcache.backends.replicas import Replica, ReplicaSet
 from catcache.policy.schema import Backend
+
+log = logging.getLogger("catcache.backends")
+
+HEALTH_INTERVAL_S = 5.0
 
 # Headers that describe one hop, not the message: never forwarded in either direction.
 HOP_BY_HOP = {"connection", "keep-alive", "proxy-authenticate", "proxy-authorization", "te", "trailers",
@@ -17,19 +30,42 @@ def forwardable(headers: httpx.Headers | dict, drop: set[str] = frozenset()) -> 
     return {k: v for k, v in headers.items() if k.lower() not in HOP_BY_HOP and k.lower() not in drop}
 
 
+class _Released(httpx.AsyncByteStream):
+    """A response body that gives its replica's in-flight slot back when it is closed."""
+
+    def __init__(self, inner: httpx.AsyncByteStream, replica: Replica):
+        self._inner = inner
+        self._replica: Replica | None = replica
+
+    async def __aiter__(self) -> AsyncIterator[bytes]:
+        async for chunk in self._inner:
+            yield chunk
+
+    async def aclose(self) -> None:
+        try:
+            await self._inner.aclose()
+        finally:
+            if self._replica is not None:
+                self._replica.in_flight -= 1
+                self._replica = None
+
+
 class BackendClient:
-    def __init__(self, name: str, config: Backend):
+    def __init__(self, name: str, config: Backend, health_interval_s: float = HEALTH_INTERVAL_S):
         self.name = name
         self.config = config
-        self.base_url = config.url.rstrip("/")
+        self.replicas = ReplicaSet(config.replica_urls, config.routing, config.load_factor)
+        self.base_url = self.replicas.replicas[0].url
         self.in_flight = 0  # requests awaiting this backend now: the adaptive policy's load signal
+        self._health_interval_s = health_interval_s
+        self._health: asyncio.Task | None = None
         self._http = httpx.AsyncClient(timeout=httpx.Timeout(config.timeout, connect=5.0),
                                        limits=httpx.Limits(max_connections=512, max_keepalive_connections=128))
 
-    def target(self, path: str, query: str = "") -> str:
+    def target(self, path: str, query: str = "", base_url: str | None = None) -> str:
         """`/v1/chat/completions` -> the backend's base URL (which ends in /v1) + `/chat/completions`."""
         suffix = path.removeprefix("/v1")
-        return f"{self.base_url}{suffix}" + (f"?{query}" if query else "")
+        return f"{base_url or self.base_url}{suffix}" + (f"?{query}" if query else "")
 
     def headers(self, incoming: dict[str, str]) -> dict[str, str]:
         headers = dict(incoming)
@@ -39,11 +75,59 @@ class BackendClient:
         return headers
 
     async def open(self, method: str, path: str, *, headers: dict[str, str], content: bytes,
-                   query: str = "") -> httpx.Response:
-        """Send and return as soon as the status line arrives; the caller reads and closes the body."""
-        request = self._http.build_request(method, self.target(path, query), headers=self.headers(headers),
-                                           content=content)
-        return await self._http.send(request, stream=True)
+                   query: str = "", affinity: str | None = None) -> httpx.Response:
+        """Send and return as soon as the status line arrives; the caller reads and closes the body.
+
+        `affinity` names the request's prompt prefix (replicas.affinity_key); with several
+        replicas, requests that share it go to the same one."""
+        self._watch_health()
+        failure: httpx.HTTPError | None = None
+        for replica in self.replicas.order(affinity):
+            request = self._http.build_request(method, self.target(path, query, replica.url),
+                                               headers=self.headers(headers), content=content)
+            replica.in_flight += 1
+            try:
+                response = await self._http.send(request, stream=True)
+            except (httpx.ConnectError, httpx.ConnectTimeout) as exc:
+                replica.in_flight -= 1
+                if len(self.replicas) > 1:
+                    self._mark_down(replica, exc)
+                failure = exc
+                continue
+            except BaseException:
+                replica.in_flight -= 1
+                raise
+            response.stream = _Released(response.stream, replica)
+            return response
+        assert failure is not None
+        raise failure
+
+    def _mark_down(self, replica: Replica, reason: object) -> None:
+        if replica.healthy:
+            log.warning("%s replica %s is down (%r): its requests go to the others", self.name, replica.url, reason)
+        replica.healthy = False
+
+    def _watch_health(self) -> None:
+        if self._health is None and len(self.replicas) > 1:
+            self._health = asyncio.get_running_loop().create_task(self._probe_forever())
+
+    async def _probe_forever(self) -> None:
+        while True:
+            await asyncio.gather(*(self._probe(replica) for replica in self.replicas.replicas))
+            await asyncio.sleep(self._health_interval_s)
+
+    async def _probe(self, replica: Replica) -> None:
+        """Any HTTP answer to GET /models means the replica is serving (vLLM answers it without auth)."""
+        try:
+            await self._http.get(f"{replica.url}/models", headers=self.headers({}), timeout=2.0)
+        except httpx.HTTPError as exc:
+            self._mark_down(replica, exc)
+            return
+        if not replica.healthy:
+            log.info("%s replica %s answers again", self.name, replica.url)
+        replica.healthy = True
 
     async def aclose(self) -> None:
+        if self._health is not None:
+            self._health.cancel()
         await self._http.aclose()

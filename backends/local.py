@@ -42,7 +42,7 @@ def uses_local(policy: Policy, backend_override: str | None) -> bool:
 
 def local_everywhere(backends: dict[str, Backend]) -> dict[str, Backend]:
     """`--backend local`: the bundled model answers for every backend, so IC works with nothing else running."""
-    return {name: backend.model_copy(update={"url": LOCAL}) for name, backend in backends.items()}
+    return {name: backend.model_copy(update={"url": LOCAL, "urls": []}) for name, backend in backends.items()}
 
 
 def resolve(url: str, local_url: str | None) -> str:

@@ -24,6 +24,9 @@ CATCACHE_IMAGE = "catcache:latest"
 REDIS_IMAGE = "redis:7-alpine"
 CATCACHE_PORT = 8080
 POLICY_DIR = "/etc/catcache"
+REDIS_SHARDS = 3
+REDIS_CLUSTER_BUS = 16379
+PROXY_CPU_TARGET = 70  # % of the requested CPU at which the autoscaler adds a proxy
 HEADER = "Rendered by `catcache deploy --format {format}` from policies.yaml: edit the policy and render again."
 
 
@@ -68,7 +71,7 @@ def render_shell(policy: Policy) -> str:
              "# Run one backend per invocation, each on its own GPUs (set CUDA_VISIBLE_DEVICES).",
              "set -euo pipefail", "", f'case "${{1:?usage: $0 {"|".join(backends) or "BACKEND"}}}" in']
     for name, backend in backends.items():
-        url = urlsplit(backend.url)
+        url = urlsplit(backend.replica_urls[0])
         host = "127.0.0.1" if url.hostname in {"127.0.0.1", "localhost", "::1"} else "0.0.0.0"
         command = vllm_command(name, backend, host=host, port=url.port or backend.vllm.port)
         lines += [f"  {shlex.quote(name)})", "    exec " + " \\\n      ".join(_lines(command)), "    ;;"]
@@ -88,13 +91,21 @@ def _lines(command: list[str]) -> list[str]:
 
 
 def render_k8s(policy: Policy, *, image: str = CATCACHE_IMAGE, vllm_image: str = VLLM_IMAGE,
-               replicas: int = 2) -> str:
-    """The whole stack as one multi-document YAML: vLLM backends, Redis, catcache and its policy."""
+               replicas: int = 2, max_replicas: int | None = None, redis_shards: int = REDIS_SHARDS) -> str:
+    """The whole stack as one multi-document YAML: vLLM backends, Redis (a Redis Cluster of
+    `redis_shards` masters with a replica each, or one server if 1), catcache and its policy, with
+    a HorizontalPodAutoscaler from `replicas` to `max_replicas` proxies."""
     documents: list[dict] = []
     for name, backend in vllm_backends(policy).items():
         documents += _vllm_objects(name, backend, vllm_image)
-    documents += _redis_objects()
-    documents += _catcache_objects(policy, image, replicas)
+    if redis_shards > 1:
+        documents += _redis_cluster_objects(redis_shards)
+        redis_url = redis_cluster_url(redis_shards)
+    else:
+        documents += _redis_objects()
+        redis_url = "redis://redis:6379/0"
+    documents += _catcache_objects(policy, image, replicas, redis_url)
+    documents.append(_autoscaler(replicas, max_replicas or 4 * replicas))
     body = yaml.dump_all(documents, Dumper=_Dumper, sort_keys=False, explicit_start=True, width=120)
     return f"# {HEADER.format(format='k8s')}\n{body}"
 
@@ -144,8 +155,86 @@ def _vllm_objects(name: str, backend: Backend, image: str) -> list[dict]:
     }
     volumes = [{"name": "shm", "emptyDir": {"medium": "Memory", "sizeLimit": "8Gi"}},  # NCCL between TP ranks
                {"name": "hf-cache", "emptyDir": {}}]
-    return [_deployment(label, "vllm", vllm.replicas, container, volumes, _scrape(vllm.port)),
-            _service(label, vllm.port, component="vllm")]
+    workload = _deployment(label, "vllm", vllm.replicas, container, volumes, _scrape(vllm.port))
+    service = _service(label, vllm.port, component="vllm")
+    if vllm.replicas > 1:
+        # Replicas with stable names (vllm-large-0.vllm-large, ...) that the proxy lists in `urls`
+        # and routes to by prefix; a Service spreading requests at random would recompute each
+        # category's prefix on every replica.
+        workload["kind"] = "StatefulSet"
+        workload["spec"].update(serviceName=label, podManagementPolicy="Parallel")
+        service["spec"]["clusterIP"] = "None"
+    return [workload, service]
+
+
+def vllm_replica_urls(name: str, backend: Backend) -> list[str]:
+    label, vllm = service_name(name), backend.vllm
+    if vllm.replicas == 1:
+        return [f"http://{label}:{vllm.port}/v1"]
+    return [f"http://{label}-{i}.{label}:{vllm.port}/v1" for i in range(vllm.replicas)]
+
+
+def redis_cluster_url(shards: int) -> str:
+    """Every node as a seed, so a proxy starts while any one of them is down."""
+    return "redis+cluster://" + ",".join(f"redis-{i}.redis:6379" for i in range(2 * shards))
+
+
+def _redis_cluster_objects(shards: int) -> list[dict]:
+    """A Redis Cluster of `shards` masters with one replica each: a StatefulSet whose pods
+    announce their stable host names (Redis 7), and a Job that joins them once."""
+    labels = _labels("redis", "store")
+    nodes = 2 * shards
+    container = {
+        "name": "redis",
+        "image": REDIS_IMAGE,
+        "env": [{"name": "POD_NAME", "valueFrom": {"fieldRef": {"fieldPath": "metadata.name"}}}],
+        "args": ["redis-server", "--cluster-enabled", "yes", "--cluster-config-file", "/data/nodes.conf",
+                 "--cluster-node-timeout", "5000", "--cluster-announce-hostname", "$(POD_NAME).redis",
+                 "--cluster-preferred-endpoint-type", "hostname",
+                 "--appendonly", "yes", "--appendfsync", "everysec", "--save", "", "--dir", "/data"],
+        "ports": [{"name": "redis", "containerPort": 6379}, {"name": "bus", "containerPort": REDIS_CLUSTER_BUS}],
+        "readinessProbe": {"exec": {"command": ["redis-cli", "ping"]}, "periodSeconds": 5},
+        "livenessProbe": {"tcpSocket": {"port": 6379}, "periodSeconds": 10},
+        "volumeMounts": [{"name": "data", "mountPath": "/data"}],
+    }
+    statefulset = {
+        "apiVersion": "apps/v1",
+        "kind": "StatefulSet",
+        "metadata": {"name": "redis", "labels": labels},
+        "spec": {
+            "serviceName": "redis",
+            "replicas": nodes,
+            "podManagementPolicy": "Parallel",
+            "selector": {"matchLabels": _selector("redis")},
+            "template": {"metadata": {"labels": labels}, "spec": {"containers": [container]}},
+            "volumeClaimTemplates": [{"metadata": {"name": "data"}, "spec": {
+                "accessModes": ["ReadWriteOnce"], "resources": {"requests": {"storage": "10Gi"}}}}],
+        },
+    }
+    service = _service("redis", 6379, component="store", port_name="redis")
+    service["spec"]["clusterIP"] = "None"
+    service["spec"]["ports"].append({"name": "bus", "port": REDIS_CLUSTER_BUS, "targetPort": REDIS_CLUSTER_BUS})
+    service["spec"]["publishNotReadyAddresses"] = True  # the nodes must find each other before the cluster is up
+    hosts = " ".join(f"redis-{i}.redis:6379" for i in range(nodes))
+    script = (f"for h in {hosts}; do until redis-cli -h ${{h%:*}} ping; do sleep 2; done; done; "
+              "redis-cli -h redis-0.redis cluster info | grep -q cluster_state:ok || "
+              f"redis-cli --cluster create {hosts} --cluster-replicas 1 --cluster-yes")
+    job = {"apiVersion": "batch/v1", "kind": "Job",
+           "metadata": {"name": "redis-cluster-create", "labels": labels},
+           "spec": {"backoffLimit": 10, "template": {"metadata": {"labels": _labels("redis-cluster-create", "store")},
+                    "spec": {"restartPolicy": "OnFailure", "containers": [
+                        {"name": "create", "image": REDIS_IMAGE, "command": ["sh", "-c", script]}]}}}}
+    return [service, statefulset, job]
+
+
+def _autoscaler(replicas: int, max_replicas: int) -> dict:
+    """More proxies as CPU use grows: a proxy's work (embedding, search) is CPU-bound."""
+    return {"apiVersion": "autoscaling/v2", "kind": "HorizontalPodAutoscaler",
+            "metadata": {"name": "catcache", "labels": _labels("catcache", "proxy")},
+            "spec": {"scaleTargetRef": {"apiVersion": "apps/v1", "kind": "Deployment", "name": "catcache"},
+                     "minReplicas": replicas, "maxReplicas": max(replicas, max_replicas),
+                     "metrics": [{"type": "Resource", "resource": {"name": "cpu", "target": {
+                         "type": "Utilization", "averageUtilization": PROXY_CPU_TARGET}}}]}}
 
 
 def _redis_objects() -> list[dict]:
@@ -178,16 +267,19 @@ def _redis_objects() -> list[dict]:
     return [service, statefulset]
 
 
-def _catcache_objects(policy: Policy, image: str, replicas: int) -> list[dict]:
+def _catcache_objects(policy: Policy, image: str, replicas: int, redis_url: str) -> list[dict]:
     config = {"apiVersion": "v1", "kind": "ConfigMap",
               "metadata": {"name": "catcache-policies", "labels": _labels("catcache", "proxy")},
               "data": {"policies.yaml": yaml.safe_dump(in_cluster_policy(policy), sort_keys=False, width=1 << 16)}}
     container = {
         "name": "catcache",
         "image": image,
-        "command": ["catcache", "serve", "--redis", "redis://redis:6379/0",
+        "command": ["catcache", "serve", "--redis", redis_url,
                     "--policies", f"{POLICY_DIR}/policies.yaml", "--host", "0.0.0.0", "--port", str(CATCACHE_PORT)],
         "ports": [{"name": "http", "containerPort": CATCACHE_PORT}],
+        # The autoscaler scales on CPU use relative to this request. Memory: the in-process
+        # indexes take about 2 KB per cached entry (README, Capacity), plus ~1 GiB for the model.
+        "resources": {"requests": {"cpu": "2", "memory": "4Gi"}},
         "startupProbe": _http_probe("/healthz", CATCACHE_PORT, period=2, failures=60),
         "readinessProbe": _http_probe("/healthz", CATCACHE_PORT, period=5, failures=3),
         "livenessProbe": _http_probe("/healthz", CATCACHE_PORT, period=10, failures=3),
@@ -208,7 +300,10 @@ def in_cluster_policy(policy: Policy) -> dict:
     """The policy as the proxy in the cluster reads it: vLLM backends reached through their Services."""
     data = policy.model_dump(mode="json", exclude_unset=True)
     for name, backend in vllm_backends(policy).items():
-        data["backends"][name]["url"] = f"http://{service_name(name)}:{backend.vllm.port}/v1"
+        settings, urls = data["backends"][name], vllm_replica_urls(name, backend)
+        settings.pop("url", None)
+        settings.pop("urls", None)
+        settings.update({"url": urls[0]} if len(urls) == 1 else {"urls": urls})
     return data
 
 
@@ -258,7 +353,11 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
     deploy.add_argument("--out", type=Path, help="write vllm-serve.sh or k8s.yaml into this directory (default: stdout)")
     deploy.add_argument("--image", default=CATCACHE_IMAGE, help="catcache container image (k8s)")
     deploy.add_argument("--vllm-image", default=VLLM_IMAGE, help="vLLM container image (k8s)")
-    deploy.add_argument("--replicas", type=int, default=2, help="catcache proxy replicas (k8s)")
+    deploy.add_argument("--replicas", type=int, default=2, help="catcache proxy replicas at least (k8s)")
+    deploy.add_argument("--max-replicas", type=int, help="catcache proxy replicas at most, for the autoscaler "
+                        "(k8s; default 4 x --replicas)")
+    deploy.add_argument("--redis-shards", type=int, default=REDIS_SHARDS,
+                        help="Redis Cluster masters, each with one replica; 1 renders one Redis server (k8s)")
     deploy.set_defaults(run=run)
 
 
@@ -271,7 +370,8 @@ def run(args: argparse.Namespace) -> int:
         if args.format == "shell":
             text, filename = render_shell(policy), "vllm-serve.sh"
         else:
-            text = render_k8s(policy, image=args.image, vllm_image=args.vllm_image, replicas=args.replicas)
+            text = render_k8s(policy, image=args.image, vllm_image=args.vllm_image, replicas=args.replicas,
+                              max_replicas=args.max_replicas, redis_shards=args.redis_shards)
             filename = "k8s.yaml"
     except (PolicyError, ValueError) as exc:
         print(f"catcache deploy: {exc}", file=sys.stderr)

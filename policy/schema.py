@@ -129,12 +129,33 @@ class VllmSettings(Strict):
 
 
 class Backend(Strict):
-    url: str = Field(description="OpenAI-style base URL including /v1")
+    url: str | None = Field(default=None, description="OpenAI-style base URL including /v1")
+    urls: list[str] = Field(default=[], description="several replicas of one model, instead of `url`")
+    routing: Literal["prefix", "round-robin"] = Field(
+        default="prefix", description="prefix: requests sharing a prompt prefix go to the same replica")
+    load_factor: float = Field(default=1.25, ge=1.0, le=10.0,
+                               description="no replica takes more than this times the mean requests in flight")
     role: Literal["large", "small"] = "large"
     model: str | None = Field(default=None, description="model name to send; default: the request's")
     api_key_env: str | None = None
     timeout: Seconds = 600.0
     vllm: VllmSettings | None = None
+
+    @model_validator(mode="after")
+    def _one_way_to_name_replicas(self) -> "Backend":
+        if (self.url is None) == (not self.urls):
+            raise FieldErrors([(("urls",) if self.urls else ("url",), "give either `url` or a list of `urls`")])
+        problems: list[Problem] = [(("urls", i), f"{url!r} is not an http(s) URL")
+                                   for i, url in enumerate(self.urls) if not re.match(r"^https?://[^/\s]+", url)]
+        if len(set(self.urls)) < len(self.urls):
+            problems.append((("urls",), "lists a replica twice"))
+        if problems:
+            raise FieldErrors(problems)
+        return self
+
+    @property
+    def replica_urls(self) -> list[str]:
+        return [self.url] if self.url is not None else list(self.urls)
 
 
 class Price(Strict):

@@ -14,7 +14,6 @@ from pathlib import Path
 import httpx
 from fastapi import FastAPI, Request
 from fastapi.responses import Response, StreamingResponse
-from redis.asyncio import Redis
 from starlette.background import BackgroundTask
 
 from catcache.backends.client import forwardable
@@ -28,6 +27,7 @@ from catcache.proxy.pipeline import CachePipeline
 from catcache.proxy.state import ProxyState, build_live
 from catcache.reports.recorder import Recorder
 from catcache.reports.routes import router as reports_router
+from catcache.store.connect import connect
 from catcache.store.documents import DocumentStore
 from catcache.store.embedded import EmbeddedRedis
 from catcache.store.health import CacheUnavailable, RedisGuard
@@ -105,7 +105,7 @@ async def pass_through(state: ProxyState, request: Request) -> Response:
 async def lifespan(app: FastAPI, settings: Settings) -> AsyncIterator[None]:
     policy = load_policy(settings.policies)
     embedder = await asyncio.to_thread(Embedder, policy.embedding_model)
-    redis = Redis.from_url(settings.redis_url, socket_timeout=1.0, socket_connect_timeout=1.0)
+    redis = connect(settings.redis_url, socket_timeout=1.0, socket_connect_timeout=1.0)
     store = DocumentStore(redis, origin=uuid.uuid4().hex)
     state = ProxyState(
         live=await asyncio.to_thread(build_live, policy, embedder, settings.backend, None, settings.local_url),

@@ -25,6 +25,7 @@ from fastapi.responses import Response, StreamingResponse
 
 from catcache.backends.client import BackendClient, forwardable
 from catcache.backends.ic import agreement, confidence, confident_request, in_context_request, within_budget
+from catcache.backends.replicas import affinity_key
 from catcache.categories.classifier import Classification, RequestTraits
 from catcache.index.hnsw import Neighbour
 from catcache.verify.verifiers import load_verifier
@@ -281,8 +282,9 @@ class CachePipeline:
         small.in_flight += 1
         started = time.perf_counter()
         try:
-            upstream = await small.open("POST", exchange.path, headers=exchange.headers,
-                                        content=orjson.dumps(confident_request(body, exchange.endpoint)))
+            asked = confident_request(body, exchange.endpoint)
+            upstream = await small.open("POST", exchange.path, headers=exchange.headers, content=orjson.dumps(asked),
+                                        affinity=affinity_key(exchange.tenant, exchange.category, asked))
             payload = await upstream.aread()
             await upstream.aclose()
         except httpx.HTTPError as exc:
@@ -334,7 +336,8 @@ class CachePipeline:
         backend.in_flight += 1
         started = time.perf_counter()
         try:
-            upstream = await backend.open("POST", exchange.path, headers=exchange.headers, content=orjson.dumps(body))
+            upstream = await backend.open("POST", exchange.path, headers=exchange.headers, content=orjson.dumps(body),
+                                          affinity=affinity_key(exchange.tenant, exchange.category, body))
         except httpx.HTTPError as exc:
             backend.in_flight -= 1
             if fall_through:

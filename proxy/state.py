@@ -82,7 +82,7 @@ def build_live(policy: Policy, embedder: Embedder, backend_override: str | None,
     configs = dict(policy.backends)
     large = policy.backend("large")
     if backend_override:
-        configs["large"] = large.model_copy(update={"url": backend_override}) if large else Backend(url=backend_override)
+        configs["large"] = large.model_copy(update={"url": backend_override, "urls": []}) if large else Backend(url=backend_override)
     elif large is not None:
         configs["large"] = large
     if "large" not in configs:

@@ -1,14 +1,14 @@
 """The Redis layout of the report counters: one hash per minute, shared by every proxy.
 
-Keys (prefix `cc:stats:`):
-- `cc:stats:m:<minute>`: hash of `<category>|<outcome>|<metric>` -> number, where minute is
+Keys (prefix `cc:{stats}:`):
+- `cc:{stats}:m:<minute>`: hash of `<category>|<outcome>|<metric>` -> number, where minute is
   unix time // 60. Metrics are the scalar counters (`requests`, `prompt_tokens`, ...) and the
   histogram bins `sim:<i>` (similarity) and `lat:<i>` (client latency). Expires after the
   retention.
   Apps' feedback is counted under outcome `feedback`, metrics `false_hits`, `confirmed_hits`,
   `wrong_answers` and `right_answers`, in the minute it was reported.
-- `cc:stats:minutes`: sorted set of the minutes that have a hash, so a reader fetches only those.
-- `cc:stats:thresholds`: hash of `<category>|threshold` and `<category>|ic_low` -> the live
+- `cc:{stats}:minutes`: sorted set of the minutes that have a hash, so a reader fetches only those.
+- `cc:{stats}:thresholds`: hash of `<category>|threshold` and `<category>|ic_low` -> the live
   policy's values, so a report can draw them without the policy file.
 
 Counters are increments (HINCRBY/HINCRBYFLOAT), so proxies and restarts add up.
@@ -22,10 +22,11 @@ from collections.abc import Iterable
 
 from redis.asyncio import Redis
 from redis.asyncio.client import Pipeline
+from redis.asyncio.cluster import ClusterPipeline
 
 from catcache.reports.record import FEEDBACK
 
-PREFIX = "cc:stats:"
+PREFIX = "cc:{stats}:"  # one hash tag: on a Redis Cluster a flush's MULTI/EXEC stays in one slot
 MINUTES = PREFIX + "minutes"
 THRESHOLDS = PREFIX + "thresholds"
 
@@ -101,9 +102,8 @@ class Tally:
             del self.minutes[minute]
         return len(old)
 
-    def write(self, redis: Redis, retention_s: int, thresholds: dict[str, str]) -> Pipeline:
-        """A MULTI/EXEC pipeline holding every increment: all of it lands or none of it does."""
-        pipe = redis.pipeline(transaction=True)
+    def write(self, pipe: Pipeline | ClusterPipeline, retention_s: int, thresholds: dict[str, str]) -> None:
+        """Queue every increment on `pipe`, a MULTI/EXEC pipeline: all of it lands or none of it does."""
         for minute, fields in self.minutes.items():
             key = bucket_key(minute)
             for field, amount in fields.items():
@@ -118,7 +118,6 @@ class Tally:
         pipe.expire(MINUTES, retention_s)
         if thresholds:
             pipe.hset(THRESHOLDS, mapping=thresholds)
-        return pipe
 
 
 async def read(redis: Redis, start: float, end: float) -> tuple[list[tuple[int, dict[Field, float]]], dict[str, float]]:

@@ -98,8 +98,9 @@ class Recorder:
         batch, self._pending = self._pending, Tally()
         policy = self._policy()
         try:
-            pipe = batch.write(self._redis, policy.reports.retention_days * 86400, thresholds(policy))
-            await asyncio.wait_for(pipe.execute(), FLUSH_TIMEOUT_S)
+            async with self._redis.pipeline(transaction=True) as pipe:  # a cluster's holds a connection until closed
+                batch.write(pipe, policy.reports.retention_days * 86400, thresholds(policy))
+                await asyncio.wait_for(pipe.execute(), FLUSH_TIMEOUT_S)
         except (RedisError, OSError, asyncio.TimeoutError) as exc:
             batch.merge(self._pending)
             self._pending = batch

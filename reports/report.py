@@ -9,13 +9,13 @@ import sys
 from pathlib import Path
 
 import orjson
-from redis.asyncio import Redis
 from redis.exceptions import RedisError
 from rich.console import Console
 from rich.table import Table
 
 from catcache.reports import format as fmt
 from catcache.reports.stats import Window, seconds
+from catcache.store.connect import connect
 
 
 def add_parser(subparsers: argparse._SubParsersAction) -> None:
@@ -25,7 +25,7 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
                     "every proxy keeps in Redis.")
     report.add_argument("--since", default="24h", help="window ending now: 90m, 24h, 7d (default 24h)")
     report.add_argument("--redis", default=os.environ.get("CATCACHE_REDIS"),
-                        help="redis:// URL the proxies use; without it, the embedded Redis of --data-dir")
+                        help="redis:// (or redis+cluster://) URL the proxies use; without it, the embedded Redis of --data-dir")
     report.add_argument("--data-dir", default=os.environ.get("CATCACHE_DATA_DIR"),
                         help="data dir of a stopped `catcache serve` (default: the serve default)")
     report.add_argument("--format", choices=["table", "html", "json"], default="table")
@@ -82,7 +82,7 @@ def load(redis_url: str | None, data_dir: str | None, since: str) -> Window:
 
 
 async def _read(url: str, since: str) -> Window:
-    redis = Redis.from_url(url, socket_timeout=10.0, socket_connect_timeout=5.0)
+    redis = connect(url, socket_timeout=10.0, socket_connect_timeout=5.0)
     try:
         return await Window.load(redis, since)
     finally:

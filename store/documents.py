@@ -2,11 +2,18 @@
 stream of additions and evictions that other proxies follow.
 
 Keys (prefix `cc:`):
-  doc:<id>        hash: response, request, endpoint, model, category, scope, query, created,
+  doc:{<id>}      hash: response, request, endpoint, model, category, scope, query, created,
                   latency_ms, hits, embedding (float32 bytes); expires with the category's TTL.
-                  <id> is the request's functional key, so the exact tier is one HGETALL.
+                  <id> is the request's functional key, so the exact tier is one HGETALL. The
+                  braces are a Redis Cluster hash tag: whatever else is keyed by an entry's id
+                  lands in the same slot, so a script or transaction on one entry stays on one node.
   cat:<category>  sorted set of ids: score = last use (LRU) or use count (LFU).
   events          stream of {op: add|del, id, category, origin}.
+
+No command or script spans an entry and a shared key (its category's set, the stream), since on a
+Redis Cluster those live on other nodes: an entry is written first, then listed and announced.
+On a cluster a write also waits (WAIT) until a replica has the entry, so a failed-over master
+loses none that was acknowledged.
 """
 
 from __future__ import annotations
@@ -17,23 +24,28 @@ from typing import AsyncIterator
 
 import numpy as np
 import orjson
-from redis.asyncio import Redis
+from redis.asyncio import Redis, RedisCluster
 
 PREFIX = "cc:"
 EVENTS = PREFIX + "events"
 EVENTS_MAXLEN = 100_000
 REQUIRED = frozenset({b"endpoint", b"model", b"category", b"scope", b"query", b"response"})
 
+WAIT_MS = 100  # how long a write on a cluster waits for a replica's acknowledgement
+
 # Count a hit only while the entry exists: a plain HINCRBY on an expired or evicted entry would
-# recreate its hash with just `hits` and no TTL. KEYS: doc, category; ARGV: id, eviction, now.
+# recreate its hash with just `hits` and no TTL. KEYS: doc. Returns 1 if it was counted.
 TOUCH = """
 if redis.call('EXISTS', KEYS[1]) == 0 then return 0 end
 redis.call('HINCRBY', KEYS[1], 'hits', 1)
-if ARGV[2] == 'lfu' then
-  redis.call('ZINCRBY', KEYS[2], 1, ARGV[1])
-else
-  redis.call('ZADD', KEYS[2], ARGV[3], ARGV[1])
-end
+return 1
+"""
+
+# Replace an entry at once, so no reader sees it half written. KEYS: doc; ARGV: ttl ms, field, value, ...
+WRITE = """
+redis.call('DEL', KEYS[1])
+redis.call('HSET', KEYS[1], unpack(ARGV, 2))
+redis.call('PEXPIRE', KEYS[1], ARGV[1])
 return 1
 """
 
@@ -81,7 +93,7 @@ class Document:
 
 
 def doc_key(doc_id: str) -> str:
-    return f"{PREFIX}doc:{doc_id}"
+    return f"{PREFIX}doc:{{{doc_id}}}"
 
 
 def category_key(category: str) -> str:
@@ -89,7 +101,7 @@ def category_key(category: str) -> str:
 
 
 class DocumentStore:
-    def __init__(self, redis: Redis, origin: str):
+    def __init__(self, redis: Redis | RedisCluster, origin: str):
         self.redis = redis
         self.origin = origin  # this proxy's id, so it skips its own events when following the stream
         self._touch = redis.register_script(TOUCH)
@@ -107,17 +119,19 @@ class DocumentStore:
     async def touch(self, doc: Document, eviction: str) -> None:
         """Count a hit: the entry's use count, and its score for LRU or LFU eviction; nothing if
         the entry has gone since it was read."""
-        keys = [doc_key(doc.doc_id), category_key(doc.category)]
-        await self._touch(keys=keys, args=[doc.doc_id, eviction, time.time()])
+        if not await self._touch(keys=[doc_key(doc.doc_id)]):
+            return
+        if eviction == "lfu":
+            await self.redis.zincrby(category_key(doc.category), 1, doc.doc_id)
+        else:
+            await self.redis.zadd(category_key(doc.category), {doc.doc_id: time.time()})
 
     async def put(self, doc: Document, ttl: float, eviction: str, quota: int) -> list[str]:
         """Store `doc` for `ttl` seconds; return the ids evicted to keep the category within `quota`."""
         key, members = doc_key(doc.doc_id), category_key(doc.category)
         score = 1.0 if eviction == "lfu" else time.time()
-        async with self.redis.pipeline(transaction=True) as pipe:
-            pipe.delete(key)
-            pipe.hset(key, mapping=doc.to_redis())
-            pipe.pexpire(key, max(1, int(ttl * 1000)))
+        await self._write(key, doc, ttl)
+        async with self.redis.pipeline(transaction=False) as pipe:
             pipe.zadd(members, {doc.doc_id: score})
             pipe.zcard(members)
             pipe.xadd(EVENTS, self._event("add", doc.doc_id, doc.category), maxlen=EVENTS_MAXLEN, approximate=True)
@@ -131,11 +145,25 @@ class DocumentStore:
         await self.delete(evicted, doc.category)
         return evicted
 
+    async def _write(self, key: str, doc: Document, ttl: float) -> None:
+        """The entry in one script; on a cluster, in one pipeline with a WAIT on the entry's node,
+        which the pipeline sends on the connection that wrote (WAIT counts that connection's writes)."""
+        fields = [item for pair in doc.to_redis().items() for item in pair]
+        cluster = isinstance(self.redis, RedisCluster)
+        if cluster:
+            await self.redis.initialize()  # learns the slot map on first use; then a no-op
+        async with self.redis.pipeline(transaction=False) as pipe:
+            pipe.eval(WRITE, 1, key, max(1, int(ttl * 1000)), *fields)
+            if cluster:
+                pipe.execute_command("WAIT", 1, WAIT_MS, target_nodes=self.redis.get_node_from_key(key))
+            await pipe.execute()
+
     async def delete(self, doc_ids: list[str], category: str) -> None:
         if not doc_ids:
             return
         async with self.redis.pipeline(transaction=False) as pipe:
-            pipe.delete(*(doc_key(i) for i in doc_ids))
+            for doc_id in doc_ids:
+                pipe.delete(doc_key(doc_id))  # one key a command: on a cluster the ids live on several nodes
             pipe.zrem(category_key(category), *doc_ids)
             for doc_id in doc_ids:
                 pipe.xadd(EVENTS, self._event("del", doc_id, category), maxlen=EVENTS_MAXLEN, approximate=True)

@@ -8,6 +8,10 @@ failures a proxy must survive:
 - `x-test-status: 503` answers that status with an OpenAI error body (any path but /stats);
 - `x-test-truncate: 1` cuts a stream halfway, with neither finish_reason nor [DONE].
 
+With `prefix_slots` it models vLLM's prefix cache for the routing bench: a chat request whose
+system prompt is not among the last `prefix_slots` this server saw first waits `prefix_ms` more
+(its prefill); GET /stats/prefix-cache counts hits and misses.
+
 Run it alone with `python -m tests.backend --port 8000 --think-ms 400 --tokens-per-s 50`.
 """
 
@@ -24,7 +28,7 @@ import socket
 import struct
 import threading
 import time
-from collections import Counter
+from collections import Counter, OrderedDict
 from collections.abc import AsyncIterator, Callable, Sequence
 from dataclasses import dataclass
 from types import TracebackType
@@ -42,8 +46,13 @@ EMBEDDING_DIM = 16
 class BackendState:
     """Latency settings, per-path call counts and the generation counter, shared across threads."""
 
-    def __init__(self, think_ms: float, tokens_per_s: float, models: Sequence[str]):
+    def __init__(self, think_ms: float, tokens_per_s: float, models: Sequence[str],
+                 prefix_ms: float = 0, prefix_slots: int = 0):
         self.think_s = think_ms / 1000
+        self.prefix_s = prefix_ms / 1000
+        self.prefix_slots = prefix_slots
+        self._prefixes: OrderedDict[str, None] = OrderedDict()  # least recently used first
+        self.prefix_hits = self.prefix_misses = 0
         self.token_s = 1 / tokens_per_s if tokens_per_s > 0 else 0.0
         self.models = tuple(models)
         self._lock = threading.Lock()
@@ -63,6 +72,22 @@ class BackendState:
         with self._lock:
             return self._calls[path] if path is not None else sum(self._calls.values())
 
+    def prefill_s(self, messages: list[dict[str, Any]]) -> float:
+        """The prefill wait for this request's system prompt: none if it is among the cached ones."""
+        if not self.prefix_slots:
+            return 0.0
+        prefix = repr([m.get("content") for m in messages if m.get("role") == "system"])
+        with self._lock:
+            if prefix in self._prefixes:
+                self._prefixes.move_to_end(prefix)
+                self.prefix_hits += 1
+                return 0.0
+            self._prefixes[prefix] = None
+            if len(self._prefixes) > self.prefix_slots:
+                self._prefixes.popitem(last=False)
+            self.prefix_misses += 1
+            return self.prefix_s
+
     def stats(self) -> dict[str, int]:
         with self._lock:
             return dict(self._calls)
@@ -81,7 +106,7 @@ class _CountAndFail:
         self.state = state
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] != "http" or scope["path"] == "/stats":
+        if scope["type"] != "http" or scope["path"].startswith("/stats"):
             return await self.app(scope, receive, send)
         self.state.count(scope["path"])
         status = dict(scope["headers"]).get(b"x-test-status", b"").decode()
@@ -120,9 +145,10 @@ class _Answer:
 
 
 def create_app(
-    think_ms: float = 0, tokens_per_s: float = 0, models: Sequence[str] = DEFAULT_MODELS
+    think_ms: float = 0, tokens_per_s: float = 0, models: Sequence[str] = DEFAULT_MODELS,
+    prefix_ms: float = 0, prefix_slots: int = 0,
 ) -> FastAPI:
-    state = BackendState(think_ms, tokens_per_s, models)
+    state = BackendState(think_ms, tokens_per_s, models, prefix_ms, prefix_slots)
     app = FastAPI(title="catcache test backend", openapi_url=None)
     app.state.backend = state
     app.add_middleware(_CountAndFail, state=state)
@@ -133,6 +159,7 @@ def create_app(
         body = await _json_body(request)
         number = state.next_answer()
         messages = body.get("messages") or []
+        await asyncio.sleep(state.prefill_s(messages))
         question = _last_user_text(messages)
         tools = body.get("tools") or []
         tool = tools[0] if tools and "use tool" in question else None
@@ -240,6 +267,10 @@ def create_app(
     @app.get("/stats")
     async def stats() -> dict[str, int]:
         return state.stats()
+
+    @app.get("/stats/prefix-cache")
+    async def prefix_cache() -> dict[str, int]:
+        return {"hits": state.prefix_hits, "misses": state.prefix_misses, "slots": state.prefix_slots}
 
     return app
 
@@ -435,8 +466,10 @@ class TestBackend:
         tokens_per_s: float = 0,
         models: Sequence[str] = DEFAULT_MODELS,
         port: int = 0,
+        prefix_ms: float = 0,
+        prefix_slots: int = 0,
     ):
-        self.app = create_app(think_ms, tokens_per_s, models)
+        self.app = create_app(think_ms, tokens_per_s, models, prefix_ms, prefix_slots)
         self.state: BackendState = self.app.state.backend
         self._port = port
         self._server: uvicorn.Server | None = None
@@ -501,8 +534,11 @@ def main() -> None:
     parser.add_argument("--think-ms", type=float, default=0, help="delay before the first token")
     parser.add_argument("--tokens-per-s", type=float, default=0, help="token rate; 0 sends all at once")
     parser.add_argument("--model", action="append", help="a model for /v1/models (repeatable)")
+    parser.add_argument("--prefix-slots", type=int, default=0, help="system prompts the prefix cache holds")
+    parser.add_argument("--prefix-ms", type=float, default=0, help="prefill wait of a system prompt not cached")
     args = parser.parse_args()
-    app = create_app(args.think_ms, args.tokens_per_s, args.model or DEFAULT_MODELS)
+    app = create_app(args.think_ms, args.tokens_per_s, args.model or DEFAULT_MODELS, args.prefix_ms,
+                     args.prefix_slots)
     uvicorn.run(app, host=args.host, port=args.port, log_level="warning")
 
 

@@ -13,27 +13,49 @@ import redis
 from catcache.store.embedded import EmbeddedRedis
 
 from .backend import TestBackend
-from .util import ProxyProcess
+from .cluster import RedisClusterServers
+from .util import ProxyProcess, sync_client
 
 DEFAULT_POLICIES = Path(__file__).resolve().parent.parent / "policies.yaml"
 
 
+def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
+    """A module that sets `ON_CLUSTER_TOO = True` runs its Redis tests on one server and again on
+    a Redis Cluster (three masters, one replica each)."""
+    if getattr(metafunc.module, "ON_CLUSTER_TOO", False) and "redis_url" in metafunc.fixturenames:
+        metafunc.parametrize("redis_url", ["server", "cluster"], indirect=True, scope="session")
+
+
 @pytest.fixture(scope="session")
-def redis_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+def server_redis_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
     """One redis-server for the session; tests that need it empty ask for `clean_redis`."""
     with EmbeddedRedis(tmp_path_factory.mktemp("redis")) as server:
         yield server.url
 
 
+@pytest.fixture(scope="session")
+def redis_cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RedisClusterServers]:
+    """One Redis Cluster for the session, started only if a test asks for it."""
+    with RedisClusterServers(tmp_path_factory.mktemp("cluster")) as cluster:
+        yield cluster
+
+
+@pytest.fixture(scope="session")
+def redis_url(request: pytest.FixtureRequest, server_redis_url: str) -> str:
+    if getattr(request, "param", "server") == "cluster":
+        return request.getfixturevalue("redis_cluster").url
+    return server_redis_url
+
+
 @pytest.fixture
-def redis_client(redis_url: str) -> Iterator[redis.Redis]:
-    client = redis.Redis.from_url(redis_url)
+def redis_client(redis_url: str) -> Iterator[redis.Redis | redis.RedisCluster]:
+    client = sync_client(redis_url)
     yield client
     client.close()
 
 
 @pytest.fixture
-def clean_redis(redis_client: redis.Redis) -> redis.Redis:
+def clean_redis(redis_client: redis.Redis | redis.RedisCluster) -> redis.Redis | redis.RedisCluster:
     redis_client.flushall()
     return redis_client
 

@@ -111,6 +111,9 @@ def test_feedback_reports_each_hit_and_a_wrong_one_is_evicted(running: tuple[str
     ["bench.scale", "--sizes", "1000", "--name", "tmp/test-scale"],
     ["bench.lookup_cost", "--entries", "1000", "--queries", "20", "--name", "tmp/test-lookup"],
     ["bench.feedback", "--stream", str(STREAM), "--name", "tmp/test-feedback"],
+    ["bench.routing", "--replicas", "2", "--requests", "40", "--out", str(RESULTS / "tmp" / "test-routing.json")],
+    ["bench.propagation", "--probes", "3", "--out", str(RESULTS / "tmp" / "test-propagation.json")],
+    ["bench.redis_memory", "--entries", "500", "--out", str(RESULTS / "tmp" / "test-redis-memory.json")],
 ])
 def test_command_line(command: list[str]) -> None:
     subprocess.run([sys.executable, "-m", *command], cwd=ROOT, check=True, timeout=600)

@@ -95,16 +95,17 @@ def named(documents: list[dict], kind: str, name: str) -> dict:
 def test_manifests_have_the_whole_stack():
     documents = docs(make_policy())
     kinds = Counter((d["kind"], d["metadata"]["name"]) for d in documents)
-    assert kinds == Counter({("Deployment", "vllm-large"): 1, ("Service", "vllm-large"): 1,
+    assert kinds == Counter({("StatefulSet", "vllm-large"): 1, ("Service", "vllm-large"): 1,
                              ("Deployment", "vllm-small"): 1, ("Service", "vllm-small"): 1,
                              ("Service", "redis"): 1, ("StatefulSet", "redis"): 1,
+                             ("Job", "redis-cluster-create"): 1,
                              ("ConfigMap", "catcache-policies"): 1, ("Deployment", "catcache"): 1,
-                             ("Service", "catcache"): 1})
+                             ("Service", "catcache"): 1, ("HorizontalPodAutoscaler", "catcache"): 1})
 
 
 def test_vllm_deployment_gets_gpus_replicas_probes_and_args():
     documents = docs(make_policy())
-    large = named(documents, "Deployment", "vllm-large")["spec"]
+    large = named(documents, "StatefulSet", "vllm-large")["spec"]
     container = large["template"]["spec"]["containers"][0]
     assert large["replicas"] == 3
     assert container["resources"]["limits"]["nvidia.com/gpu"] == 4
@@ -123,7 +124,7 @@ def test_catcache_reads_the_policy_from_a_configmap_that_points_at_the_services(
     pod = proxy["template"]
     container = pod["spec"]["containers"][0]
     assert proxy["replicas"] == 3
-    assert container["command"][:6] == ["catcache", "serve", "--redis", "redis://redis:6379/0",
+    assert container["command"][:6] == ["catcache", "serve", "--redis", render.redis_cluster_url(3),
                                         "--policies", "/etc/catcache/policies.yaml"]
     assert container["readinessProbe"]["httpGet"]["path"] == "/healthz"
     assert pod["metadata"]["annotations"]["prometheus.io/path"] == "/metrics"
@@ -131,13 +132,40 @@ def test_catcache_reads_the_policy_from_a_configmap_that_points_at_the_services(
     assert "subPath" not in container["volumeMounts"][0]  # ConfigMap edits must reach the hot reload
     text = named(documents, "ConfigMap", "catcache-policies")["data"]["policies.yaml"]
     policy = parse_policy(text, "configmap")
-    assert policy.backends["large"].url == "http://vllm-large:8000/v1"
+    assert policy.backends["large"].urls == [f"http://vllm-large-{i}.vllm-large:8000/v1" for i in range(3)]
+    assert policy.backends["small"].url == "http://vllm-small:8000/v1"
     assert policy.backends["hosted"].url == "https://api.openai.com/v1"
     assert policy.backends["large"].vllm == make_policy().backends["large"].vllm
 
 
-def test_redis_keeps_an_append_only_file_on_a_volume():
+def test_vllm_replicas_have_stable_names_the_proxy_routes_to():
     documents = docs(make_policy())
+    large = named(documents, "StatefulSet", "vllm-large")["spec"]
+    assert large["serviceName"] == "vllm-large"
+    assert named(documents, "Service", "vllm-large")["spec"]["clusterIP"] == "None"  # one DNS name a pod
+
+
+def test_redis_cluster_of_three_masters_with_a_replica_each():
+    documents = docs(make_policy())
+    redis = named(documents, "StatefulSet", "redis")["spec"]
+    assert redis["replicas"] == 6
+    args = redis["template"]["spec"]["containers"][0]["args"]
+    assert flag(args, "--cluster-enabled") == "yes" and flag(args, "--appendonly") == "yes"
+    script = named(documents, "Job", "redis-cluster-create")["spec"]["template"]["spec"]["containers"][0]["command"][2]
+    assert "--cluster create " + " ".join(f"redis-{i}.redis:6379" for i in range(6)) + " --cluster-replicas 1" in script
+    assert render.redis_cluster_url(3).startswith("redis+cluster://redis-0.redis:6379,redis-1.redis:6379,")
+
+
+def test_the_proxies_scale_on_cpu():
+    documents = docs(make_policy())
+    hpa = named(documents, "HorizontalPodAutoscaler", "catcache")["spec"]
+    assert hpa["scaleTargetRef"]["name"] == "catcache" and hpa["minReplicas"] == 3 and hpa["maxReplicas"] == 12
+    container = named(documents, "Deployment", "catcache")["spec"]["template"]["spec"]["containers"][0]
+    assert container["resources"]["requests"]["cpu"]  # utilisation is measured against the request
+
+
+def test_one_redis_server_keeps_an_append_only_file_on_a_volume():
+    documents = list(yaml.safe_load_all(render.render_k8s(make_policy(), replicas=3, redis_shards=1)))
     redis = named(documents, "StatefulSet", "redis")["spec"]
     args = redis["template"]["spec"]["containers"][0]["args"]
     assert flag(args, "--appendonly") == "yes"

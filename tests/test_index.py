@@ -10,9 +10,11 @@ from redis.asyncio import Redis
 
 from catcache.index.hnsw import CategoryIndex, Entry
 from catcache.index.semantic import SemanticIndex
-from catcache.store.documents import Document, DocumentStore
+from catcache.store.documents import Document, DocumentStore, doc_key
 
 from .util import run_with_store
+
+ON_CLUSTER_TOO = True  # conftest: every Redis test here runs on one server and on a cluster
 
 DIM = 16
 
@@ -103,7 +105,7 @@ def test_sweep_drops_entries_redis_has_expired(redis_url: str) -> None:
         await store_entries(store, category, vectors, lambda i: "s")
         for i, vector in enumerate(vectors):
             index.add(category, f"{category}-{i}", "s", vector)
-        await redis.pexpire(f"cc:doc:{category}-1", 1)
+        await redis.pexpire(doc_key(f"{category}-1"), 1)
         await asyncio.sleep(0.05)
         assert await index.sweep() >= 1
         assert index.sizes()[category] == 2

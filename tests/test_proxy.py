@@ -12,6 +12,8 @@ import httpx
 import openai
 import pytest
 
+from catcache.store.documents import doc_key
+
 from .backend import TestBackend
 from .util import free_port, wait_http
 
@@ -291,7 +293,7 @@ def test_bad_stream_options_is_a_400_in_openai_shape(proxy, api_key):
 def test_a_corrupt_cache_entry_never_becomes_an_error(proxy_factory, redis_url, redis_client, fresh_backend, api_key):
     proxy = proxy_factory(policies=POLICIES, redis_url=redis_url)
     raw = client(proxy, api_key).chat.completions.with_raw_response.create(model="test-model", messages=QUESTION)
-    redis_client.hset(f"cc:doc:{raw.headers['x-catcache-key']}", "response", b"{not json")
+    redis_client.hset(doc_key(raw.headers["x-catcache-key"]), "response", b"{not json")
     headers, answer = chat(proxy, api_key)
     assert headers["x-catcache"] in ("bypass", "miss") and answer.choices[0].message.content
     assert fresh_backend.calls("/v1/chat/completions") == 2

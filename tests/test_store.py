@@ -11,6 +11,8 @@ from catcache.store.documents import Document, DocumentStore, category_key, doc_
 
 from .util import run_with_store
 
+ON_CLUSTER_TOO = True  # conftest: every Redis test here runs on one server and on a cluster
+
 
 def document(category: str, doc_id: str) -> Document:
     return Document(doc_id, "chat", "m", category, "scope", f"q {doc_id}", {"choices": []})

@@ -15,12 +15,15 @@ from collections.abc import Awaitable, Callable, Mapping, Sequence
 from pathlib import Path
 
 import httpx
-from redis.asyncio import Redis
+import redis
+from redis.asyncio import Redis, RedisCluster
+from redis.cluster import ClusterNode
 
+from catcache.store.connect import cluster_seeds, connect, is_cluster_url
 from catcache.store.documents import DocumentStore
 from catcache.store.embedded import die_with_parent
 
-StoreScenario = Callable[[DocumentStore, Redis, str], Awaitable[None]]
+StoreScenario = Callable[[DocumentStore, Redis | RedisCluster, str], Awaitable[None]]
 
 START_TIMEOUT = 180.0  # a loaded 2-core machine can take minutes to load torch and the model
 STOP_TIMEOUT = 15.0
@@ -54,7 +57,7 @@ class ProxyProcess:
 
     def __init__(
         self,
-        backend_url: str,
+        backend_url: str | None,
         policies: Path | str,
         data_dir: Path,
         redis_url: str | None = None,
@@ -67,7 +70,7 @@ class ProxyProcess:
         self.log_path = log_path or self.data_dir.with_name(self.data_dir.name + ".log")
         self.args = [
             sys.executable, "-m", "catcache", "serve",
-            "--backend", backend_url,
+            *(["--backend", backend_url] if backend_url else []),  # None: the policy's backends
             "--host", "127.0.0.1",
             "--port", str(self.port),
             "--data-dir", str(self.data_dir),
@@ -138,10 +141,18 @@ class ProxyProcess:
 def run_with_store(redis_url: str, scenario: StoreScenario) -> None:
     """Run `scenario` with a store on its own client and a category no other test uses."""
     async def main() -> None:
-        redis = Redis.from_url(redis_url)
+        redis = connect(redis_url)
         try:
             await scenario(DocumentStore(redis, origin=uuid.uuid4().hex), redis, f"cat-{uuid.uuid4().hex[:8]}")
         finally:
             await redis.aclose()
 
     asyncio.run(main())
+
+
+def sync_client(url: str) -> redis.Redis | redis.RedisCluster:
+    """A blocking client for `url` (one server or, with the cluster scheme, a Redis Cluster)."""
+    if is_cluster_url(url):
+        first, others = cluster_seeds(url)
+        return redis.RedisCluster.from_url(first, startup_nodes=[ClusterNode(h, p) for h, p in others])
+    return redis.Redis.from_url(url)
