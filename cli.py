@@ -101,8 +101,11 @@ def _serve(args: argparse.Namespace) -> int:
                 child.stop()
         return 2
     try:
+        from catcache.index import snapshot
+
+        snapshots = snapshot.directory(data_dir, None if embedded is not None else redis_url)
         app = create_app(Settings(backend=backend, policies=policies, redis_url=redis_url, embedded=embedded,
-                                  local=local, local_url=local_url))
+                                  snapshots=snapshots, local=local, local_url=local_url))
         uvicorn.run(app, host=args.host, port=args.port, log_level=args.log_level, access_log=False,
                     loop="uvloop" if sys.platform != "win32" else "auto", timeout_graceful_shutdown=5)
     finally:

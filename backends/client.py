@@ -15,6 +15,7 @@ from collections.abc import AsyncIterator
 import httpx
 
 from catcache.backends.replicas import Replica, ReplicaSet
+from catcache.backends.tcp import transport
 from catcache.policy.schema import Backend
 
 log = logging.getLogger("catcache.backends")
@@ -59,8 +60,9 @@ class BackendClient:
         self.in_flight = 0  # requests awaiting this backend now: the adaptive policy's load signal
         self._health_interval_s = health_interval_s
         self._health: asyncio.Task | None = None
+        limits = httpx.Limits(max_connections=512, max_keepalive_connections=128)
         self._http = httpx.AsyncClient(timeout=httpx.Timeout(config.timeout, connect=5.0),
-                                       limits=httpx.Limits(max_connections=512, max_keepalive_connections=128))
+                                       transport=transport(limits))
 
     def target(self, path: str, query: str = "", base_url: str | None = None) -> str:
         """`/v1/chat/completions` -> the backend's base URL (which ends in /v1) + `/chat/completions`."""

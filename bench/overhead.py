@@ -1,12 +1,16 @@
 """What catcache itself costs: latency added to a miss, hit latency, and hits per second.
 
-    python -m bench.overhead [--queries 300] [--think-ms 0 --tokens-per-s 0]
+    python -m bench.overhead [--queries 300] [--think-ms 0 --tokens-per-s 0] [--baseline DIR]
 
-One run, through the OpenAI SDK, against the test backend in its own process:
+One run, through the OpenAI SDK, in front of two backends in their own process: the uvicorn test
+backend and a plain `http.server` one (`tests.plain_backend`: no TCP_NODELAY, response head and
+body written apart, as many small servers do). With `--baseline DIR`, a second catcache run from
+the source folder DIR (an older checkout) stands beside this one in every round:
 - miss: each round sends one new query straight to the backend and another new query through
-  catcache (embedding, both tiers, the backend call, the store), alternating, so both sides see
+  each proxy (embedding, both tiers, the backend call, the store), in turn, so all sides see
   the same machine load; the added latency is proxy minus direct at each percentile, the ratio
   proxy / direct. The backend answers at once by default, so the difference is all catcache's.
+- no-store: a new query with `Cache-Control: no-store`, the proxy's bare pass-through.
 - exact hit: the same queries again; semantic hit: each query in lower case (MiniLM is uncased,
   so the neighbour is found at similarity 1.0, but the exact tier misses).
 - throughput: exact and semantic hits on the warmed cache at concurrency 1, 8 and 32.
@@ -16,6 +20,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import random
 import time
 from pathlib import Path
@@ -27,6 +32,7 @@ from bench import output, replay, stack
 WORDS = ("amber basil cobalt dune ember fjord garnet harbor indigo juniper kelp lumen maple nimbus orchid pylon "
          "quartz raven saffron tundra umber vortex willow xenon yarrow zephyr anchor beacon cinder delta").split()
 CONCURRENCY = (1, 8, 32)
+NO_STORE = {"cache-control": "no-store"}
 
 
 def probes(n: int, seed: int = 7) -> list[str]:
@@ -51,39 +57,61 @@ async def hits_per_second(client: AsyncOpenAI, texts: list[str], concurrency: in
     return {"concurrency": concurrency, "requests": total, "hits": hits, "hits_per_s": round(hits / elapsed, 1)}
 
 
-async def measure(backend_url: str, proxy_url: str, n: int, total: int) -> dict:
-    texts = probes(2 * n)
-    direct_texts, proxied = texts[:n], texts[n:]
-    async with AsyncOpenAI(base_url=backend_url, api_key="bench", max_retries=0) as direct, \
-            AsyncOpenAI(base_url=proxy_url, api_key="bench", max_retries=0) as client:
+async def measure(backend_url: str, proxy_url: str, n: int, total: int, baseline_url: str | None = None,
+                  throughput: bool = True) -> dict:
+    """The figures for the proxy at `proxy_url` and, when given, a baseline proxy in front of the same
+    backend; each round asks the backend direct, then each proxy, so all see the same machine load."""
+    texts = probes(3 * n)
+    sides = {"catcache": proxy_url, **({"baseline": baseline_url} if baseline_url else {})}
+    async with contextlib.AsyncExitStack() as stack_:
+        direct = await stack_.enter_async_context(AsyncOpenAI(base_url=backend_url, api_key="bench", max_retries=0))
+        clients = {side: await stack_.enter_async_context(AsyncOpenAI(base_url=url, api_key="bench", max_retries=0))
+                   for side, url in sides.items()}
         for warm in probes(5, seed=99):  # model, connections and code paths warm
-            await replay.ask(client, warm)
             await replay.ask(direct, warm)
-        backend_ms, miss_ms, outcomes = [], [], []
-        for straight, through in zip(direct_texts, proxied):
-            backend_ms.append((await replay.ask(direct, straight)).latency_ms)
-            answer = await replay.ask(client, through)
-            miss_ms.append(answer.latency_ms)
-            outcomes.append(answer.outcome)
-        exact = [await replay.ask(client, text) for text in proxied]
-        semantic = [await replay.ask(client, text.lower()) for text in proxied]
-        throughput = {
+            for client in clients.values():
+                await replay.ask(client, warm)
+                await replay.ask(client.with_options(default_headers=NO_STORE), warm)
+        backend_ms: list[float] = []
+        miss: dict[str, list[replay.Answer]] = {side: [] for side in sides}
+        no_store: dict[str, list[replay.Answer]] = {side: [] for side in sides}
+        for i in range(n):
+            backend_ms.append((await replay.ask(direct, texts[i])).latency_ms)
+            for side, client in clients.items():
+                miss[side].append(await replay.ask(client, texts[n + i]))
+                no_store[side].append(await replay.ask(client.with_options(default_headers=NO_STORE), texts[2 * n + i]))
+        proxied = texts[n:2 * n]
+        exact = {side: [] for side in sides}
+        semantic = {side: [] for side in sides}
+        for text in proxied:
+            for side, client in clients.items():
+                exact[side].append(await replay.ask(client, text))
+                semantic[side].append(await replay.ask(client, text.lower()))
+        speeds = {side: {
             "exact": [await hits_per_second(client, proxied, c, total) for c in CONCURRENCY],
             "semantic": [await hits_per_second(client, [t.lower() for t in proxied], c, total) for c in CONCURRENCY],
-        }
-    direct_p, miss_p = output.percentiles(backend_ms, (50, 99)), output.percentiles(miss_ms, (50, 99))
-    return {
-        "miss": {"direct_ms": direct_p, "proxy_ms": miss_p,
-                 "added_ms": {p: round(miss_p[p] - direct_p[p], 3) for p in direct_p},
-                 "ratio": {p: round(miss_p[p] / direct_p[p], 3) for p in direct_p},
-                 "outcomes": {o: outcomes.count(o) for o in set(outcomes)}},
-        "exact_hit": {"ms": output.percentiles([a.latency_ms for a in exact if a.outcome == "hit-exact"], (50, 99)),
-                      "hits": sum(a.outcome == "hit-exact" for a in exact), "of": n},
-        "semantic_hit": {"ms": output.percentiles([a.latency_ms for a in semantic if a.outcome == "hit-semantic"],
-                                                  (50, 99)),
-                         "hits": sum(a.outcome == "hit-semantic" for a in semantic), "of": n},
-        "throughput": throughput,
-    }
+        } for side, client in clients.items()} if throughput else {}
+    direct_p = output.percentiles(backend_ms, (50, 99))
+    return {"direct_ms": direct_p, **{side: {
+        "miss": _added(direct_p, miss[side]),
+        "no_store": _added(direct_p, no_store[side]),
+        "exact_hit": _hits(exact[side], "hit-exact"),
+        "semantic_hit": _hits(semantic[side], "hit-semantic"),
+        "throughput": speeds.get(side),
+    } for side in sides}}
+
+
+def _added(direct_p: dict, answers: list[replay.Answer]) -> dict:
+    """Latency through the proxy, and what it adds to the direct call, at each percentile."""
+    proxy_p = output.percentiles([a.latency_ms for a in answers], (50, 99))
+    return {"proxy_ms": proxy_p, "added_ms": {p: round(proxy_p[p] - direct_p[p], 3) for p in direct_p},
+            "ratio": {p: round(proxy_p[p] / direct_p[p], 3) for p in direct_p},
+            "outcomes": {o: [a.outcome for a in answers].count(o) for o in {a.outcome for a in answers}}}
+
+
+def _hits(answers: list[replay.Answer], outcome: str) -> dict:
+    return {"ms": output.percentiles([a.latency_ms for a in answers if a.outcome == outcome], (50, 99)),
+            "hits": sum(a.outcome == outcome for a in answers), "of": len(answers)}
 
 
 def main() -> None:
@@ -92,26 +120,45 @@ def main() -> None:
     parser.add_argument("--requests", type=int, default=600, help="requests per throughput point")
     parser.add_argument("--think-ms", type=float, default=0)
     parser.add_argument("--tokens-per-s", type=float, default=0)
+    parser.add_argument("--servers", default="uvicorn,plain",
+                        help="backends to measure in front of: uvicorn (tests.backend), plain (tests.plain_backend); "
+                             "hits per second are measured in front of the first only")
+    parser.add_argument("--baseline", type=Path,
+                        help="a catcache source folder (e.g. an older checkout) to run side by side as the baseline")
     parser.add_argument("--policies", type=Path, default=stack.DEFAULT_POLICIES)
     parser.add_argument("--name", default="overhead")
     args = parser.parse_args()
-    with stack.backend(args.think_ms, args.tokens_per_s) as backend_url, \
-            stack.proxy(backend_url, args.policies) as running:
-        result = asyncio.run(measure(backend_url, running.base_url, args.queries, args.requests))
-    miss = result["miss"]
-    output.show("catcache overhead (ms)", ["measure", "p50", "p99"], [
-        ["backend direct", miss["direct_ms"]["p50"], miss["direct_ms"]["p99"]],
-        ["miss through catcache", miss["proxy_ms"]["p50"], miss["proxy_ms"]["p99"]],
-        ["added by catcache", miss["added_ms"]["p50"], miss["added_ms"]["p99"]],
-        ["ratio (x)", miss["ratio"]["p50"], miss["ratio"]["p99"]],
-        ["exact hit", result["exact_hit"]["ms"]["p50"], result["exact_hit"]["ms"]["p99"]],
-        ["semantic hit", result["semantic_hit"]["ms"]["p50"], result["semantic_hit"]["ms"]["p99"]],
-    ])
-    output.show("hits per second on a warmed cache", ["tier", *(f"c={c}" for c in CONCURRENCY)],
-                [[tier, *(p["hits_per_s"] for p in points)] for tier, points in result["throughput"].items()])
+    results = {}
+    for number, server in enumerate(args.servers.split(",")):
+        with contextlib.ExitStack() as running:
+            backend_url = running.enter_context(stack.backend(args.think_ms, args.tokens_per_s, server))
+            proxy = running.enter_context(stack.proxy(backend_url, args.policies))
+            baseline = running.enter_context(stack.proxy(backend_url, args.policies, source=args.baseline)) \
+                if args.baseline else None
+            results[server] = asyncio.run(measure(backend_url, proxy.base_url, args.queries, args.requests,
+                                                  baseline.base_url if baseline else None, throughput=number == 0))
+    for server, result in results.items():
+        sides = [side for side in ("baseline", "catcache") if side in result]
+        rows = [["backend direct", *[result["direct_ms"][p] for p in ("p50", "p99")] * len(sides)]]
+        for label, pick in [("miss through the proxy", lambda r: r["miss"]["proxy_ms"]),
+                            ("added to a miss", lambda r: r["miss"]["added_ms"]),
+                            ("miss ratio (x)", lambda r: r["miss"]["ratio"]),
+                            ("added, no-store pass-through", lambda r: r["no_store"]["added_ms"]),
+                            ("exact hit", lambda r: r["exact_hit"]["ms"]),
+                            ("semantic hit", lambda r: r["semantic_hit"]["ms"])]:
+            rows.append([label, *(pick(result[side])[p] for side in sides for p in ("p50", "p99"))])
+        output.show(f"overhead in front of the {server} backend (ms)",
+                    ["measure", *(f"{side} {p}" for side in sides for p in ("p50", "p99"))], rows)
+        speeds = [(side, tier, points) for side in sides if result[side]["throughput"]
+                  for tier, points in result[side]["throughput"].items()]
+        if speeds:
+            output.show(f"hits per second on a warmed cache ({server} backend)",
+                        ["proxy", "tier", *(f"c={c}" for c in CONCURRENCY)],
+                        [[side, tier, *(p["hits_per_s"] for p in points)] for side, tier, points in speeds])
     output.save(args.name, {"queries": args.queries, "backend": {"think_ms": args.think_ms,
                                                                  "tokens_per_s": args.tokens_per_s},
-                            "policies": str(args.policies), **result})
+                            "baseline": str(args.baseline) if args.baseline else None,
+                            "policies": str(args.policies), "servers": results})
 
 
 if __name__ == "__main__":

@@ -22,13 +22,17 @@ ROOT = Path(__file__).parents[1]
 DEFAULT_POLICIES = ROOT / "policies.yaml"
 
 
+SERVERS = {"uvicorn": "tests.backend", "plain": "tests.plain_backend"}
+
+
 @contextmanager
-def backend(think_ms: float, tokens_per_s: float) -> Iterator[str]:
-    """`python -m tests.backend` on a free port; yields its base URL (ending in /v1)."""
+def backend(think_ms: float, tokens_per_s: float, server: str = "uvicorn") -> Iterator[str]:
+    """`python -m tests.backend` (or `tests.plain_backend`) on a free port; yields its base URL (ending in /v1).
+    The plain server has no token rate: it answers whole after `think_ms`."""
     port = free_port()
+    rate = ["--tokens-per-s", str(tokens_per_s)] if server == "uvicorn" else []
     process = subprocess.Popen(
-        [sys.executable, "-m", "tests.backend", "--port", str(port), "--think-ms", str(think_ms),
-         "--tokens-per-s", str(tokens_per_s)],
+        [sys.executable, "-m", SERVERS[server], "--port", str(port), "--think-ms", str(think_ms), *rate],
         cwd=ROOT, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, preexec_fn=die_with_parent(),
     )
     try:
@@ -40,8 +44,9 @@ def backend(think_ms: float, tokens_per_s: float) -> Iterator[str]:
 
 
 @contextmanager
-def proxy(backend_url: str, policies: Path = DEFAULT_POLICIES) -> Iterator[ProxyProcess]:
-    """A fresh catcache (empty cache, its own embedded Redis) in front of `backend_url`.
+def proxy(backend_url: str, policies: Path = DEFAULT_POLICIES, source: Path | None = None) -> Iterator[ProxyProcess]:
+    """A fresh catcache (empty cache, its own embedded Redis) in front of `backend_url`; from the
+    source folder `source` (imported as `catcache`) instead of the installed one when given.
 
     Every backend of the policy (the small IC one too) is pointed at the test backend, so an IC
     answer costs a backend call here as it would in production instead of failing.
@@ -52,7 +57,12 @@ def proxy(backend_url: str, policies: Path = DEFAULT_POLICIES) -> Iterator[Proxy
             settings["url"] = backend_url
         pointed = Path(tmp) / "policies.yaml"
         pointed.write_text(yaml.safe_dump(policy))
-        process = ProxyProcess(backend_url, pointed, Path(tmp) / "data").start(timeout=180)
+        env = None
+        if source is not None:
+            (Path(tmp) / "path").mkdir()
+            (Path(tmp) / "path" / "catcache").symlink_to(Path(source).resolve())
+            env = {"PYTHONPATH": str(Path(tmp) / "path")}
+        process = ProxyProcess(backend_url, pointed, Path(tmp) / "data", env=env).start(timeout=180)
         try:
             yield process
         finally:

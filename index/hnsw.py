@@ -6,7 +6,10 @@ hit needs beyond that (the response, whether it is still alive) is one read from
 
 from __future__ import annotations
 
+import pickle
+import sys
 from dataclasses import dataclass
+from pathlib import Path
 
 import hnswlib
 import numpy as np
@@ -14,10 +17,16 @@ import numpy as np
 INITIAL_CAPACITY = 1024
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)  # slots: ~100 bytes less per cached entry
 class Entry:
     doc_id: str
     scope_key: str
+
+    @classmethod
+    def of(cls, doc_id: str, scope_key: str) -> Entry:
+        """An entry whose scope string is shared with every other entry of that scope (one tenant's
+        or conversation's entries repeat it), not one copy each: ~110 bytes less an entry."""
+        return cls(doc_id, sys.intern(scope_key))
 
 
 @dataclass(frozen=True)
@@ -32,8 +41,9 @@ class CategoryIndex:
     def __init__(self, dim: int, capacity: int = INITIAL_CAPACITY, ef: int = 64, m: int = 16):
         self.dim = dim
         self._graph = hnswlib.Index(space="ip", dim=dim)
-        self._graph.init_index(max_elements=capacity, ef_construction=200, M=m, allow_replace_deleted=True)
-        self._graph.set_ef(ef)
+        if capacity:
+            self._graph.init_index(max_elements=capacity, ef_construction=200, M=m, allow_replace_deleted=True)
+            self._graph.set_ef(ef)
         self._entries: dict[int, Entry] = {}
         self._labels: dict[str, int] = {}
         self._next_label = 0
@@ -87,3 +97,29 @@ class CategoryIndex:
         labels, distances = self._graph.knn_query(vector.reshape(1, -1), k=k)
         return [Neighbour(self._entries[int(label)], 1.0 - float(distance))
                 for label, distance in zip(labels[0], distances[0]) if int(label) in self._entries]
+
+    def save(self, graph_path: Path, entries_path: Path) -> None:
+        """Write the graph (hnswlib's own format) and the label -> entry map beside it.
+        The caller must keep the index unchanged meanwhile (reads are fine)."""
+        self._graph.save_index(str(graph_path))
+        labels = list(self._entries)
+        with open(entries_path, "wb") as out:
+            pickle.dump({"next_label": self._next_label, "labels": labels,
+                         "doc_ids": [self._entries[label].doc_id for label in labels],
+                         "scopes": [self._entries[label].scope_key for label in labels]},
+                        out, protocol=pickle.HIGHEST_PROTOCOL)
+
+    @classmethod
+    def load(cls, dim: int, graph_path: Path, entries_path: Path, ef: int = 64) -> CategoryIndex:
+        """An index as `save` wrote it; raises on a file that is damaged or of another dimension."""
+        index = cls(dim, capacity=0)
+        index._graph.load_index(str(graph_path), allow_replace_deleted=True)
+        index._graph.set_ef(ef)
+        with open(entries_path, "rb") as source:
+            saved = pickle.load(source)  # our own file, in our own data dir
+        index._next_label = saved["next_label"]
+        index._entries = {label: Entry.of(doc_id, scope)
+                          for label, doc_id, scope in zip(saved["labels"], saved["doc_ids"], saved["scopes"])}
+        index._labels = {entry.doc_id: label for label, entry in index._entries.items()}
+        index._deleted = index._graph.get_current_count() - len(index._entries)
+        return index

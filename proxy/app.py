@@ -34,6 +34,7 @@ from catcache.store.health import CacheUnavailable, RedisGuard
 
 log = logging.getLogger("catcache")
 SWEEP_EVERY_S = 60.0
+SNAPSHOT_EVERY_S = 300.0
 POLICY_POLL_S = 1.0
 
 
@@ -43,7 +44,8 @@ class Settings:
     policies: Path | None
     redis_url: str
     embedded: EmbeddedRedis | None = None  # stopped when the app shuts down (SIGTERM and SIGINT too)
-    local: LocalModel | None = None        # the bundled model, likewise
+    snapshots: Path | None = None  # where the semantic indexes are saved, for a fast restart
+    local: LocalModel | None = None  # the bundled model, stopped like the embedded Redis
     local_url: str | None = None
 
 
@@ -110,21 +112,25 @@ async def lifespan(app: FastAPI, settings: Settings) -> AsyncIterator[None]:
     state = ProxyState(
         live=await asyncio.to_thread(build_live, policy, embedder, settings.backend, None, settings.local_url),
         policy_path=settings.policies, backend_override=settings.backend, embedder=embedder, store=store,
-        guard=RedisGuard(redis), index=SemanticIndex(store, embedder.dim),
+        guard=RedisGuard(redis), index=SemanticIndex(store, embedder.dim, model=embedder.name),
         recorder=Recorder(redis, lambda: state.policy), local_url=settings.local_url)
-    await state.index.rebuild()
+    await state.index.start(settings.snapshots)
     app.state.proxy = state
     app.state.pipeline = CachePipeline(state)
     tasks = [asyncio.create_task(every(SWEEP_EVERY_S, lambda: state.guard.run(state.index.sweep(), timeout=30))),
              asyncio.create_task(follow_replicas(state))]
     if settings.policies is not None:
         tasks.append(asyncio.create_task(watch_policy(state, settings.policies)))
+    if settings.snapshots is not None:
+        tasks.append(asyncio.create_task(every(SNAPSHOT_EVERY_S, lambda: state.index.save_snapshot(settings.snapshots))))
     log.info("catcache ready: backend %s, redis %s", state.large().base_url, settings.redis_url)
     try:
         yield
     finally:
         for task in tasks:
             task.cancel()
+        if settings.snapshots is not None:
+            await state.index.save_snapshot(settings.snapshots)
         await state.recorder.close()
         for client in state.live.backends.values():
             await client.aclose()
@@ -146,12 +152,9 @@ async def every(seconds: float, job: Callable[[], Awaitable[object]]) -> None:
 
 async def follow_replicas(state: ProxyState) -> None:
     """Learn of entries other proxies add or evict, through the Redis event stream."""
-    after = None
     while True:
         try:
-            if after is None:
-                after = await state.guard.run(state.store.last_event_id())
-            after = await state.guard.run(state.index.follow(after), timeout=5.0)
+            await state.guard.run(state.index.follow(state.index.position), timeout=5.0)
         except CacheUnavailable:
             await asyncio.sleep(1.0)
 

@@ -209,6 +209,14 @@ class DocumentStore:
             if cursor == 0:
                 return
 
+    async def first_event_id(self) -> str:
+        """The oldest event the stream still holds ("0-0" when empty): older ones were trimmed."""
+        oldest = await self.redis.xrange(EVENTS, count=1)
+        return oldest[0][0].decode() if oldest else "0-0"
+
+    async def event_count(self) -> int:
+        return await self.redis.xlen(EVENTS)
+
     async def last_event_id(self) -> str:
         newest = await self.redis.xrevrange(EVENTS, count=1)
         return newest[0][0].decode() if newest else "0-0"

@@ -56,8 +56,8 @@ def test_replay_against_a_running_proxy(running: tuple[str, str]) -> None:
 
 
 def test_overhead_measures_misses_hits_and_throughput(running: tuple[str, str]) -> None:
-    result = asyncio.run(overhead.measure(*running, n=3, total=6))
-    assert result["miss"]["outcomes"] == {"miss": 3}
+    result = asyncio.run(overhead.measure(*running, n=3, total=6))["catcache"]
+    assert result["miss"]["outcomes"] == {"miss": 3} and result["no_store"]["outcomes"] == {"bypass": 3}
     assert result["exact_hit"]["hits"] == 3 and result["semantic_hit"]["hits"] == 3
     assert [p["concurrency"] for p in result["throughput"]["exact"]] == list(overhead.CONCURRENCY)
 
@@ -82,7 +82,8 @@ def test_interpolation_at_equal_false_hit_rate() -> None:
 def test_scale_on_a_small_index() -> None:
     result = scale.search_ms(200)
     assert result["search_ms"]["p50"] > 0 and result["bytes_per_entry"] >= 0
-    assert asyncio.run(scale.rebuild_s(200))["rebuilt"] == 200
+    rebuilt = asyncio.run(scale.rebuild_s(200))
+    assert rebuilt["rebuilt"] == 200 and rebuilt["restarted_with"] == 202
 
 
 def test_lookup_cost_on_a_small_index() -> None:

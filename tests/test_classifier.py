@@ -93,11 +93,18 @@ def test_a_rule_beats_a_closer_centroid(rules: Classifier, embedder: Embedder) -
     assert classify(rules, embedder, text) == Classification("weather", 1.0, "regex")
 
 
-@pytest.mark.parametrize("text", ["What is my bank balance today?", "Calculate my credit card interest",
-                                  "Why does my bank app throw an exception in Python?"])
+@pytest.mark.parametrize("text", ["What is my bank balance today?", "Calculate the interest on my credit card balance",
+                                  "Show my account transactions from today"])
 def test_never_cache_rules_beat_earlier_categories(shipped: Classifier, embedder: Embedder, text: str) -> None:
-    """time_sensitive, math and code come before personal in policies.yaml and match these too."""
+    """time_sensitive and math come before personal in policies.yaml and match these too."""
     assert classify(shipped, embedder, text) == Classification("personal", 1.0, "regex")
+
+
+@pytest.mark.parametrize("text", ["I still have not received my new card", "How do I reset my password?",
+                                  "Why does my bank app throw an exception in Python?", "Can I change my PIN online?"])
+def test_first_person_phrasing_is_not_personal(shipped: Classifier, embedder: Embedder, text: str) -> None:
+    """Personal means an answer that depends on the user's own data, not the word "my"."""
+    assert classify(shipped, embedder, text).category != "personal"
 
 
 def test_never_cache_model_beats_an_earlier_regex(rules: Classifier) -> None:
@@ -114,7 +121,7 @@ def test_header_names_a_category_or_one_of_its_values(rules: Classifier, shipped
 
 
 def test_a_header_cannot_override_a_never_cache_rule(shipped: Classifier, rules: Classifier) -> None:
-    assert shipped.by_rules(traits("Can you remind me of my password?", header="factual")) == \
+    assert shipped.by_rules(traits("What is my account balance?", header="factual")) == \
         Classification("personal", 1.0, "regex")
     found = rules.by_rules(traits("Hello", model="private-llm", header="chat"))
     assert found == Classification("private", 1.0, "model")

@@ -7,7 +7,7 @@ import asyncio
 import numpy as np
 import pytest
 
-from catcache.index.embedder import Embedder
+from catcache.index.embedder import Embedder, model_path
 
 
 @pytest.fixture(scope="module")
@@ -41,3 +41,30 @@ def test_concurrent_requests_share_model_calls(embedder, monkeypatch):
     vectors = asyncio.run(all_at_once())
     assert sum(batches) == len(texts) and len(batches) < len(texts) / 2, batches
     assert np.allclose(np.stack(vectors), encode(texts), atol=1e-5), "each request gets its own vector"
+
+
+def test_onnx_vectors_match_sentence_transformers_on_torch(embedder):
+    from sentence_transformers import SentenceTransformer
+
+    texts = ["How do I reverse a list in Python?", "what is the capital of australia", "ok",
+             "A much longer question, with punctuation; numbers like 3.14 and 42, and unusual words: "
+             "antidisestablishmentarianism, floccinaucinihilipilification."]
+    reference = SentenceTransformer(str(model_path("all-MiniLM-L6-v2")), device="cpu").encode(
+        texts, normalize_embeddings=True)
+    assert np.allclose((embedder.encode(texts) * reference).sum(1), 1.0, atol=1e-4)
+
+
+def test_a_huge_prompt_is_cut_to_the_model_window_without_losing_a_token(embedder):
+    """256 tokens are all the model reads: [CLS], 254 words, [SEP]; the other 4 million never get tokenized."""
+    huge, window = embedder.encode(["word " * 4_000_000, "word " * 254])
+    assert huge @ window > 0.99999
+
+
+def test_the_int8_model_stays_close_to_fp32(embedder):
+    quantised = Embedder("all-MiniLM-L6-v2:int8")
+    texts = ["How do I reverse a list in Python?", "What is the capital of Australia?"]
+    try:
+        assert quantised.dim == embedder.dim
+        assert ((quantised.encode(texts) * embedder.encode(texts)).sum(1) > 0.97).all()
+    finally:
+        quantised.close()

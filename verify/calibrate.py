@@ -65,7 +65,8 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("--stream", type=Path, action="append", default=[],
                         help='JSON lines in arrival order: {"text": ..., "group": ..., "answer": ...}; each query '
                              "is paired with its nearest earlier query and labeled by group (or agreeing answers); "
-                             "repeatable")
+                             "rows without answers next to a pairs.jsonl are labeled only where they form one of its "
+                             "pairs, as in the workloads; repeatable")
     parser.add_argument("--target-precision", type=float, required=True,
                         help="wanted share of correct answers among semantic hits, e.g. 0.98")
     parser.add_argument("--policies", type=Path, default=Path("policies.yaml"), help="policy file to start from")
@@ -89,7 +90,9 @@ def run(args: argparse.Namespace) -> int:
     pairs = [pair for path in args.pairs for pair in read_jsonl(path)]
     for path in args.stream:
         rows = read_jsonl(path)
-        pairs += neighbour_pairs(rows, encode, Grader.for_rows(rows))
+        beside = path.parent / "pairs.jsonl"
+        grader = Grader.for_rows(rows, read_jsonl(beside) if beside.exists() else [])
+        pairs += neighbour_pairs(rows, encode, grader)
     scored = score_pairs(policy, pairs, encode)
     choices = calibrate(policy, scored, args.target_precision, args.ceiling, args.uniform)
     out = args.out or args.policies.with_suffix(".calibrated.yaml")
