@@ -37,7 +37,8 @@ def _add_serve(commands: argparse._SubParsersAction) -> None:
     serve = commands.add_parser("serve", help="run the caching proxy",
                                 description="Run the caching proxy. Every flag can also be set as CATCACHE_<FLAG>.")
     serve.add_argument("--backend", default=_env("backend"),
-                       help="OpenAI-style base URL of the large backend, including /v1 (overrides policies.yaml)")
+                       help="OpenAI-style base URL of the large backend, including /v1 (overrides policies.yaml); "
+                            "`local`: the bundled SmolLM2-135M-Instruct on the CPU, also the default without one")
     serve.add_argument("--policies", default=_env("policies"),
                        help="policies.yaml (default: ./policies.yaml if present, else the built-in defaults)")
     serve.add_argument("--redis", default=_env("redis"),
@@ -97,6 +98,7 @@ def _log_to_stderr(level: str) -> None:
 def _serve(args: argparse.Namespace) -> int:
     import uvicorn
 
+    from catcache.backends.local import LOCAL, LocalModel, uses_local
     from catcache.policy.loader import PolicyError, load_policy
     from catcache.proxy.app import Settings, create_app
     from catcache.store.embedded import DataDirInUse, EmbeddedRedis, default_data_dir
@@ -108,31 +110,36 @@ def _serve(args: argparse.Namespace) -> int:
     except PolicyError as exc:
         print(f"catcache: the policy file is not valid:\n{exc}", file=sys.stderr)
         return 2
-    if not args.backend and policy.backend("large") is None:
-        print("catcache: no large backend: pass --backend URL or add one to policies.yaml", file=sys.stderr)
-        return 2
+    data_dir = Path(args.data_dir) if args.data_dir else default_data_dir()
+    backend = args.backend or (None if policy.backend("large") else LOCAL)
+    local = LocalModel(data_dir) if uses_local(policy, backend) else None
     embedded = None
     redis_url = args.redis or policy.redis_url
     if redis_url is None:
-        embedded = EmbeddedRedis(Path(args.data_dir) if args.data_dir else default_data_dir())
-        try:
-            redis_url = embedded.start()
-        except (DataDirInUse, RuntimeError) as exc:
-            print(f"catcache: {exc}", file=sys.stderr)
-            return 2
+        embedded = EmbeddedRedis(data_dir)
+    try:
+        redis_url = embedded.start() if embedded else redis_url
+        local_url = local.start() if local else None
+    except (DataDirInUse, RuntimeError) as exc:
+        print(f"catcache: {exc}", file=sys.stderr)
+        for child in (embedded, local):
+            if child is not None:
+                child.stop()
+        return 2
     try:
         from catcache.index import snapshot
 
-        snapshots = snapshot.directory(Path(args.data_dir) if args.data_dir else default_data_dir(),
-                                       None if embedded is not None else redis_url)
-        app = create_app(Settings(backend=args.backend, policies=policies, redis_url=redis_url, embedded=embedded,
-                                  snapshots=snapshots, backend_timeout=args.backend_timeout,
-                                  max_body_bytes=args.max_body_bytes, admin_token=args.admin_token or None))
+        snapshots = snapshot.directory(data_dir, None if embedded is not None else redis_url)
+        app = create_app(Settings(backend=backend, policies=policies, redis_url=redis_url, embedded=embedded,
+                                  snapshots=snapshots, local=local, local_url=local_url,
+                                  backend_timeout=args.backend_timeout, max_body_bytes=args.max_body_bytes,
+                                  admin_token=args.admin_token or None))
         uvicorn.run(app, host=args.host, port=args.port, log_level=args.log_level, access_log=False,
                     loop="uvloop" if sys.platform != "win32" else "auto", timeout_graceful_shutdown=5)
     finally:
-        if embedded is not None:
-            embedded.stop()  # when startup failed; after a normal start the app's shutdown stopped it
+        for child in (embedded, local):
+            if child is not None:
+                child.stop()  # when startup failed; after a normal start the app's shutdown stopped it
     return 0
 
 

