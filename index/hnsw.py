@@ -92,9 +92,16 @@ class CategoryIndex:
 
     def search(self, vector: np.ndarray, k: int) -> list[Neighbour]:
         k = min(k, len(self._entries))
-        if k == 0:
-            return []
-        labels, distances = self._graph.knn_query(vector.reshape(1, -1), k=k)
+        while True:
+            if k == 0:
+                return []
+            try:
+                labels, distances = self._graph.knn_query(vector.reshape(1, -1), k=k)
+                break
+            except RuntimeError:
+                # hnswlib found fewer than k live neighbours (seen under load with many identical
+                # vectors and deletions); ask for fewer rather than lose the semantic tier.
+                k //= 2
         return [Neighbour(self._entries[int(label)], 1.0 - float(distance))
                 for label, distance in zip(labels[0], distances[0]) if int(label) in self._entries]
 
