@@ -13,19 +13,14 @@ from __future__ import annotations
 import argparse
 import hashlib
 import json
-import unicodedata
 from collections.abc import Callable, Iterable
 from pathlib import Path
 
 import numpy as np
 
-from catcache.verify.labels import Grader, neighbour_pairs
+from catcache.verify.labels import Grader, neighbour_pairs, normalise
 
 TRAIN, HELDOUT = 0, 1
-
-
-def normalise(text: str) -> str:
-    return " ".join(unicodedata.normalize("NFKC", text).lower().split())
 
 
 def pair_half(a: str, b: str) -> int:
@@ -112,16 +107,15 @@ def training_pairs(workload: str | Path, encode: Callable[[list[str]], np.ndarra
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description="Write the training half's labeled and neighbour pairs, "
-                                                 "for `catcache calibrate --pairs`.")
-    parser.add_argument("--workload", type=Path, default=Path(__file__).parents[1] / "../shared/workloads/qqp-dev")
-    parser.add_argument("--out", type=Path, required=True)
+    parser = argparse.ArgumentParser(description="Write a workload's calibration half (stream.jsonl and pairs.jsonl) "
+                                                 "into a folder, for `catcache calibrate --stream FOLDER/stream.jsonl`.")
+    parser.add_argument("--workload", type=Path, default=Path(__file__).parents[1] / "../shared/workloads/comqa-dev")
+    parser.add_argument("--out", type=Path, required=True, help="a folder")
     args = parser.parse_args()
-    from catcache.index.embedder import Embedder
-
-    found = training_pairs(args.workload, Embedder().encode)
-    args.out.write_text("".join(json.dumps(p) + "\n" for p in found), encoding="utf-8")
-    print(f"{len(found)} half-{TRAIN} pairs -> {args.out}")
+    args.out.mkdir(parents=True, exist_ok=True)
+    for name, rows in (("stream", split_stream(args.workload, TRAIN)), ("pairs", labeled_pairs(args.workload, TRAIN))):
+        (args.out / f"{name}.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows), encoding="utf-8")
+        print(f"{len(rows)} half-{TRAIN} {name} rows -> {args.out / name}.jsonl")
 
 
 if __name__ == "__main__":

@@ -38,7 +38,7 @@ class Window:
     @classmethod
     async def load(cls, redis: Redis, since: str | float, now: float | None = None) -> Window:
         end = time.time() if now is None else now
-        start = end - seconds(since)
+        start = max(0.0, end - seconds(since))  # "since=99999999d" means all there is, not year -273788674
         found, thresholds = await buckets.read(redis, start, end)
         return cls(start, end, found, thresholds)
 

@@ -138,8 +138,8 @@ def test_model_path_and_code_rules(rules: Classifier, shipped: Classifier) -> No
         Classification("embeddings", 1.0, "path")
     assert rules.by_rules(traits("What is the weather?", path="/v1/completions")) == \
         Classification("weather", 1.0, "regex")
-    assert shipped.by_rules(traits("What does this print?", has_code=True)) == Classification("code", 1.0, "code")
-    assert shipped.by_rules(traits("What does this print?")) is None
+    assert shipped.by_rules(traits("Does this print anything?", has_code=True)) == Classification("code", 1.0, "code")
+    assert shipped.by_rules(traits("Does this print anything?")) is None
 
 
 # -- centroids ------------------------------------------------------------------------------------
@@ -190,12 +190,22 @@ def test_min_confidence_is_the_boundary(embedder: Embedder) -> None:
     assert classify(Classifier.build(stricter, embedder.encode), embedder, text).category == "default"
 
 
-@pytest.mark.parametrize(("text", "category"), [("What is the capital of Canada?", "factual"),
+@pytest.mark.parametrize(("text", "category"), [("Tell me the capital of Canada.", "factual"),
                                                 ("Hello, how are you doing?", "conversation")])
 def test_shipped_policy_routes_unruled_questions_by_centroid(shipped: Classifier, embedder: Embedder, text: str,
                                                              category: str) -> None:
     found = classify(shipped, embedder, text)
     assert (found.category, found.reason) == (category, "centroid")
+
+
+@pytest.mark.parametrize(("text", "category"), [
+    ("who won the rugby world cup in 1995?", "factual"), ("what is the main religion in iraq?", "factual"),
+    ("how many senators does georgia have?", "factual"), ("What is the best way to learn French?", "default"),
+    ("Which laptop should I buy?", "default")])
+def test_shipped_factual_rules_take_questions_about_the_world(shipped: Classifier, text: str, category: str) -> None:
+    """Questions about the world are factual by rule, not by luck; asks for advice or opinions are not."""
+    found = shipped.by_rules(traits(text))
+    assert (found.category if found else "default") == category
 
 
 def test_no_vector_or_no_exemplars_means_default(rules: Classifier, embedder: Embedder) -> None:

@@ -252,6 +252,8 @@ def test_proxy_serves_stats_and_metrics(proxy_factory, fresh_backend, redis_url,
     assert stats["total"]["requests"] == 3 and stats["total"]["rates"]["hit-exact"] == pytest.approx(2 / 3)
     assert stats["total"]["tokens_saved"] > 0
     assert httpx.get(f"{proxy.url}/stats", params={"since": "later"}).status_code == 400
+    everything = httpx.get(f"{proxy.url}/stats", params={"since": "99999999999d"})  # before the epoch: all there is
+    assert everything.status_code == 200 and everything.json()["total"]["requests"] == 3
 
     metrics = httpx.get(f"{proxy.url}/metrics")
     assert metrics.headers["content-type"].startswith("text/plain")
