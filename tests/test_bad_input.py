@@ -234,7 +234,11 @@ def test_fuzz_openai_routes(proxy) -> None:
 
 def test_fuzz_admin_routes(proxy) -> None:
     seen = admin_routes(proxy, FUZZ_EXAMPLES)
-    assert seen[200] and seen[401] and seen[403], seen
+    assert sum(seen.values()) >= FUZZ_EXAMPLES // 2 and seen[401], seen
+    # Whether the random headers ever carried the right token is luck; the three answers are not.
+    statuses = [send(proxy, "GET", "/stats", None, headers).status_code
+                for headers in ({}, {"authorization": "Bearer wrong"}, {"authorization": f"Bearer {TOKEN}"})]
+    assert statuses == [401, 403, 200]
 
 
 @pytest.mark.slow
