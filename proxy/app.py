@@ -141,7 +141,6 @@ async def lifespan(app: FastAPI, settings: Settings) -> AsyncIterator[None]:
     finally:
         for task in tasks:
             task.cancel()
-        await asyncio.gather(*tasks, return_exceptions=True)  # let them end before their clients close
         if settings.snapshots is not None:
             await state.index.save_snapshot(settings.snapshots)
         await state.recorder.close()
