@@ -20,8 +20,6 @@ from __future__ import annotations
 import argparse
 import asyncio
 import random
-import subprocess
-import sys
 import tempfile
 import time
 from collections.abc import Iterator
@@ -32,9 +30,8 @@ import httpx
 import yaml
 
 from bench import output
-from bench.stack import DEFAULT_POLICIES, ROOT
-from catcache.store.embedded import die_with_parent
-from tests.util import ProxyProcess, free_port, wait_http
+from bench.stack import DEFAULT_POLICIES, test_server
+from tests.util import ProxyProcess
 
 MODES = ("round-robin", "prefix")
 
@@ -42,18 +39,9 @@ MODES = ("round-robin", "prefix")
 @contextmanager
 def replica(args: argparse.Namespace) -> Iterator[str]:
     """One test backend with a prefix cache, in its own process; yields its base URL."""
-    port = free_port()
-    process = subprocess.Popen(
-        [sys.executable, "-m", "tests.backend", "--port", str(port), "--think-ms", str(args.think_ms),
-         "--prefix-ms", str(args.prefix_ms), "--prefix-slots", str(args.slots)],
-        cwd=ROOT, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, preexec_fn=die_with_parent(),
-    )
-    try:
-        wait_http(f"http://127.0.0.1:{port}/v1/models", process=process)
-        yield f"http://127.0.0.1:{port}/v1"
-    finally:
-        process.terminate()
-        process.wait(10)
+    with test_server("tests.backend", "--think-ms", str(args.think_ms), "--prefix-ms", str(args.prefix_ms),
+                           "--prefix-slots", str(args.slots)) as url:
+        yield url
 
 
 def workload(args: argparse.Namespace) -> list[dict]:

@@ -29,10 +29,17 @@ SERVERS = {"uvicorn": "tests.backend", "plain": "tests.plain_backend"}
 def backend(think_ms: float, tokens_per_s: float, server: str = "uvicorn") -> Iterator[str]:
     """`python -m tests.backend` (or `tests.plain_backend`) on a free port; yields its base URL (ending in /v1).
     The plain server has no token rate: it answers whole after `think_ms`."""
-    port = free_port()
     rate = ["--tokens-per-s", str(tokens_per_s)] if server == "uvicorn" else []
+    with test_server(SERVERS[server], "--think-ms", str(think_ms), *rate) as url:
+        yield url
+
+
+@contextmanager
+def test_server(module: str, *args: str) -> Iterator[str]:
+    """`python -m MODULE --port PORT ARGS...` in its own process until /v1/models answers; yields its base URL."""
+    port = free_port()
     process = subprocess.Popen(
-        [sys.executable, "-m", SERVERS[server], "--port", str(port), "--think-ms", str(think_ms), *rate],
+        [sys.executable, "-m", module, "--port", str(port), *args],
         cwd=ROOT, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, preexec_fn=die_with_parent(),
     )
     try:
