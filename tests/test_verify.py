@@ -90,6 +90,9 @@ def test_unknown_verifier():
      "which country has the largest land area in the eastern hemisphere?", "opposite east-west"),
     ("when did michael jackson and lisa presley marry?", "when did michael jackson and lisa presley divorce?",
      "opposite marriage"),
+    ("Do men expect too much from women?", "Do women expect too much from men?", "roles swapped: men/women"),
+    ("How do I move money from savings to checking?", "How do I move money from checking to savings?",
+     "roles swapped: saving/check"),
 ])
 def test_lexical_guard_refuses_what_changes_the_answer(query, candidate, reason):
     verdict = load_verifier("lexical-guard").check(query, candidate, 0.96, 0.5)
@@ -103,6 +106,11 @@ def test_lexical_guard_refuses_what_changes_the_answer(query, candidate, reason)
     ("what was george orwell's wife's name?", "who was george orwells wife?"),            # the axis is not in both... same end
     ("what is the capital of canada's largest province?", "what is the capital city of the largest province of canada?"),
     ("I still have not received my new card", "My new card has not arrived yet"),        # negation on both sides
+    ("What is the difference between Python and Java?", "What is the difference between Java and Python?"),
+    ("What is the difference between a web developer and a web designer?",
+     "What is the difference between web designer and web developer?"),                # a symmetric relation
+    ("What is the capital of France?", "What is France's capital?"),                      # a possessive
+    ("How do I learn Python for data science?", "For data science, how do I learn Python?"),  # a moved clause
 ])
 def test_lexical_guard_lets_paraphrases_through(query, candidate):
     assert load_verifier("lexical-guard").check(query, candidate, 0.95, 0.5).accepted

@@ -8,6 +8,7 @@ exactly those cases, and a few set operations over the two word lists find them 
 from __future__ import annotations
 
 import re
+from difflib import SequenceMatcher
 from dataclasses import dataclass
 
 import numpy as np
@@ -17,6 +18,8 @@ from catcache.verify import question
 _WORD = re.compile(r"[A-Za-z]+(?:'[a-z]+)?|\d+(?:[.,]\d+)*")
 _OPENERS = frozenset(".?!:;([{\"'\u201c\u2018")
 _NEGATIONS = frozenset({"not", "no", "never", "none", "nothing", "nobody", "without", "cannot", "neither", "nor"})
+_SAME_SENTENCE = 0.85  # difflib ratio of the two word lists once the exchanged words are put back
+_LINKS = frozenset({"and", "or", "nor", "vs", "versus", "v", "a", "an", "the", "of"})
 _ASKS = ("how", "why", "what", "when", "where", "who", "which", "whom", "whose",
          "is", "are", "can", "could", "should", "would", "will", "do", "does", "did")
 _STOP = frozenset("""
@@ -84,6 +87,7 @@ class PairDiff:
     kind_query: str = ""            # the kind of answer asked for (question.answer_kind)
     kind_candidate: str = ""
     axis: str = ""                  # an axis both use at different ends ("east-west"), or ""
+    swapped: tuple[str, ...] = ()   # two words that trade places around a relation ("men", "women")
 
     @property
     def kinds_differ(self) -> bool:
@@ -92,6 +96,43 @@ class PairDiff:
     @property
     def numbers_differ(self) -> bool:
         return self.numbers_query != self.numbers_candidate
+
+
+def swapped_roles(query: list[str], candidate: list[str]) -> tuple[str, ...]:
+    """Two words that trade places in otherwise the same sentence: "do men expect too much from
+    women" against "do women expect too much from men", "from the UK to the USA" against "from the
+    USA to the UK". Exchanging them back must make the two texts nearly the same, and more than
+    "and" / "or" must stand between them, so "Java and Python" for "Python and Java" passes, as do
+    paraphrases that reorder a whole question ("what county is the smallest in Arizona")."""
+    stems_query, stems_candidate = [stem(w) for w in query], [stem(w) for w in candidate]
+    shared = ({s for s, w in zip(stems_query, query) if w not in _STOP and w.isalpha()}
+              & {s for s, w in zip(stems_candidate, candidate) if w not in _STOP and w.isalpha()})
+    order_query, order_candidate = _order(stems_query, shared), _order(stems_candidate, shared)
+    moved = [i for i, (a, b) in enumerate(zip(order_query, order_candidate)) if a != b]
+    if len(moved) != 2:
+        return ()
+    first, second = order_query[moved[0]], order_query[moved[1]]
+    if (order_candidate[moved[0]], order_candidate[moved[1]]) != (second, first):
+        return ()
+    exchange = {first: second, second: first}
+    restored = [exchange.get(s, s) for s in stems_candidate]
+    if SequenceMatcher(None, stems_query, restored, autojunk=False).ratio() < _SAME_SENTENCE:
+        return ()
+    if not (_related(query, stems_query, first, second) and _related(candidate, stems_candidate, first, second)):
+        return ()
+    return first, second
+
+
+def _order(stems: list[str], shared: set[str]) -> list[str]:
+    """The shared content stems in the order they first occur."""
+    return list(dict.fromkeys(s for s in stems if s in shared))
+
+
+def _related(tokens: list[str], stems: list[str], first: str, second: str) -> bool:
+    """Whether a relation stands between the two words: more than "and", "or", "of", an article,
+    or a word the text repeats ("web developer and web designer")."""
+    i, j = sorted((stems.index(first), stems.index(second)))
+    return any(t not in _LINKS and (t in _STOP or tokens.count(t) == 1) for t in tokens[i + 1:j])
 
 
 def diff(query: str, candidate: str) -> PairDiff:
@@ -106,7 +147,7 @@ def diff(query: str, candidate: str) -> PairDiff:
     return PairDiff(frozenset(cq - cc), frozenset(cc - cq), frozenset(cq & cc), nq, nc,
                     frozenset(n for n in names if stem(n) not in cq & cc), negq != negc,
                     _ask(wq), _ask(wc), len(wq), len(wc), question.answer_kind(query),
-                    question.answer_kind(candidate), question.opposite_axis(qq, qc))
+                    question.answer_kind(candidate), question.opposite_axis(qq, qc), swapped_roles(wq, wc))
 
 
 FEATURES = ("similarity", "content_jaccard", "only_query", "only_candidate", "only_max",

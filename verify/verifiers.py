@@ -58,6 +58,8 @@ def difference(d: PairDiff) -> str:
         return f"asks for a {d.kind_query} vs a {d.kind_candidate}"
     if d.axis:
         return f"opposite {d.axis}"
+    if d.swapped:
+        return f"roles swapped: {'/'.join(d.swapped)}"
     if d.ask_query != d.ask_candidate:
         return f"asks differ: {d.ask_query or '-'} vs {d.ask_candidate or '-'}"
     if d.only_query or d.only_candidate:
@@ -98,8 +100,8 @@ class NoVerifier(Checks):
 
 class LexicalGuard(Checks):
     """Refuse when the queries differ in a number or ordinal, a name, a negation, the kind of
-    answer they ask for (when / where / who / how many) or the end of an axis (east / west, born /
-    died); no training needed.
+    answer they ask for (when / where / who / how many), the end of an axis (east / west, born /
+    died) or who does what to whom (two words trade places); no training needed.
 
     These are the differences an embedding averages away and an answer never survives.
     """
@@ -108,7 +110,7 @@ class LexicalGuard(Checks):
 
     def score(self, query: str, candidate: str, similarity: float) -> float:
         d = diff(query, candidate)
-        refused = d.numbers_differ or d.names_differ or d.negation_differs or d.kinds_differ or d.axis
+        refused = d.numbers_differ or d.names_differ or d.negation_differs or d.kinds_differ or d.axis or d.swapped
         return 0.0 if refused else 1.0
 
 
