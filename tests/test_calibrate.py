@@ -3,12 +3,13 @@
 from __future__ import annotations
 
 import argparse
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
 
-from catcache.verify.calibrate import (Scored, add_parser, calibrate, false_rate_bound, lowest_threshold, rates,
-                                      run, write_thresholds)
+from catcache.verify.calibrate import (Scored, add_parser, calibrate, false_rate_bound, label_noise, lowest_threshold,
+                                      rates, run, write_thresholds)
 from catcache.policy.loader import load_policy, parse_policy
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -46,6 +47,20 @@ def test_a_short_threshold_never_drops_the_pair_it_was_chosen_at():
 def test_refused_pairs_never_count():
     rows = scored((200, 0.99, True), (200, 0.98, True)) + [Scored("factual", 0.985, False, False)] * 50
     assert lowest_threshold(rows, 0.98) == 0.98
+
+
+def test_label_errors_are_estimated_on_near_identical_pairs():
+    noisy = scored((190, 0.995, True), (10, 0.995, False), (200, 0.95, True))
+    assert 0.02 < label_noise(noisy) < 0.05                                   # 5% seen, lower bound
+    assert label_noise(scored((20, 0.995, True), (5, 0.995, False))) == 0.0   # too few to say
+    assert label_noise(scored((300, 0.995, True), (300, 0.95, False))) == 0.0  # clean labels
+
+
+def test_expected_label_errors_are_forgiven_before_certifying():
+    rows = scored((400, 0.98, True), (400, 0.93, True), (24, 0.93, False))    # 3% "different" at 0.93
+    assert lowest_threshold(rows, 0.98) == 0.98
+    forgiving = [replace(s, label_noise=0.03) for s in rows]
+    assert lowest_threshold(forgiving, 0.98) == 0.93
 
 
 def test_few_pairs_fall_back_to_the_pooled_threshold():

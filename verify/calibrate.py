@@ -10,6 +10,15 @@ pairs certify no threshold gets the one certified on all pairs pooled; no thresh
 0.995, where only case and punctuation variants of a cached text would hit. The result is
 written into a copy of the policy file with only the `threshold:` values changed, so comments
 and layout survive.
+
+Labels have errors too, and a labeled set whose errors exceed 1 - precision could certify no
+threshold at all, however good the cache. Each source's error rate is estimated where the answer
+is not in doubt: pairs at cosine 0.99 or more that the verifier accepts (the same question, up to
+case, punctuation or a word of filler). The lower end of its confidence interval is the share of
+"different" labels a perfect cache would still get there, and that many expected label errors are
+forgiven among a threshold's accepted pairs before its false-hit rate is certified. Clean labels
+(ComQA's: none such) change nothing; QQP's (4% of its labeled pairs at 0.99 are marked different,
+and 5 of 46 pairs identical up to punctuation) stop pinning every category at the ceiling.
 """
 
 from __future__ import annotations
@@ -19,7 +28,7 @@ import json
 import math
 import re
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import numpy as np
@@ -27,13 +36,15 @@ from rich.console import Console
 from rich.table import Table
 
 from catcache.categories.classifier import Classifier, RequestTraits
-from catcache.verify.labels import Grader, neighbour_pairs
+from catcache.verify.labels import Grader, neighbour_pairs, normalise
 from catcache.verify.verifiers import load_verifier
 from catcache.policy.loader import load_policy
 from catcache.policy.schema import Policy
 
 CONFIDENCE_Z = 1.2816  # one-sided 90%
 CEILING = 0.995
+NEAR_IDENTICAL = 0.99  # at this cosine a verified pair asks the same question: a "different" label is an error
+MIN_NEAR_IDENTICAL = 30  # fewer near-identical pairs estimate no label errors at all
 OVERALL = "overall"
 
 
@@ -43,6 +54,7 @@ class Scored:
     similarity: float
     verified: bool    # the category's verifier accepts (True when verification is off)
     equivalent: bool
+    label_noise: float = 0.0  # the estimated share of wrong "different" labels in this pair's source
 
 
 @dataclass(frozen=True)
@@ -72,6 +84,8 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("--policies", type=Path, default=Path("policies.yaml"), help="policy file to start from")
     parser.add_argument("--out", type=Path, help="where to write the calibrated copy (default: <policies>.calibrated.yaml)")
     parser.add_argument("--uniform", action="store_true", help="one threshold for every category, for comparison")
+    parser.add_argument("--trust-labels", action="store_true",
+                        help="count every 'different' label as a false hit (no label-error estimate)")
     parser.add_argument("--ceiling", type=float, default=CEILING,
                         help=f"highest threshold to write (default {CEILING}): above it the semantic tier "
                              "would only see case and punctuation variants of a cached text")
@@ -87,13 +101,20 @@ def run(args: argparse.Namespace) -> int:
 
     policy = load_policy(args.policies)
     encode = Embedder(policy.embedding_model).encode
-    pairs = [pair for path in args.pairs for pair in read_jsonl(path)]
+    sources = {path: read_jsonl(path) for path in args.pairs}
     for path in args.stream:
         rows = read_jsonl(path)
         beside = path.parent / "pairs.jsonl"
         grader = Grader.for_rows(rows, read_jsonl(beside) if beside.exists() else [])
-        pairs += neighbour_pairs(rows, encode, grader)
-    scored = score_pairs(policy, pairs, encode)
+        sources[path] = neighbour_pairs(rows, encode, grader)
+    scored = []
+    for path, pairs in sources.items():
+        mine = score_pairs(policy, pairs, encode)
+        labeled = [s for s, pair in zip(mine, pairs) if normalise(pair["a"]) != normalise(pair["b"])]
+        noise = 0.0 if args.trust_labels else label_noise(labeled)
+        print(f"{path}: {len(pairs)} labeled pairs, label errors estimated at {noise:.1%}")
+        scored += [replace(s, label_noise=noise) for s in mine]
+    pairs = [pair for found in sources.values() for pair in found]
     choices = calibrate(policy, scored, args.target_precision, args.ceiling, args.uniform)
     out = args.out or args.policies.with_suffix(".calibrated.yaml")
     text = write_thresholds(args.policies.read_text(encoding="utf-8"),
@@ -136,27 +157,43 @@ def rates(scored: list[Scored], threshold: float) -> tuple[float, float]:
             wrong / len(accepted) if accepted else 0.0)
 
 
-def false_rate_bound(wrong: int, accepted: int, z: float = CONFIDENCE_Z) -> float:
+def false_rate_bound(wrong: float, accepted: int, z: float = CONFIDENCE_Z) -> float:
     """Upper Wilson bound of a false-hit rate seen as wrong / accepted: how bad it may really be,
     so a threshold backed by 20 pairs is not trusted like one backed by 2,000."""
-    if accepted == 0:
-        return 1.0
-    seen, spread = wrong / accepted, z * z / accepted
-    margin = z * math.sqrt(seen * (1 - seen) / accepted + spread / (4 * accepted))
+    return _wilson(wrong, accepted, z) if accepted else 1.0
+
+
+def _wilson(wrong: float, total: int, z: float) -> float:
+    """The Wilson score bound of the rate wrong / total: upper for z > 0, lower for z < 0."""
+    seen, spread = wrong / total, z * z / total
+    margin = z * math.sqrt(seen * (1 - seen) / total + spread / (4 * total))
     return (seen + spread / 2 + margin) / (1 + spread)
+
+
+def label_noise(scored: list[Scored]) -> float:
+    """How often this source labels the same question "different": the lower Wilson bound of that
+    share among verified pairs at NEAR_IDENTICAL or above (0 with too few of them), so noise is
+    never overestimated into false hits that go uncounted. Pass only pairs whose label came from
+    the source: identical texts are right by definition and would dilute the estimate."""
+    near = [s for s in scored if s.verified and s.similarity >= NEAR_IDENTICAL]
+    if len(near) < MIN_NEAR_IDENTICAL:
+        return 0.0
+    return max(0.0, _wilson(sum(not s.equivalent for s in near), len(near), -CONFIDENCE_Z))
 
 
 def lowest_threshold(scored: list[Scored], target_precision: float) -> float | None:
     """The lowest threshold whose false-hit rate on `scored` is certified within 1 - precision
-    (false_rate_bound); None when none is. It is written short: rounded down to the fewest
-    decimals that admit no pair below the lowest one it accepts."""
+    (false_rate_bound, after forgiving the label errors each pair's source is expected to have);
+    None when none is. It is written short: rounded down to the fewest decimals that admit no
+    pair below the lowest one it accepts."""
     allowed = 1.0 - target_precision
     accepted = sorted((s for s in scored if s.verified), key=lambda s: -s.similarity)
-    best, below, wrong = None, -math.inf, 0
+    best, below, wrong, forgiven = None, -math.inf, 0, 0.0
     for count, s in enumerate(accepted, start=1):
         wrong += not s.equivalent
+        forgiven += s.label_noise
         next_lower = accepted[count].similarity if count < len(accepted) else -math.inf
-        if false_rate_bound(wrong, count) <= allowed + 1e-12 and next_lower < s.similarity:
+        if false_rate_bound(max(0.0, wrong - forgiven), count) <= allowed + 1e-12 and next_lower < s.similarity:
             best, below = s.similarity, next_lower
     if best is None:
         return None
