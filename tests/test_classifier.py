@@ -201,7 +201,9 @@ def test_shipped_policy_routes_unruled_questions_by_centroid(shipped: Classifier
 @pytest.mark.parametrize(("text", "category"), [
     ("who won the rugby world cup in 1995?", "factual"), ("what is the main religion in iraq?", "factual"),
     ("how many senators does georgia have?", "factual"), ("What is the best way to learn French?", "default"),
-    ("Which laptop should I buy?", "default")])
+    ("Which laptop should I buy?", "default"), ("belgrade is the capital of which european country?", "factual"),
+    ("name the songs written by miley cyrus?", "factual"), ("How do I know which laptop to buy?", "default"),
+    ("who won the cricket champions trophy 2008-09?", "factual"), ("What is 12 - 5?", "math")])
 def test_shipped_factual_rules_take_questions_about_the_world(shipped: Classifier, text: str, category: str) -> None:
     """Questions about the world are factual by rule, not by luck; asks for advice or opinions are not."""
     found = shipped.by_rules(traits(text))
