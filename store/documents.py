@@ -107,7 +107,6 @@ class DocumentStore:
     def __init__(self, redis: Redis | RedisCluster, origin: str):
         self.redis = redis
         self.origin = origin  # this proxy's id, so it skips its own events when following the stream
-        self._touch = redis.register_script(TOUCH)
 
     async def get_many(self, doc_ids: list[str]) -> list[Document | None]:
         async with self.redis.pipeline(transaction=False) as pipe:
@@ -122,12 +121,28 @@ class DocumentStore:
     async def touch(self, doc: Document, eviction: str) -> None:
         """Count a hit: the entry's use count, and its score for LRU or LFU eviction; nothing if
         the entry has gone since it was read."""
-        if not await self._touch(keys=[doc_key(doc.doc_id)]):
+        await self.touch_many([(doc, eviction)])
+
+    async def touch_many(self, hits: list[tuple[Document, str]]) -> None:
+        """`touch` for many hits in two round trips: the entries first, then the category sets of
+        those still alive (an entry and its category's set may live on different cluster nodes)."""
+        if not hits:
             return
-        if eviction == "lfu":
-            await self.redis.zincrby(category_key(doc.category), 1, doc.doc_id)
-        else:
-            await self.redis.zadd(category_key(doc.category), {doc.doc_id: time.time()})
+        async with self.redis.pipeline(transaction=False) as pipe:
+            for doc, _ in hits:
+                pipe.eval(TOUCH, 1, doc_key(doc.doc_id))
+            alive = await pipe.execute()
+        counted = [hit for hit, ok in zip(hits, alive) if ok]
+        if not counted:
+            return
+        now = time.time()
+        async with self.redis.pipeline(transaction=False) as pipe:
+            for doc, eviction in counted:
+                if eviction == "lfu":
+                    pipe.zincrby(category_key(doc.category), 1, doc.doc_id)
+                else:
+                    pipe.zadd(category_key(doc.category), {doc.doc_id: now})
+            await pipe.execute()
 
     async def put(self, doc: Document, ttl: float, eviction: str, quota: int) -> list[str]:
         """Store `doc` for `ttl` seconds; return the ids evicted to keep the category within `quota`."""
