@@ -13,8 +13,9 @@ the source folder DIR (an older checkout) stands beside this one in every round:
 - no-store: a new query with `Cache-Control: no-store`, the proxy's bare pass-through.
 - exact hit: the same queries again; semantic hit: each query in lower case (MiniLM is uncased,
   so the neighbour is found at similarity 1.0, but the exact tier misses).
-- throughput: exact and semantic hits on the warmed cache at concurrency 1, 8 and 32, with the CPU
-  time the proxy process (all threads) and the benchmark's own client spent per request.
+- throughput: exact and semantic hits on the warmed cache at concurrency 1, 8 and 32, the sides
+  taking turns point by point, with the CPU time the proxy process (all threads) and the
+  benchmark's own client spent per request.
 """
 
 from __future__ import annotations
@@ -106,12 +107,7 @@ async def measure(backend_url: str, proxy_url: str, n: int, total: int, baseline
             for side, client in clients.items():
                 exact[side].append(await replay.ask(client, text))
                 semantic[side].append(await replay.ask(client, text.lower()))
-        pid = (pids or {}).get
-        speeds = {side: {
-            "exact": [await hits_per_second(client, proxied, c, total, pid(side)) for c in CONCURRENCY],
-            "semantic": [await hits_per_second(client, [t.lower() for t in proxied], c, total, pid(side))
-                         for c in CONCURRENCY],
-        } for side, client in clients.items()} if throughput else {}
+        speeds = await _throughput(clients, proxied, total, pids or {}) if throughput else {}
     direct_p = output.percentiles(backend_ms, (50, 99))
     return {"direct_ms": direct_p, **{side: {
         "miss": _added(direct_p, miss[side]),
@@ -120,6 +116,17 @@ async def measure(backend_url: str, proxy_url: str, n: int, total: int, baseline
         "semantic_hit": _hits(semantic[side], "hit-semantic"),
         "throughput": speeds.get(side),
     } for side in sides}}
+
+
+async def _throughput(clients: dict[str, AsyncOpenAI], texts: list[str], total: int, pids: dict[str, int]) -> dict:
+    """Hits per second of each side at each concurrency and tier, the sides taking turns point by
+    point, so a change in the machine's load falls on both alike."""
+    speeds: dict[str, dict[str, list[dict]]] = {side: {"exact": [], "semantic": []} for side in clients}
+    for concurrency in CONCURRENCY:
+        for tier, asked in (("exact", texts), ("semantic", [t.lower() for t in texts])):
+            for side, client in clients.items():
+                speeds[side][tier].append(await hits_per_second(client, asked, concurrency, total, pids.get(side)))
+    return speeds
 
 
 def _added(direct_p: dict, answers: list[replay.Answer]) -> dict:
