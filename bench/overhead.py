@@ -13,7 +13,9 @@ the source folder DIR (an older checkout) stands beside this one in every round:
 - no-store: a new query with `Cache-Control: no-store`, the proxy's bare pass-through.
 - exact hit: the same queries again; semantic hit: each query in lower case (MiniLM is uncased,
   so the neighbour is found at similarity 1.0, but the exact tier misses).
-- throughput: exact and semantic hits on the warmed cache at concurrency 1, 8 and 32.
+- throughput: exact and semantic hits on the warmed cache at concurrency 1, 8 and 32, the sides
+  taking turns point by point, with the CPU time the proxy process (all threads) and the
+  benchmark's own client spent per request.
 """
 
 from __future__ import annotations
@@ -21,6 +23,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
+import os
 import random
 import time
 from pathlib import Path
@@ -41,8 +44,11 @@ def probes(n: int, seed: int = 7) -> list[str]:
     return [f"Question {i}: what links {' and '.join(rng.sample(WORDS, 4))}?" for i in range(n)]
 
 
-async def hits_per_second(client: AsyncOpenAI, texts: list[str], concurrency: int, total: int) -> dict:
-    """Send `total` requests cycling over `texts`, `concurrency` at a time."""
+async def hits_per_second(client: AsyncOpenAI, texts: list[str], concurrency: int, total: int,
+                          pid: int | None = None) -> dict:
+    """Send `total` requests cycling over `texts`, `concurrency` at a time. With the proxy's `pid`,
+    also the CPU time it spent per request, all threads (the model's too): on a machine the client
+    shares, hits per second are the machine's, and this is what the proxy itself costs."""
     queue = iter(range(total))
     outcomes: list[str] = []
 
@@ -50,15 +56,29 @@ async def hits_per_second(client: AsyncOpenAI, texts: list[str], concurrency: in
         for i in queue:
             outcomes.append((await replay.ask(client, texts[i % len(texts)])).outcome)
 
+    cpu_before, client_before = cpu_seconds(pid), time.process_time()
     started = time.perf_counter()
     await asyncio.gather(*(worker() for _ in range(concurrency)))
     elapsed = time.perf_counter() - started
     hits = sum(o in replay.HITS for o in outcomes)
-    return {"concurrency": concurrency, "requests": total, "hits": hits, "hits_per_s": round(hits / elapsed, 1)}
+    point = {"concurrency": concurrency, "requests": total, "hits": hits, "hits_per_s": round(hits / elapsed, 1),
+             "client_cpu_ms_per_request": round((time.process_time() - client_before) / total * 1000, 3)}
+    if pid is not None:
+        point["proxy_cpu_ms_per_request"] = round((cpu_seconds(pid) - cpu_before) / total * 1000, 3)
+    return point
+
+
+def cpu_seconds(pid: int | None) -> float:
+    """User and system CPU time of process `pid` so far (Linux /proc), 0 when unknown."""
+    try:
+        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    except (OSError, TypeError):
+        return 0.0
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
 async def measure(backend_url: str, proxy_url: str, n: int, total: int, baseline_url: str | None = None,
-                  throughput: bool = True) -> dict:
+                  throughput: bool = True, pids: dict[str, int] | None = None) -> dict:
     """The figures for the proxy at `proxy_url` and, when given, a baseline proxy in front of the same
     backend; each round asks the backend direct, then each proxy, so all see the same machine load."""
     texts = probes(3 * n)
@@ -87,10 +107,7 @@ async def measure(backend_url: str, proxy_url: str, n: int, total: int, baseline
             for side, client in clients.items():
                 exact[side].append(await replay.ask(client, text))
                 semantic[side].append(await replay.ask(client, text.lower()))
-        speeds = {side: {
-            "exact": [await hits_per_second(client, proxied, c, total) for c in CONCURRENCY],
-            "semantic": [await hits_per_second(client, [t.lower() for t in proxied], c, total) for c in CONCURRENCY],
-        } for side, client in clients.items()} if throughput else {}
+        speeds = await _throughput(clients, proxied, total, pids or {}) if throughput else {}
     direct_p = output.percentiles(backend_ms, (50, 99))
     return {"direct_ms": direct_p, **{side: {
         "miss": _added(direct_p, miss[side]),
@@ -99,6 +116,17 @@ async def measure(backend_url: str, proxy_url: str, n: int, total: int, baseline
         "semantic_hit": _hits(semantic[side], "hit-semantic"),
         "throughput": speeds.get(side),
     } for side in sides}}
+
+
+async def _throughput(clients: dict[str, AsyncOpenAI], texts: list[str], total: int, pids: dict[str, int]) -> dict:
+    """Hits per second of each side at each concurrency and tier, the sides taking turns point by
+    point, so a change in the machine's load falls on both alike."""
+    speeds: dict[str, dict[str, list[dict]]] = {side: {"exact": [], "semantic": []} for side in clients}
+    for concurrency in CONCURRENCY:
+        for tier, asked in (("exact", texts), ("semantic", [t.lower() for t in texts])):
+            for side, client in clients.items():
+                speeds[side][tier].append(await hits_per_second(client, asked, concurrency, total, pids.get(side)))
+    return speeds
 
 
 def _added(direct_p: dict, answers: list[replay.Answer]) -> dict:
@@ -128,6 +156,7 @@ def main() -> None:
     parser.add_argument("--policies", type=Path, default=stack.DEFAULT_POLICIES)
     parser.add_argument("--name", default="overhead")
     args = parser.parse_args()
+    load_start = os.getloadavg()  # 1, 5, 15 minutes: the machine is shared
     results = {}
     for number, server in enumerate(args.servers.split(",")):
         with contextlib.ExitStack() as running:
@@ -135,8 +164,10 @@ def main() -> None:
             proxy = running.enter_context(stack.proxy(backend_url, args.policies))
             baseline = running.enter_context(stack.proxy(backend_url, args.policies, source=args.baseline)) \
                 if args.baseline else None
+            pids = {"catcache": proxy.process.pid, **({"baseline": baseline.process.pid} if baseline else {})}
             results[server] = asyncio.run(measure(backend_url, proxy.base_url, args.queries, args.requests,
-                                                  baseline.base_url if baseline else None, throughput=number == 0))
+                                                  baseline.base_url if baseline else None, throughput=number == 0,
+                                                  pids=pids))
     for server, result in results.items():
         sides = [side for side in ("baseline", "catcache") if side in result]
         rows = [["backend direct", *[result["direct_ms"][p] for p in ("p50", "p99")] * len(sides)]]
@@ -155,7 +186,11 @@ def main() -> None:
             output.show(f"hits per second on a warmed cache ({server} backend)",
                         ["proxy", "tier", *(f"c={c}" for c in CONCURRENCY)],
                         [[side, tier, *(p["hits_per_s"] for p in points)] for side, tier, points in speeds])
-    output.save(args.name, {"queries": args.queries, "backend": {"think_ms": args.think_ms,
+            output.show(f"CPU ms per request: the proxy (all its threads) / the benchmark's client ({server} backend)",
+                        ["proxy", "tier", *(f"c={c}" for c in CONCURRENCY)],
+                        [[side, tier, *(f"{p.get('proxy_cpu_ms_per_request')} / {p['client_cpu_ms_per_request']}"
+                                        for p in points)] for side, tier, points in speeds])
+    output.save(args.name, {"queries": args.queries, "load_average": {"start": load_start, "end": os.getloadavg()}, "backend": {"think_ms": args.think_ms,
                                                                  "tokens_per_s": args.tokens_per_s},
                             "baseline": str(args.baseline) if args.baseline else None,
                             "policies": str(args.policies), "servers": results})

@@ -7,15 +7,17 @@ the model's window before tokenizing, so an 8 MB prompt costs what a page does.
 
 The model runs in one worker thread so the event loop never blocks. While it encodes one batch,
 texts from new requests queue up; the next run takes them all at once. Batching adds no wait
-when the worker is idle, and throughput grows with concurrency because one call on 16 texts
-costs far less than 16 calls on one.
+when the worker is idle. The thread takes texts from a queue and hands each batch's vectors back
+with one `call_soon_threadsafe`, the fewest hops between the loop and the thread.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
-from concurrent.futures import ThreadPoolExecutor
+import queue
+import threading
 from pathlib import Path
 
 import numpy as np
@@ -79,9 +81,9 @@ class Embedder:
         self._session = onnxruntime.InferenceSession(str(onnx_model(directory, int8=name.endswith(INT8_SUFFIX))),
                                                      options, providers=["CPUExecutionProvider"])
         self.dim: int = int(self.encode(["dimension probe"]).shape[1])
-        self._worker = ThreadPoolExecutor(max_workers=1, thread_name_prefix="embedder")
-        self._pending: list[tuple[str, asyncio.Future]] = []
-        self._running = False
+        self._queue: queue.SimpleQueue[tuple[str, asyncio.Future] | None] = queue.SimpleQueue()
+        self._worker: threading.Thread | None = None
+        self._closed = False
 
     def encode(self, texts: list[str], batch_size: int = MAX_BATCH) -> np.ndarray:
         if not texts:
@@ -107,30 +109,51 @@ class Embedder:
         return self._session.run(None, {name: feed[name] for name in INPUTS})[0]
 
     async def embed(self, text: str) -> np.ndarray:
+        if self._closed:
+            raise RuntimeError("the embedder is closed")
         future = asyncio.get_running_loop().create_future()
-        self._pending.append((text, future))
-        if not self._running:
-            self._running = True
-            asyncio.create_task(self._drain())
+        if self._worker is None:
+            # A daemon, started on first use: batch jobs that only `encode` never start it or wait for it.
+            self._worker = threading.Thread(target=self._serve, name="embedder", daemon=True)
+            self._worker.start()
+        self._queue.put((text, future))
         return await future
 
-    async def _drain(self) -> None:
-        loop = asyncio.get_running_loop()
-        try:
-            while self._pending:
-                batch, self._pending = self._pending[:MAX_BATCH], self._pending[MAX_BATCH:]
-                try:
-                    vectors = await loop.run_in_executor(self._worker, self.encode, [t for t, _ in batch])
-                except Exception as exc:  # noqa: BLE001 - every waiter must learn of the failure
-                    for _, future in batch:
-                        if not future.done():
-                            future.set_exception(exc)
-                    continue
-                for (_, future), vector in zip(batch, vectors):
-                    if not future.done():
-                        future.set_result(vector)
-        finally:
-            self._running = False
+    def _serve(self) -> None:
+        """The worker thread: encode whatever has queued up as one batch, until `close`."""
+        while (first := self._queue.get()) is not None:
+            batch = [first]
+            while len(batch) < MAX_BATCH and (item := _next_or_none(self._queue)) is not None:
+                batch.append(item)
+            try:
+                results: list = list(self.encode([text for text, _ in batch]))
+            except Exception as exc:  # noqa: BLE001 - every waiter must learn of the failure
+                results = [exc] * len(batch)
+            for (_, future), result in zip(batch, results):
+                with contextlib.suppress(RuntimeError):  # its loop has closed: nobody waits any more
+                    future.get_loop().call_soon_threadsafe(_settle, future, result)
 
     def close(self) -> None:
-        self._worker.shutdown(wait=False, cancel_futures=True)
+        self._closed = True
+        self._queue.put(None)
+
+
+def _next_or_none(waiting: queue.SimpleQueue) -> tuple[str, asyncio.Future] | None:
+    """The next queued text without waiting, None if there is none; a close stays queued."""
+    try:
+        item = waiting.get_nowait()
+    except queue.Empty:
+        return None
+    if item is None:
+        waiting.put(None)
+    return item
+
+
+def _settle(future: asyncio.Future, result: np.ndarray | Exception) -> None:
+    """On the waiter's event loop: its vector or the batch's error, unless it was cancelled meanwhile."""
+    if future.done():
+        return
+    if isinstance(result, Exception):
+        future.set_exception(result)
+    else:
+        future.set_result(result)

@@ -143,6 +143,7 @@ async def lifespan(app: FastAPI, settings: Settings) -> AsyncIterator[None]:
             task.cancel()
         if settings.snapshots is not None:
             await state.index.save_snapshot(settings.snapshots)
+        await app.state.pipeline.hits.close()
         await state.recorder.close()
         for client in state.live.backends.values():
             await client.aclose()

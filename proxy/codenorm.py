@@ -502,8 +502,23 @@ _WEAK = re.compile(r"""
 """, re.X)
 
 
+# Canonicalising a request asks about its query twice (its text, then whether it has code), and
+# popular queries come again and again; the guess parses the text with `ast`, the dearest step of
+# an exact hit's own code. Short texts' answers are kept: 1,024 of at most 2 KB each.
+REMEMBERED_CHARS = 2048
+
+
 def looks_like_code(text: str) -> bool:
     """A cheap guess that unfenced text is source code rather than prose."""
+    return _remembered_guess(text) if len(text) <= REMEMBERED_CHARS else _guess(text)
+
+
+@functools.lru_cache(maxsize=1024)
+def _remembered_guess(text: str) -> bool:
+    return _guess(text)
+
+
+def _guess(text: str) -> bool:
     if _STRONG.search(text):
         return True
     if sum(1 for line in text.split("\n") if _WEAK.search(line)) >= 2:

@@ -37,6 +37,7 @@ from catcache.proxy.state import ProxyState
 from catcache.reports.record import RequestRecord
 from catcache.store.documents import Document
 from catcache.store.health import CacheUnavailable
+from catcache.store.hits import HitCounter
 
 log = logging.getLogger("catcache.proxy")
 NEIGHBOURS = 8
@@ -81,6 +82,7 @@ class Found:
 class CachePipeline:
     def __init__(self, state: ProxyState):
         self.state = state
+        self.hits = HitCounter(state.store, state.guard)
 
     async def handle(self, request: Request, endpoint: str) -> Response:
         exchange = await self._parse(request, endpoint)
@@ -207,7 +209,7 @@ class CachePipeline:
                     continue
                 if name != exchange.category and time.time() - doc.created > rules.ttl:
                     continue  # alive under its own category's TTL, too old for this query's
-                verdict = await self._verify(exchange, rules, doc, neighbour.similarity)
+                verdict = self._verify(exchange, rules, doc, neighbour.similarity)
                 if verdict is None:
                     exchange.similarity = neighbour.similarity
                     return doc, []
@@ -227,14 +229,15 @@ class CachePipeline:
         return mine.model_copy(update={"threshold": max(mine.threshold, other.threshold),
                                        "ttl": min(mine.ttl, other.ttl), "verify": verify})
 
-    async def _verify(self, exchange: Exchange, rules: Category, doc: Document, similarity: float) -> str | None:
+    def _verify(self, exchange: Exchange, rules: Category, doc: Document, similarity: float) -> str | None:
         """None to serve `doc`, else the reason it was refused."""
         settings = rules.verify
         if not settings.enabled or settings.verifier == "none":
             return None
-        verifier = load_verifier(settings.verifier)
-        verdict = await asyncio.to_thread(verifier.check, exchange.canon.query_text, doc.query, similarity,
-                                          settings.threshold)
+        # On the event loop: the verifiers are pure Python of ~0.1 ms (bench/README, section 6), which
+        # holds the GIL in a worker thread too, and a hop to one and back cost more than the check.
+        verdict = load_verifier(settings.verifier).check(exchange.canon.query_text, doc.query, similarity,
+                                                         settings.threshold)
         return None if verdict.accepted else verdict.reason
 
     def _relief(self, policy: Policy) -> float:
@@ -243,10 +246,7 @@ class CachePipeline:
     # -- answers -----------------------------------------------------------------------------
 
     async def _serve(self, exchange: Exchange, doc: Document, outcome: str) -> Response:
-        try:
-            await self.state.guard.run(self.state.store.touch(doc, exchange.policy.eviction))
-        except CacheUnavailable:
-            pass  # the hit is still good; only its use count is lost
+        self.hits.add(doc, exchange.policy.eviction)  # counted in the background, in batches
         response = dict(doc.response, id=fresh_id(exchange.endpoint))
         self._record(exchange, outcome, doc.latency_ms, response.get("usage"))
         headers = self._headers(exchange, outcome, doc.doc_id)

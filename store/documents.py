@@ -95,6 +95,11 @@ class Document:
         )
 
 
+def _flat(doc: Document) -> list[bytes | str | float]:
+    """The entry's fields and values, alternating, as the WRITE script takes them."""
+    return [item for pair in doc.to_redis().items() for item in pair]
+
+
 def doc_key(doc_id: str) -> str:
     return f"{PREFIX}doc:{{{doc_id}}}"
 
@@ -107,7 +112,6 @@ class DocumentStore:
     def __init__(self, redis: Redis | RedisCluster, origin: str):
         self.redis = redis
         self.origin = origin  # this proxy's id, so it skips its own events when following the stream
-        self._touch = redis.register_script(TOUCH)
 
     async def get_many(self, doc_ids: list[str]) -> list[Document | None]:
         async with self.redis.pipeline(transaction=False) as pipe:
@@ -122,19 +126,41 @@ class DocumentStore:
     async def touch(self, doc: Document, eviction: str) -> None:
         """Count a hit: the entry's use count, and its score for LRU or LFU eviction; nothing if
         the entry has gone since it was read."""
-        if not await self._touch(keys=[doc_key(doc.doc_id)]):
+        await self.touch_many([(doc, eviction)])
+
+    async def touch_many(self, hits: list[tuple[Document, str]]) -> None:
+        """`touch` for many hits in two round trips: the entries first, then the category sets of
+        those still alive (an entry and its category's set may live on different cluster nodes)."""
+        if not hits:
             return
-        if eviction == "lfu":
-            await self.redis.zincrby(category_key(doc.category), 1, doc.doc_id)
-        else:
-            await self.redis.zadd(category_key(doc.category), {doc.doc_id: time.time()})
+        async with self.redis.pipeline(transaction=False) as pipe:
+            for doc, _ in hits:
+                pipe.eval(TOUCH, 1, doc_key(doc.doc_id))
+            alive = await pipe.execute()
+        counted = [hit for hit, ok in zip(hits, alive) if ok]
+        if not counted:
+            return
+        now = time.time()
+        async with self.redis.pipeline(transaction=False) as pipe:
+            for doc, eviction in counted:
+                if eviction == "lfu":
+                    pipe.zincrby(category_key(doc.category), 1, doc.doc_id)
+                else:
+                    pipe.zadd(category_key(doc.category), {doc.doc_id: now})
+            await pipe.execute()
 
     async def put(self, doc: Document, ttl: float, eviction: str, quota: int) -> list[str]:
         """Store `doc` for `ttl` seconds; return the ids evicted to keep the category within `quota`."""
         key, members = doc_key(doc.doc_id), category_key(doc.category)
         score = 1.0 if eviction == "lfu" else time.time()
-        await self._write(key, doc, ttl)
+        one_server = not isinstance(self.redis, RedisCluster)
+        if not one_server:
+            await self._write(key, doc, ttl)
         async with self.redis.pipeline(transaction=False) as pipe:
+            if one_server:
+                # One server runs a pipeline in order, so the entry is still written before it is
+                # listed and announced, in one round trip instead of two.
+                pipe.eval(WRITE, 1, key, max(1, int(ttl * 1000)), *_flat(doc))
             pipe.zadd(members, {doc.doc_id: score})
             pipe.zcard(members)
             pipe.xadd(EVENTS, self._event("add", doc.doc_id, doc.category), maxlen=EVENTS_MAXLEN, approximate=True)
@@ -151,12 +177,11 @@ class DocumentStore:
     async def _write(self, key: str, doc: Document, ttl: float) -> None:
         """The entry in one script; on a cluster, in one pipeline with a WAIT on the entry's node,
         which the pipeline sends on the connection that wrote (WAIT counts that connection's writes)."""
-        fields = [item for pair in doc.to_redis().items() for item in pair]
         cluster = isinstance(self.redis, RedisCluster)
         if cluster:
             await self.redis.initialize()  # learns the slot map on first use; then a no-op
         async with self.redis.pipeline(transaction=False) as pipe:
-            pipe.eval(WRITE, 1, key, max(1, int(ttl * 1000)), *fields)
+            pipe.eval(WRITE, 1, key, max(1, int(ttl * 1000)), *_flat(doc))
             if cluster:
                 pipe.execute_command("WAIT", 1, WAIT_MS, target_nodes=self.redis.get_node_from_key(key))
             await pipe.execute()

@@ -37,7 +37,8 @@ class RedisGuard:
                 call.close()
             raise CacheUnavailable("redis is down")
         try:
-            return await asyncio.wait_for(call, timeout or self.timeout)
+            async with asyncio.timeout(timeout or self.timeout):  # unlike wait_for, no task per call
+                return await call
         except (RedisError, OSError, asyncio.TimeoutError) as exc:
             self.mark_down(exc)
             raise CacheUnavailable(str(exc) or type(exc).__name__) from exc

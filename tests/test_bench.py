@@ -16,7 +16,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from bench import feedback, lookup_cost, overhead, peers, replay, scale, stack
+from bench import feedback, lookup_cost, overhead, peers, profile, replay, scale, stack
 from bench.heldout import read_jsonl
 from bench.output import RESULTS
 
@@ -84,6 +84,19 @@ def test_scale_on_a_small_index() -> None:
     assert result["search_ms"]["p50"] > 0 and result["bytes_per_entry"] >= 0
     rebuilt = asyncio.run(scale.rebuild_s(200))
     assert rebuilt["rebuilt"] == 200 and rebuilt["restarted_with"] == 202
+
+
+def test_profile_groups_py_spy_samples(tmp_path: Path) -> None:
+    raw = tmp_path / "samples.txt"
+    raw.write_text(
+        "Thread._bootstrap (threading.py:1);Embedder._run (embedder.py:2);Session.run (ort.py:3) 6\n"
+        "_run_code (<frozen runpy>:1);Runner.run (asyncio/runners.py:1) 2\n"
+        "_run_code (<frozen runpy>:1);CachePipeline.handle (pipeline.py:1);get_many (redis/client.py:9) 1\n"
+        "_run_code (<frozen runpy>:1);H11Protocol.data_received (h11_impl.py:1) 1\n")
+    assert profile.shares(raw) == {"onnxruntime forward pass (embedder thread)": 60.0,
+                                   "the event loop itself (uvloop's C: polling, callbacks, socket reads)": 20.0,
+                                   "Redis: client code and reply parsing": 10.0,
+                                   "uvicorn, Starlette/FastAPI and middleware outside the pipeline": 10.0}
 
 
 def test_lookup_cost_on_a_small_index() -> None:

@@ -43,6 +43,18 @@ def test_concurrent_requests_share_model_calls(embedder, monkeypatch):
     assert np.allclose(np.stack(vectors), encode(texts), atol=1e-5), "each request gets its own vector"
 
 
+def test_a_failed_model_call_reaches_every_waiter_and_the_worker_goes_on(embedder, monkeypatch):
+    encode = embedder.encode
+    monkeypatch.setattr(embedder, "encode", lambda batch, **kwargs: 1 / 0)
+
+    async def failing() -> list:
+        return await asyncio.gather(*(embedder.embed(f"q {i}") for i in range(5)), return_exceptions=True)
+
+    assert all(isinstance(r, ZeroDivisionError) for r in asyncio.run(failing()))
+    monkeypatch.setattr(embedder, "encode", encode)
+    assert asyncio.run(embedder.embed("still answering")).shape == (embedder.dim,)
+
+
 def test_onnx_vectors_match_sentence_transformers_on_torch(embedder):
     from sentence_transformers import SentenceTransformer
 

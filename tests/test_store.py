@@ -8,6 +8,8 @@ import pytest
 from redis.asyncio import Redis
 
 from catcache.store.documents import Document, DocumentStore, category_key, doc_key
+from catcache.store.health import RedisGuard
+from catcache.store.hits import HitCounter
 
 from .util import run_with_store
 
@@ -55,6 +57,24 @@ def test_touch_counts_a_hit_and_keeps_the_ttl(redis_url: str, eviction: str) -> 
             assert score == 2.0
         else:
             assert score is not None and score >= before
+
+    run_with_store(redis_url, scenario)
+
+
+def test_hit_counter_writes_queued_hits_in_batches(redis_url: str) -> None:
+    """Hits queued while a write is in flight are all counted, a gone entry's not at all."""
+    async def scenario(store: DocumentStore, redis: Redis, category: str) -> None:
+        live, gone = document(category, f"{category}-a"), document(category, f"{category}-gone")
+        await store.put(live, ttl=60, eviction="lfu", quota=10)
+        counter = HitCounter(store, RedisGuard(redis))
+        for _ in range(5):
+            counter.add(live, "lfu")
+            counter.add(gone, "lfu")
+        await counter.close()
+        stored = await store.get(live.doc_id)
+        assert stored is not None and stored.hits == 5
+        assert await redis.zscore(category_key(category), live.doc_id) == 6.0
+        assert await redis.exists(doc_key(gone.doc_id)) == 0
 
     run_with_store(redis_url, scenario)
 
