@@ -154,6 +154,9 @@ def main() -> None:
     parser.add_argument("--baseline", type=Path,
                         help="a catcache source folder (e.g. an older checkout) to run side by side as the baseline")
     parser.add_argument("--policies", type=Path, default=stack.DEFAULT_POLICIES)
+    parser.add_argument("--baseline-policies", type=Path,
+                        help="the baseline's policy file (default: --policies); with --baseline . it compares two "
+                             "policies, e.g. the int8 embedder against the default, on the same code")
     parser.add_argument("--name", default="overhead")
     args = parser.parse_args()
     load_start = os.getloadavg()  # 1, 5, 15 minutes: the machine is shared
@@ -162,8 +165,8 @@ def main() -> None:
         with contextlib.ExitStack() as running:
             backend_url = running.enter_context(stack.backend(args.think_ms, args.tokens_per_s, server))
             proxy = running.enter_context(stack.proxy(backend_url, args.policies))
-            baseline = running.enter_context(stack.proxy(backend_url, args.policies, source=args.baseline)) \
-                if args.baseline else None
+            baseline = running.enter_context(stack.proxy(backend_url, args.baseline_policies or args.policies,
+                                                         source=args.baseline)) if args.baseline else None
             pids = {"catcache": proxy.process.pid, **({"baseline": baseline.process.pid} if baseline else {})}
             results[server] = asyncio.run(measure(backend_url, proxy.base_url, args.queries, args.requests,
                                                   baseline.base_url if baseline else None, throughput=number == 0,
@@ -193,7 +196,8 @@ def main() -> None:
     output.save(args.name, {"queries": args.queries, "load_average": {"start": load_start, "end": os.getloadavg()}, "backend": {"think_ms": args.think_ms,
                                                                  "tokens_per_s": args.tokens_per_s},
                             "baseline": str(args.baseline) if args.baseline else None,
-                            "policies": str(args.policies), "servers": results})
+                            "policies": str(args.policies),
+                            "baseline_policies": str(args.baseline_policies or args.policies), "servers": results})
 
 
 if __name__ == "__main__":

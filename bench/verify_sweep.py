@@ -51,10 +51,11 @@ class Replayed:
 def prepare(stream: list[dict], policies: Path, grader: Grader) -> Replayed:
     from catcache.index.embedder import Embedder
 
-    embedder = Embedder()
+    policy = load_policy(policies)
+    embedder = Embedder(policy.embedding_model)
     texts = [q["text"] for q in stream]
     vectors = embedder.encode(texts)
-    classifier = Classifier.build(load_policy(policies), embedder.encode)
+    classifier = Classifier.build(policy, embedder.encode)
     categories = [
         classifier.classify(RequestTraits("gpt-4o-mini", "/v1/chat/completions", None, t, "```" in t), v).category
         for t, v in zip(texts, vectors)
