@@ -16,11 +16,18 @@ through a fresh `catcache serve` per arm, one arm after the other:
 - adaptive: no IC band, the policy's `adaptive` block enabled;
 - ic-capped+adaptive: both.
 
+With --rate the queries arrive open loop instead, at seeded Poisson times (the same in every arm),
+as users do: a closed loop of 32 clients keeps the large backend's queue full whatever is
+offloaded (a client served early just asks again), so there offloading buys throughput, not
+latency; at a fixed arrival rate it shortens the queue.
+
 Every answer is graded by whether it contains the query's gold answer (bench.ic.correct); hits are
 graded by the workload's labels as bench/replay.py does. A near miss is a request the proxy found
 a neighbour for in its category's IC band: an IC answer, or a miss with similarity >= ic.low.
+Requests ask for log-probabilities, so each IC answer's confidence is kept with it.
 
-    python -m bench.ic_load --limit 600           # --arms off,ic to run fewer
+    python -m bench.ic_load --limit 1000                 # closed loop, concurrency 32
+    python -m bench.ic_load --limit 1000 --rate 8.2      # open loop
 """
 
 from __future__ import annotations
@@ -38,6 +45,8 @@ import httpx
 import numpy as np
 import yaml
 
+from openai import AsyncOpenAI
+
 from bench import output, replay, stack
 from bench.heldout import HELDOUT, labeled_pairs, split_stream
 from bench.ic import SYSTEM, correct, gold_sentence
@@ -47,7 +56,7 @@ from catcache.verify.labels import Grader
 WORKLOAD = Path(__file__).parents[1] / "../shared/workloads/comqa-dev"
 ARMS = {"off": (False, False, False), "ic": (True, False, False), "ic-capped": (True, True, False),
         "adaptive": (False, False, True), "ic-capped+adaptive": (True, True, True)}  # (IC, capped, adaptive)
-SAMPLING = {"max_tokens": 32, "temperature": 0}
+SAMPLING = {"max_tokens": 32, "temperature": 0, "logprobs": True}
 CHAT = "/v1/chat/completions"
 
 
@@ -109,7 +118,23 @@ def summarize(queries: list[dict], answers: list[replay.Answer], policy: dict, g
         if answered else None,
         "hits": hits["hits"], "hit_rate": hits["hit_rate"], "false_hits": hits["false"],
         "false_hit_rate": hits["false_hit_rate"],
+        "near_miss_items": [{"query": q["text"], "outcome": a.outcome, "similarity": a.similarity,
+                             "logprob": a.logprob, "reply": a.reply, "right": correct(a.reply, q["answer"])}
+                            for q, a in zip(queries, answers) if near_miss(a, categories)],
     }
+
+
+async def send_at_rate(base_url: str, texts: list[str], rate: float, seed: int) -> list[replay.Answer]:
+    """Open loop: query i leaves at its seeded Poisson arrival time, answered or not the ones before."""
+    starts = np.cumsum(np.random.default_rng(seed).exponential(1 / rate, len(texts)))
+    async with AsyncOpenAI(base_url=base_url, api_key="catcache-bench", max_retries=0, timeout=300) as client:
+        began = time.perf_counter()
+
+        async def one(i: int) -> replay.Answer:
+            await asyncio.sleep(max(0.0, began + starts[i] - time.perf_counter()))
+            return await replay.ask(client, texts[i], replay.MODEL, SYSTEM, **SAMPLING)
+
+        return list(await asyncio.gather(*(one(i) for i in range(len(texts)))))
 
 
 def large_calls(url: str) -> int:
@@ -133,13 +158,14 @@ def probe_small(url: str, queries: list[dict], n: int = 3) -> dict:
 
 
 def run_arm(name: str, policy: dict, queries: list[dict], grader: Grader, large_url: str,
-            concurrency: int) -> dict:
+            concurrency: int, rate: float | None, seed: int) -> dict:
     load_before = os.getloadavg()
     with stack.served(policy) as proxy:
         before = large_calls(large_url)
         started = time.perf_counter()
-        answers = asyncio.run(replay.send_all(proxy.base_url, [q["text"] for q in queries], concurrency,
-                                              system=SYSTEM, **SAMPLING))
+        texts = [q["text"] for q in queries]
+        answers = asyncio.run(send_at_rate(proxy.base_url, texts, rate, seed) if rate else
+                              replay.send_all(proxy.base_url, texts, concurrency, system=SYSTEM, **SAMPLING))
         seconds = time.perf_counter() - started
         calls = large_calls(large_url) - before
     result = summarize(queries, answers, policy, grader, calls, seconds)
@@ -149,7 +175,7 @@ def run_arm(name: str, policy: dict, queries: list[dict], grader: Grader, large_
     return result
 
 
-def show(results: dict[str, dict]) -> None:
+def show(title: str, results: dict[str, dict]) -> None:
     rows = []
     for name, r in results.items():
         lat = r["latency_ms"]
@@ -157,7 +183,7 @@ def show(results: dict[str, dict]) -> None:
                      r["ic_answers"], output.fmt(r["ic_share_of_near_misses"]), output.fmt(r["ic_correct"]),
                      output.fmt(lat["p50"], 0), output.fmt(lat["p99"], 0), r["hits"],
                      output.fmt(r["false_hit_rate"], 3), output.fmt(r["answers_correct"], 3)])
-    output.show("IC and adaptive under load (ComQA measurement half)",
+    output.show(title,
                 ["arm", "requests", "req/s", "to large", "near misses", "IC answers", "IC share", "IC right",
                  "p50 ms", "p99 ms", "hits", "false-hit", "answers right"], rows)
 
@@ -167,7 +193,9 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--workload", type=Path, default=WORKLOAD)
     parser.add_argument("--limit", type=int, default=600, help="the first N queries of the measurement half")
     parser.add_argument("--arms", default="off,ic,ic-capped,adaptive", help=f"comma-separated, of {', '.join(ARMS)}")
-    parser.add_argument("--concurrency", type=int, default=32)
+    parser.add_argument("--concurrency", type=int, default=32, help="clients of the closed loop")
+    parser.add_argument("--rate", type=float, help="open loop instead: Poisson arrivals at this many per second")
+    parser.add_argument("--seed", type=int, default=13, help="of the open loop's arrival times")
     parser.add_argument("--think-ms", type=float, default=400, help="the large backend's time to first token")
     parser.add_argument("--tokens-per-s", type=float, default=50, help="the large backend's token rate")
     parser.add_argument("--slots", type=int, default=4, help="the large backend's concurrent generations")
@@ -199,15 +227,18 @@ def main(argv: list[str] | None = None) -> None:
             for name in arms:
                 ic, capped, adaptive = ARMS[name]
                 policy = arm_policy(base, large, small_url, ic, args.small_full_at if capped else None, adaptive)
-                results[name] = run_arm(name, policy, queries, grader, large, args.concurrency)
+                results[name] = run_arm(name, policy, queries, grader, large, args.concurrency, args.rate,
+                                        args.seed)
     finally:
         small.stop()
         Path(out.name).unlink(missing_ok=True)
-    show(results)
+    load = f"open loop at {args.rate}/s" if args.rate else f"concurrency {args.concurrency}"
+    show(f"IC and adaptive under load: first {len(queries)} of ComQA's measurement half, {load}", results)
     words = float(np.mean([len(gold_sentence(q["answer"]).split()) for q in queries]))
     capacity = args.slots / (args.think_ms / 1000 + words / args.tokens_per_s)
     output.save(args.name, {
-        "workload": str(args.workload), "half": HELDOUT, "queries": len(queries), "concurrency": args.concurrency,
+        "workload": str(args.workload), "half": HELDOUT, "queries": len(queries),
+        "load": {"open_loop_rate_per_s": args.rate, "seed": args.seed} if args.rate else {"concurrency": args.concurrency},
         "large": {"think_ms": args.think_ms, "tokens_per_s": args.tokens_per_s, "slots": args.slots,
                   "answer_words_mean": round(words, 1), "capacity_per_s": round(capacity, 2)},
         "small": {"model": MODEL_NAME, "threads": args.threads, "idle": probe, "small_full_at": args.small_full_at},

@@ -55,6 +55,7 @@ class Answer:
     latency_ms: float
     tokens: int
     reply: str = ""            # the answer's text, for benches that grade answers rather than hits
+    logprob: float | None = None  # its mean token log-probability, when asked for and sent
 
 
 async def ask(client: AsyncOpenAI, text: str, model: str = MODEL, system: str | None = None,
@@ -75,7 +76,14 @@ async def ask(client: AsyncOpenAI, text: str, model: str = MODEL, system: str | 
                   headers.get("x-catcache-category"), float(similarity) if similarity else None,
                   headers.get("x-catcache-verdict"), latency,
                   completion.usage.total_tokens if completion.usage else 0,
-                  (completion.choices[0].message.content or "") if completion.choices else "")
+                  (completion.choices[0].message.content or "") if completion.choices else "",
+                  _mean_logprob(completion))
+
+
+def _mean_logprob(completion: object) -> float | None:
+    choices = getattr(completion, "choices", None) or []
+    tokens = (choices[0].logprobs.content or []) if choices and choices[0].logprobs else []
+    return sum(t.logprob for t in tokens) / len(tokens) if tokens else None
 
 
 async def send_all(base_url: str, texts: list[str], concurrency: int, progress: bool = True,
