@@ -191,7 +191,9 @@ def show(title: str, results: dict[str, dict]) -> None:
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--workload", type=Path, default=WORKLOAD)
-    parser.add_argument("--limit", type=int, default=600, help="the first N queries of the measurement half")
+    parser.add_argument("--limit", type=int, default=600, help="the first N queries of the half")
+    parser.add_argument("--half", type=int, choices=(0, 1), default=HELDOUT,
+                        help="1 measures; 0, the calibration half, is where router cuts are chosen")
     parser.add_argument("--arms", default="off,ic,ic-capped,adaptive", help=f"comma-separated, of {', '.join(ARMS)}")
     parser.add_argument("--concurrency", type=int, default=32, help="clients of the closed loop")
     parser.add_argument("--rate", type=float, help="open loop instead: Poisson arrivals at this many per second")
@@ -212,8 +214,8 @@ def main(argv: list[str] | None = None) -> None:
     if unknown:
         parser.error(f"unknown arms {unknown}; choose from {list(ARMS)}")
 
-    queries = split_stream(args.workload, HELDOUT)[: args.limit]
-    grader = Grader.for_rows(queries, labeled_pairs(args.workload, HELDOUT))
+    queries = split_stream(args.workload, args.half)[: args.limit]
+    grader = Grader.for_rows(queries, labeled_pairs(args.workload, args.half))
     base = yaml.safe_load(args.policies.read_text())
     results: dict[str, dict] = {}
     small = LocalModel(args.data_dir, threads=args.threads)
@@ -233,11 +235,12 @@ def main(argv: list[str] | None = None) -> None:
         small.stop()
         Path(out.name).unlink(missing_ok=True)
     load = f"open loop at {args.rate}/s" if args.rate else f"concurrency {args.concurrency}"
-    show(f"IC and adaptive under load: first {len(queries)} of ComQA's measurement half, {load}", results)
+    half = "measurement" if args.half == HELDOUT else "calibration"
+    show(f"IC and adaptive under load: first {len(queries)} of ComQA's {half} half, {load}", results)
     words = float(np.mean([len(gold_sentence(q["answer"]).split()) for q in queries]))
     capacity = args.slots / (args.think_ms / 1000 + words / args.tokens_per_s)
     output.save(args.name, {
-        "workload": str(args.workload), "half": HELDOUT, "queries": len(queries),
+        "workload": str(args.workload), "half": args.half, "queries": len(queries),
         "load": {"open_loop_rate_per_s": args.rate, "seed": args.seed} if args.rate else {"concurrency": args.concurrency},
         "large": {"think_ms": args.think_ms, "tokens_per_s": args.tokens_per_s, "slots": args.slots,
                   "answer_words_mean": round(words, 1), "capacity_per_s": round(capacity, 2)},
