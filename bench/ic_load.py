@@ -241,7 +241,8 @@ def main(argv: list[str] | None = None) -> None:
     capacity = args.slots / (args.think_ms / 1000 + words / args.tokens_per_s)
     output.save(args.name, {
         "workload": str(args.workload), "half": args.half, "queries": len(queries),
-        "load": {"open_loop_rate_per_s": args.rate, "seed": args.seed} if args.rate else {"concurrency": args.concurrency},
+        "load": {"open_loop_rate_per_s": args.rate, "seed": args.seed} if args.rate
+        else {"concurrency": args.concurrency},
         "large": {"think_ms": args.think_ms, "tokens_per_s": args.tokens_per_s, "slots": args.slots,
                   "answer_words_mean": round(words, 1), "capacity_per_s": round(capacity, 2)},
         "small": {"model": MODEL_NAME, "threads": args.threads, "idle": probe, "small_full_at": args.small_full_at},
