@@ -140,6 +140,7 @@ def test_feedback_reports_each_hit_and_a_wrong_one_is_evicted(running: tuple[str
     ["bench.routing", "--replicas", "2", "--requests", "40", "--out", str(RESULTS / "tmp" / "test-routing.json")],
     ["bench.propagation", "--probes", "3", "--out", str(RESULTS / "tmp" / "test-propagation.json")],
     ["bench.redis_memory", "--entries", "500", "--out", str(RESULTS / "tmp" / "test-redis-memory.json")],
+    ["bench.ic_load", "--limit", "40", "--arms", "off,ic-capped", "--name", "tmp/test-ic-load"],  # the real small model
 ])
 def test_command_line(command: list[str]) -> None:
     subprocess.run([sys.executable, "-m", *command], cwd=ROOT, check=True, timeout=600)
