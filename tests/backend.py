@@ -73,9 +73,6 @@ class BackendState:
         """Held while a generation runs: with `slots`, a queue forms behind the busy ones."""
         return self._slots if self._slots is not None else nullcontext()
 
-    def answer_text(self, number: int, index: int, question: str) -> str:
-        return self.replies.get(question) or _answer_text(number, index, question)
-
     def count(self, path: str) -> None:
         with self._lock:
             self._calls[path] += 1
@@ -184,7 +181,7 @@ def create_app(
         tools = body.get("tools") or []
         tool = tools[0] if tools and "use tool" in question else None
         limit = body.get("max_completion_tokens") or body.get("max_tokens")
-        answers = [_chat_answer(i, number, state.answer_text(number, i, question), question, tool, limit)
+        answers = [_chat_answer(i, number, question, tool, limit, state.replies.get(question))
                    for i in range(body.get("n") or 1)]
         usage = _usage(sum(len(_words(_content_text(m.get("content")))) for m in messages), answers)
         stream = bool(body.get("stream"))
@@ -221,7 +218,8 @@ def create_app(
         prompts = [prompt] if isinstance(prompt, str) else [str(p) for p in prompt]
         n = body.get("n") or 1
         answers = [
-            _text_answer(p * n + i, state.answer_text(number, p * n + i, question), body.get("max_tokens"))
+            _text_answer(p * n + i, state.replies.get(question) or _answer_text(number, p * n + i, question),
+                         body.get("max_tokens"))
             for p, question in enumerate(prompts)
             for i in range(n)
         ]
@@ -317,10 +315,10 @@ def _text_answer(index: int, text: str, limit: int | None, tool: dict[str, Any] 
 
 
 def _chat_answer(
-    index: int, number: int, text: str, question: str, tool: dict[str, Any] | None, limit: int | None
+    index: int, number: int, question: str, tool: dict[str, Any] | None, limit: int | None, text: str | None = None
 ) -> _Answer:
     if tool is None:
-        return _text_answer(index, text, limit)
+        return _text_answer(index, text or _answer_text(number, index, question), limit)
     name = tool.get("function", {}).get("name", "")
     call = {"id": f"call_{number}_{index}", "type": "function", "function": {"name": name}}
     return _text_answer(index, json.dumps({"question": question, "answer": number}), limit, call)
