@@ -54,13 +54,17 @@ class Answer:
     verdict: str | None
     latency_ms: float
     tokens: int
+    reply: str = ""            # the answer's text, for benches that grade answers rather than hits
+    logprob: float | None = None  # its mean token log-probability, when asked for and sent
 
 
-async def ask(client: AsyncOpenAI, text: str, model: str = MODEL) -> Answer:
+async def ask(client: AsyncOpenAI, text: str, model: str = MODEL, system: str | None = None,
+              **sampling: object) -> Answer:
+    """One query as a one-turn chat (after `system`, if given), with `sampling` settings such as max_tokens."""
     started = time.perf_counter()
+    messages = ([{"role": "system", "content": system}] if system else []) + [{"role": "user", "content": text}]
     try:
-        raw = await client.chat.completions.with_raw_response.create(
-            model=model, messages=[{"role": "user", "content": text}])
+        raw = await client.chat.completions.with_raw_response.create(model=model, messages=messages, **sampling)
         completion = raw.parse()
     except Exception as exc:  # noqa: BLE001 - a failed query is counted, not fatal to the run
         return Answer(f"error: {type(exc).__name__}", None, None, None, None,
@@ -71,11 +75,19 @@ async def ask(client: AsyncOpenAI, text: str, model: str = MODEL) -> Answer:
     return Answer(headers.get("x-catcache", "none"), headers.get("x-catcache-key"),
                   headers.get("x-catcache-category"), float(similarity) if similarity else None,
                   headers.get("x-catcache-verdict"), latency,
-                  completion.usage.total_tokens if completion.usage else 0)
+                  completion.usage.total_tokens if completion.usage else 0,
+                  (completion.choices[0].message.content or "") if completion.choices else "",
+                  _mean_logprob(completion))
+
+
+def _mean_logprob(completion: object) -> float | None:
+    choices = getattr(completion, "choices", None) or []
+    tokens = (choices[0].logprobs.content or []) if choices and choices[0].logprobs else []
+    return sum(t.logprob for t in tokens) / len(tokens) if tokens else None
 
 
 async def send_all(base_url: str, texts: list[str], concurrency: int, progress: bool = True,
-                   model: str = MODEL) -> list[Answer]:
+                   model: str = MODEL, system: str | None = None, **sampling: object) -> list[Answer]:
     """Send `texts` in order, at most `concurrency` at a time; answers in the same order."""
     answers: list[Answer | None] = [None] * len(texts)
     queue = iter(range(len(texts)))
@@ -83,7 +95,7 @@ async def send_all(base_url: str, texts: list[str], concurrency: int, progress: 
 
     async def worker(client: AsyncOpenAI) -> None:
         for i in queue:
-            answers[i] = await ask(client, texts[i], model)
+            answers[i] = await ask(client, texts[i], model, system, **sampling)
             bar.update()
 
     async with AsyncOpenAI(base_url=base_url, api_key="catcache-bench", max_retries=0, timeout=300) as client:
@@ -94,7 +106,10 @@ async def send_all(base_url: str, texts: list[str], concurrency: int, progress: 
 
 def thresholds(policies: Path) -> dict[str, float]:
     """Each category's threshold, to tell a near miss from a plain miss."""
-    categories = yaml.safe_load(policies.read_text()).get("categories") or {}
+    return thresholds_of(yaml.safe_load(policies.read_text()).get("categories") or {})
+
+
+def thresholds_of(categories: dict) -> dict[str, float]:
     return {name: float(c.get("threshold", 0.92)) for name, c in categories.items()}
 
 

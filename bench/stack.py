@@ -58,18 +58,26 @@ def proxy(backend_url: str, policies: Path = DEFAULT_POLICIES, source: Path | No
     Every backend of the policy (the small IC one too) is pointed at the test backend, so an IC
     answer costs a backend call here as it would in production instead of failing.
     """
+    policy = yaml.safe_load(Path(policies).read_text())
+    for settings in (policy.get("backends") or {}).values():
+        settings["url"] = backend_url
+    with served(policy, source, backend_url) as running:
+        yield running
+
+
+@contextmanager
+def served(policy: dict, source: Path | None = None, backend_url: str | None = None) -> Iterator[ProxyProcess]:
+    """A fresh catcache (empty cache, its own embedded Redis) running `policy`, its large backend
+    overridden by `backend_url` (`--backend`) when given."""
     with tempfile.TemporaryDirectory(prefix="catcache-bench-") as tmp:
-        policy = yaml.safe_load(Path(policies).read_text())
-        for settings in (policy.get("backends") or {}).values():
-            settings["url"] = backend_url
-        pointed = Path(tmp) / "policies.yaml"
-        pointed.write_text(yaml.safe_dump(policy))
+        written = Path(tmp) / "policies.yaml"
+        written.write_text(yaml.safe_dump(policy))
         env = None
         if source is not None:
             (Path(tmp) / "path").mkdir()
             (Path(tmp) / "path" / "catcache").symlink_to(Path(source).resolve())
             env = {"PYTHONPATH": str(Path(tmp) / "path")}
-        process = ProxyProcess(backend_url, pointed, Path(tmp) / "data", env=env).start(timeout=180)
+        process = ProxyProcess(backend_url, written, Path(tmp) / "data", env=env).start(timeout=180)
         try:
             yield process
         finally:

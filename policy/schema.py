@@ -74,6 +74,9 @@ class InContext(Strict):
     # The router: a near miss goes to the small backend only when all of these hold, else to the large one.
     busy_at: int = Field(default=0, ge=0, description="requests in flight at the large backend from which "
                          "near misses are offloaded; below it the large backend has room and answers them")
+    small_full_at: int | None = Field(default=None, ge=1, description="requests in flight at the small "
+                                      "backend from which near misses go to the large one: a small model with "
+                                      "a queue answers slower than the large one; none: no limit")
     min_agreement: float = Field(default=0.0, ge=0.0, le=1.0,
                                  description="1/(distinct answers among the examples) needed")
     min_logprob: float | None = Field(default=None, le=0.0, description="the small answer's mean token "

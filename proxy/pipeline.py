@@ -257,12 +257,16 @@ class CachePipeline:
 
     async def _in_context(self, exchange: Exchange, band: list[tuple[float, str]]) -> Response | None:
         """Answer with the small backend and the band's cached pairs as examples, when the router
-        predicts a good answer and the large backend is busy enough; None to fall through."""
+        predicts a good answer, the large backend is busy enough and the small one is not full;
+        None to fall through."""
         settings = exchange.policy.ic
         small = self.state.live.backends.get(settings.backend)
         if small is None or (exchange.endpoint == "completions" and not isinstance(exchange.body.get("prompt"), str)):
             return None
         if self.state.large().in_flight < settings.busy_at:
+            return None
+        if settings.small_full_at is not None and small.in_flight >= settings.small_full_at:
+            exchange.verdict = exchange.verdict or f"ic: small backend full ({small.in_flight} in flight)"
             return None
         ids = [doc_id for _, doc_id in sorted(band, reverse=True)[:settings.k]]
         try:

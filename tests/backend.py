@@ -13,6 +13,11 @@ With `prefix_slots` it models vLLM's prefix cache for the routing bench: a chat 
 system prompt is not among the last `prefix_slots` this server saw first waits `prefix_ms` more
 (its prefill); GET /stats/prefix-cache counts hits and misses.
 
+For the loaded IC bench it can stand in for a busy large model that knows the answers: with
+`slots` only that many generations run at once and the rest wait their turn (a GPU's batch is
+finite, so a queue forms under load), and `replies` maps a question (the last user message, or
+the prompt) to the answer it gets instead of "Answer #n to: ...".
+
 Run it alone with `python -m tests.backend --port 8000 --think-ms 400 --tokens-per-s 50`.
 """
 
@@ -30,7 +35,8 @@ import struct
 import threading
 import time
 from collections import Counter, OrderedDict
-from collections.abc import AsyncIterator, Callable, Sequence
+from collections.abc import AsyncIterator, Callable, Mapping, Sequence
+from contextlib import AbstractAsyncContextManager, nullcontext
 from dataclasses import dataclass
 from types import TracebackType
 from typing import Any
@@ -48,8 +54,11 @@ class BackendState:
     """Latency settings, per-path call counts and the generation counter, shared across threads."""
 
     def __init__(self, think_ms: float, tokens_per_s: float, models: Sequence[str],
-                 prefix_ms: float = 0, prefix_slots: int = 0):
+                 prefix_ms: float = 0, prefix_slots: int = 0, slots: int = 0,
+                 replies: Mapping[str, str] | None = None):
         self.think_s = think_ms / 1000
+        self._slots = asyncio.Semaphore(slots) if slots else None
+        self.replies = dict(replies or {})
         self.prefix_s = prefix_ms / 1000
         self.prefix_slots = prefix_slots
         self._prefixes: OrderedDict[str, None] = OrderedDict()  # least recently used first
@@ -59,6 +68,10 @@ class BackendState:
         self._lock = threading.Lock()
         self._calls: Counter[str] = Counter()
         self._answers = 0
+
+    def slot(self) -> AbstractAsyncContextManager[Any]:
+        """Held while a generation runs: with `slots`, a queue forms behind the busy ones."""
+        return self._slots if self._slots is not None else nullcontext()
 
     def count(self, path: str) -> None:
         with self._lock:
@@ -150,9 +163,9 @@ class _Answer:
 
 def create_app(
     think_ms: float = 0, tokens_per_s: float = 0, models: Sequence[str] = DEFAULT_MODELS,
-    prefix_ms: float = 0, prefix_slots: int = 0,
+    prefix_ms: float = 0, prefix_slots: int = 0, slots: int = 0, replies: Mapping[str, str] | None = None,
 ) -> FastAPI:
-    state = BackendState(think_ms, tokens_per_s, models, prefix_ms, prefix_slots)
+    state = BackendState(think_ms, tokens_per_s, models, prefix_ms, prefix_slots, slots, replies)
     app = FastAPI(title="catcache test backend", openapi_url=None)
     app.state.backend = state
     app.add_middleware(_CountAndFail, state=state)
@@ -168,7 +181,8 @@ def create_app(
         tools = body.get("tools") or []
         tool = tools[0] if tools and "use tool" in question else None
         limit = body.get("max_completion_tokens") or body.get("max_tokens")
-        answers = [_chat_answer(i, number, question, tool, limit) for i in range(body.get("n") or 1)]
+        answers = [_chat_answer(i, number, question, tool, limit, state.replies.get(question))
+                   for i in range(body.get("n") or 1)]
         usage = _usage(sum(len(_words(_content_text(m.get("content")))) for m in messages), answers)
         stream = bool(body.get("stream"))
         envelope = {
@@ -204,7 +218,8 @@ def create_app(
         prompts = [prompt] if isinstance(prompt, str) else [str(p) for p in prompt]
         n = body.get("n") or 1
         answers = [
-            _text_answer(p * n + i, _answer_text(number, p * n + i, question), body.get("max_tokens"))
+            _text_answer(p * n + i, state.replies.get(question) or _answer_text(number, p * n + i, question),
+                         body.get("max_tokens"))
             for p, question in enumerate(prompts)
             for i in range(n)
         ]
@@ -300,10 +315,10 @@ def _text_answer(index: int, text: str, limit: int | None, tool: dict[str, Any] 
 
 
 def _chat_answer(
-    index: int, number: int, question: str, tool: dict[str, Any] | None, limit: int | None
+    index: int, number: int, question: str, tool: dict[str, Any] | None, limit: int | None, text: str | None = None
 ) -> _Answer:
     if tool is None:
-        return _text_answer(index, _answer_text(number, index, question), limit)
+        return _text_answer(index, text or _answer_text(number, index, question), limit)
     name = tool.get("function", {}).get("name", "")
     call = {"id": f"call_{number}_{index}", "type": "function", "function": {"name": name}}
     return _text_answer(index, json.dumps({"question": question, "answer": number}), limit, call)
@@ -356,8 +371,9 @@ def _usage(prompt_tokens: int, answers: list[_Answer]) -> dict[str, int]:
 
 
 async def _generate(state: BackendState, answers: list[_Answer]) -> None:
-    """Take as long as streaming the longest answer would."""
-    await asyncio.sleep(state.think_s + state.token_s * max((len(a.pieces) for a in answers), default=0))
+    """Take as long as streaming the longest answer would, once a slot is free."""
+    async with state.slot():
+        await asyncio.sleep(state.think_s + state.token_s * max((len(a.pieces) for a in answers), default=0))
 
 
 def _stream_response(
@@ -389,13 +405,14 @@ async def _stream_events(
     """Chunks as OpenAI sends them: one choice each, `usage: null` on all but the usage chunk."""
     if usage is not None:
         envelope = {**envelope, "usage": None}
-    await asyncio.sleep(state.think_s)
-    for payload in opening:
-        yield _sse({**envelope, "choices": [payload]})
-    for step in steps[: (len(steps) + 1) // 2] if truncate else steps:
-        await asyncio.sleep(state.token_s)
-        for payload in step:
+    async with state.slot():
+        await asyncio.sleep(state.think_s)
+        for payload in opening:
             yield _sse({**envelope, "choices": [payload]})
+        for step in steps[: (len(steps) + 1) // 2] if truncate else steps:
+            await asyncio.sleep(state.token_s)
+            for payload in step:
+                yield _sse({**envelope, "choices": [payload]})
     if truncate:
         return
     for payload in closing:
@@ -476,8 +493,10 @@ class TestBackend:
         port: int = 0,
         prefix_ms: float = 0,
         prefix_slots: int = 0,
+        slots: int = 0,
+        replies: Mapping[str, str] | None = None,
     ):
-        self.app = create_app(think_ms, tokens_per_s, models, prefix_ms, prefix_slots)
+        self.app = create_app(think_ms, tokens_per_s, models, prefix_ms, prefix_slots, slots, replies)
         self.state: BackendState = self.app.state.backend
         self._port = port
         self._server: uvicorn.Server | None = None
@@ -544,9 +563,12 @@ def main() -> None:
     parser.add_argument("--model", action="append", help="a model for /v1/models (repeatable)")
     parser.add_argument("--prefix-slots", type=int, default=0, help="system prompts the prefix cache holds")
     parser.add_argument("--prefix-ms", type=float, default=0, help="prefill wait of a system prompt not cached")
+    parser.add_argument("--slots", type=int, default=0, help="generations at once, the rest queue; 0: no limit")
+    parser.add_argument("--replies", help="a JSON file {question: answer} of answers to give instead of 'Answer #n'")
     args = parser.parse_args()
+    replies = json.loads(open(args.replies, encoding="utf-8").read()) if args.replies else None
     app = create_app(args.think_ms, args.tokens_per_s, args.model or DEFAULT_MODELS, args.prefix_ms,
-                     args.prefix_slots)
+                     args.prefix_slots, args.slots, replies)
     uvicorn.run(app, host=args.host, port=args.port, log_level="warning")
 
 

@@ -3,6 +3,7 @@
 import json
 import re
 import time
+from concurrent.futures import ThreadPoolExecutor
 
 import httpx
 import openai
@@ -162,3 +163,15 @@ def test_think_time_and_token_rate() -> None:
         began = time.monotonic()
         client.chat.completions.create(model="m", messages=ask("x y"))
         assert time.monotonic() - began >= 0.15 + 5 * 0.01
+
+
+def test_slots_queue_generations_and_replies_answer_known_questions() -> None:
+    with TestBackend(think_ms=200, slots=2, replies={"capital of france?": "Paris."}) as busy:
+        client = openai.OpenAI(base_url=busy.base_url, api_key="k", max_retries=0)
+        began = time.monotonic()
+        with ThreadPoolExecutor(4) as pool:
+            replies = list(pool.map(lambda q: client.chat.completions.create(model="m", messages=ask(q)),
+                                    ["capital of france?", "b", "c", "d"]))
+        assert time.monotonic() - began >= 0.4, "four generations through two slots take two turns"
+        assert replies[0].choices[0].message.content == "Paris."
+        assert replies[1].choices[0].message.content.startswith("Answer #")

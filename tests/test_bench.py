@@ -15,10 +15,12 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import yaml
 
-from bench import feedback, lookup_cost, overhead, peers, profile, replay, scale, stack
+from bench import feedback, ic_load, lookup_cost, overhead, peers, profile, replay, scale, stack
 from bench.heldout import read_jsonl
 from bench.output import RESULTS
+from catcache.verify.labels import Grader
 
 ROOT = Path(__file__).parents[1]
 STREAM = Path(__file__).parent / "data" / "bench_stream.jsonl"
@@ -43,6 +45,29 @@ def test_grade_tells_correct_from_false_hits() -> None:
     overall = replay.grade(queries, answers, {})["overall"]
     assert (overall["repeatable"], overall["hits"], overall["correct"], overall["false"]) == (1, 2, 1, 1)
     assert overall["hit_rate"] == 1.0 and overall["false_hit_rate"] == 0.5
+
+
+def test_ic_load_counts_near_misses_offload_and_grades_ic_answers_by_gold() -> None:
+    base = yaml.safe_load(stack.DEFAULT_POLICIES.read_text())
+    policy = ic_load.arm_policy(base, "http://large/v1", "http://small/v1", ic=True, small_full_at=1, adaptive=False)
+    assert policy["categories"]["factual"]["ic"]["small_full_at"] == 1 and not policy["adaptive"]["enabled"]
+    assert all("ic" not in c for c in ic_load.arm_policy(base, "l", "s", False, None, True)["categories"].values())
+    queries = [{"text": t, "group": g, "answer": a, "category": "factual"} for t, g, a in
+               [("q1", "g1", "Paris"), ("q2", "g2", "Rome"), ("q1'", "g1", "Paris"), ("q3", "g3", "Oslo"),
+                ("q4", "g4", "Bern"), ("q5", "g5", "Nice")]]
+
+    def said(outcome: str, key: str | None, similarity: float | None, reply: str, verdict: str | None = None):
+        return replay.Answer(outcome, key, "factual", similarity, verdict, 100.0, 10, reply)
+
+    answers = [said("miss", "k1", None, "The answer is paris."), said("miss", "k2", None, "The answer is rome."),
+               said("hit-semantic", "k1", 0.97, "The answer is paris."),
+               said("ic", None, 0.92, "It is Oslo."), said("ic", None, 0.91, "Lyon."),  # one right, one wrong
+               said("miss", "k6", 0.93, "The answer is nice.", "ic: small answer not sure enough (-2.1)")]
+    result = ic_load.summarize(queries, answers, policy, Grader.for_rows(queries), large_calls=3, seconds=2.0)
+    assert (result["near_misses"], result["ic_answers"], result["ic_correct"]) == (3, 2, 0.5)
+    assert result["near_misses_to_large"] == {"ic: small answer not sure enough": 1}
+    assert result["large_share"] == 0.5 and result["hits"] == 1 and result["false_hit_rate"] == 0.0
+    assert result["answers_correct"] == round(5 / 6, 4)
 
 
 def test_replay_against_a_running_proxy(running: tuple[str, str]) -> None:
@@ -128,6 +153,7 @@ def test_feedback_reports_each_hit_and_a_wrong_one_is_evicted(running: tuple[str
     ["bench.routing", "--replicas", "2", "--requests", "40", "--out", str(RESULTS / "tmp" / "test-routing.json")],
     ["bench.propagation", "--probes", "3", "--out", str(RESULTS / "tmp" / "test-propagation.json")],
     ["bench.redis_memory", "--entries", "500", "--out", str(RESULTS / "tmp" / "test-redis-memory.json")],
+    ["bench.ic_load", "--limit", "40", "--arms", "off,ic-capped", "--name", "tmp/test-ic-load"],  # the real small model
 ])
 def test_command_line(command: list[str]) -> None:
     subprocess.run([sys.executable, "-m", *command], cwd=ROOT, check=True, timeout=600)
