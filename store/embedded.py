@@ -170,7 +170,7 @@ class EmbeddedRedis:
         while True:
             attempts += 1
             log_offset = self.log_path.stat().st_size if self.log_path.exists() else 0
-            self._port = _free_port()
+            self._port = free_port()
             self._process = self._spawn(self._port)
             if self._wait_ready(self._process):
                 self.url_path.write_text(self.url + "\n")
@@ -255,14 +255,19 @@ class EmbeddedRedis:
     def _terminate(self) -> None:
         with self._swap:
             process, self._process = self._process, None
-        if process is None or process.poll() is not None:
-            return
-        process.terminate()
-        try:
-            process.wait(STOP_TIMEOUT)
-        except subprocess.TimeoutExpired:
-            process.kill()
-            process.wait()
+        stop_process(process)
+
+
+def stop_process(process: subprocess.Popen | None) -> None:
+    """SIGTERM a child server, SIGKILL it if it has not exited within STOP_TIMEOUT."""
+    if process is None or process.poll() is not None:
+        return
+    process.terminate()
+    try:
+        process.wait(STOP_TIMEOUT)
+    except subprocess.TimeoutExpired:
+        process.kill()
+        process.wait()
 
 
 @contextmanager
@@ -322,7 +327,7 @@ def _alive(pid: int | None) -> bool:
     return True
 
 
-def _free_port() -> int:
+def free_port() -> int:
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
         return sock.getsockname()[1]
