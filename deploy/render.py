@@ -193,24 +193,9 @@ def _redis_cluster_objects(shards: int) -> list[dict]:
                  "--cluster-preferred-endpoint-type", "hostname",
                  "--appendonly", "yes", "--appendfsync", "everysec", "--save", "", "--dir", "/data"],
         "ports": [{"name": "redis", "containerPort": 6379}, {"name": "bus", "containerPort": REDIS_CLUSTER_BUS}],
-        "readinessProbe": {"exec": {"command": ["redis-cli", "ping"]}, "periodSeconds": 5},
-        "livenessProbe": {"tcpSocket": {"port": 6379}, "periodSeconds": 10},
-        "volumeMounts": [{"name": "data", "mountPath": "/data"}],
+        **_REDIS_PROBES_AND_DATA,
     }
-    statefulset = {
-        "apiVersion": "apps/v1",
-        "kind": "StatefulSet",
-        "metadata": {"name": "redis", "labels": labels},
-        "spec": {
-            "serviceName": "redis",
-            "replicas": nodes,
-            "podManagementPolicy": "Parallel",
-            "selector": {"matchLabels": _selector("redis")},
-            "template": {"metadata": {"labels": labels}, "spec": {"containers": [container]}},
-            "volumeClaimTemplates": [{"metadata": {"name": "data"}, "spec": {
-                "accessModes": ["ReadWriteOnce"], "resources": {"requests": {"storage": "10Gi"}}}}],
-        },
-    }
+    statefulset = _redis_statefulset(container, nodes, podManagementPolicy="Parallel")
     service = _service("redis", 6379, component="store", port_name="redis")
     service["spec"]["clusterIP"] = "None"
     service["spec"]["ports"].append({"name": "bus", "port": REDIS_CLUSTER_BUS, "targetPort": REDIS_CLUSTER_BUS})
@@ -237,31 +222,42 @@ def _autoscaler(replicas: int, max_replicas: int) -> dict:
                          "type": "Utilization", "averageUtilization": PROXY_CPU_TARGET}}}]}}
 
 
-def _redis_objects() -> list[dict]:
+_REDIS_PROBES_AND_DATA = {
+    "readinessProbe": {"exec": {"command": ["redis-cli", "ping"]}, "periodSeconds": 5},
+    "livenessProbe": {"tcpSocket": {"port": 6379}, "periodSeconds": 10},
+    "volumeMounts": [{"name": "data", "mountPath": "/data"}],
+}
+
+
+def _redis_statefulset(container: dict, replicas: int, **spec: object) -> dict:
+    """Redis pods named redis-0, redis-1, ... behind the `redis` service, each with its own 10 Gi volume."""
     labels = _labels("redis", "store")
-    container = {
-        "name": "redis",
-        "image": REDIS_IMAGE,
-        # AOF as the embedded Redis runs it: cached answers and quota sets survive a restart.
-        "args": ["redis-server", "--appendonly", "yes", "--appendfsync", "everysec", "--save", "", "--dir", "/data"],
-        "ports": [{"name": "redis", "containerPort": 6379}],
-        "readinessProbe": {"exec": {"command": ["redis-cli", "ping"]}, "periodSeconds": 5},
-        "livenessProbe": {"tcpSocket": {"port": 6379}, "periodSeconds": 10},
-        "volumeMounts": [{"name": "data", "mountPath": "/data"}],
-    }
-    statefulset = {
+    return {
         "apiVersion": "apps/v1",
         "kind": "StatefulSet",
         "metadata": {"name": "redis", "labels": labels},
         "spec": {
             "serviceName": "redis",
-            "replicas": 1,
+            "replicas": replicas,
+            **spec,
             "selector": {"matchLabels": _selector("redis")},
             "template": {"metadata": {"labels": labels}, "spec": {"containers": [container]}},
             "volumeClaimTemplates": [{"metadata": {"name": "data"}, "spec": {
                 "accessModes": ["ReadWriteOnce"], "resources": {"requests": {"storage": "10Gi"}}}}],
         },
     }
+
+
+def _redis_objects() -> list[dict]:
+    container = {
+        "name": "redis",
+        "image": REDIS_IMAGE,
+        # AOF as the embedded Redis runs it: cached answers and quota sets survive a restart.
+        "args": ["redis-server", "--appendonly", "yes", "--appendfsync", "everysec", "--save", "", "--dir", "/data"],
+        "ports": [{"name": "redis", "containerPort": 6379}],
+        **_REDIS_PROBES_AND_DATA,
+    }
+    statefulset = _redis_statefulset(container, 1)
     service = _service("redis", 6379, component="store", port_name="redis")
     service["spec"]["clusterIP"] = "None"  # the StatefulSet's governing service
     return [service, statefulset]
