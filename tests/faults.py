@@ -108,12 +108,23 @@ def wait_ping(url: str, timeout: float) -> float:
         time.sleep(0.01)
 
 
-class RedisProcess:
+class Killable:
+    """A child server on a fixed port that a test can SIGKILL and start again."""
+
+    process: subprocess.Popen[bytes] | None = None
+
+    def kill(self) -> None:
+        if self.process is not None:
+            self.process.kill()
+            self.process.wait()
+            self.process = None
+
+
+class RedisProcess(Killable):
     """A redis-server with an append-only file in `data_dir`, that a test can kill and start again."""
 
     def __init__(self, data_dir: Path):
         self.data_dir, self.port = data_dir, free_port()
-        self.process: subprocess.Popen[bytes] | None = None
 
     @property
     def url(self) -> str:
@@ -128,21 +139,15 @@ class RedisProcess:
         wait_ping(self.url, 10)
         return self
 
-    def kill(self) -> None:
-        if self.process is not None:
-            self.process.kill()
-            self.process.wait()
-            self.process = None
 
 
-class BackendProcess:
+class BackendProcess(Killable):
     """`python -m tests.backend` in its own process on a fixed port, so it can be killed and restarted."""
 
     def __init__(self, think_ms: float = 0, tokens_per_s: float = 0):
         self.port = free_port()
         self.args = [sys.executable, "-m", "tests.backend", "--port", str(self.port), "--think-ms", str(think_ms),
                      "--tokens-per-s", str(tokens_per_s)]
-        self.process: subprocess.Popen[bytes] | None = None
 
     @property
     def base_url(self) -> str:
@@ -154,11 +159,6 @@ class BackendProcess:
         wait_http(f"{self.base_url}/models", process=self.process)
         return self
 
-    def kill(self) -> None:
-        if self.process is not None:
-            self.process.kill()
-            self.process.wait()
-            self.process = None
 
 
 class StallingProxy:
