@@ -166,7 +166,8 @@ def evaluate(folder: Path, scores_file: Path, out: Path) -> None:
     cross = np.array(json.loads(scores_file.read_text())["scores"])
     similarity = np.array([r["similarity"] for r in rows])
     right = np.array([r["equivalent"] for r in rows])
-    guard = np.array([LexicalGuard().score(r["b"], r["a"], r["similarity"]) >= 0.5 for r in rows])
+    verifier = LexicalGuard()
+    guard = np.array([verifier.score(r["b"], r["a"], r["similarity"]) >= 0.5 for r in rows])
     workload = np.array([r["workload"] for r in rows])
     table = []
     for name in sorted(set(workload)):
