@@ -114,14 +114,13 @@ def run(args: argparse.Namespace) -> int:
         noise = 0.0 if args.trust_labels else label_noise(labeled)
         print(f"{path}: {len(pairs)} labeled pairs, label errors estimated at {noise:.1%}")
         scored += [replace(s, label_noise=noise) for s in mine]
-    pairs = [pair for found in sources.values() for pair in found]
     choices = calibrate(policy, scored, args.target_precision, args.ceiling, args.uniform)
     out = args.out or args.policies.with_suffix(".calibrated.yaml")
     text = write_thresholds(args.policies.read_text(encoding="utf-8"),
                             {c.category: c.threshold for c in choices if c.category != OVERALL})
     out.write_text(text, encoding="utf-8")
     load_policy(out)  # the copy must validate like any policy file
-    show(choices, args.target_precision, len(pairs), out)
+    show(choices, args.target_precision, len(scored), out)
     return 0
 
 
