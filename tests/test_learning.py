@@ -1,0 +1,129 @@
+"""The threshold learner: its monotone fit, its rule, its estimate, and the agreement judge."""
+
+from __future__ import annotations
+
+import asyncio
+import random
+
+import numpy as np
+import pytest
+
+from catcache.verify import learning
+from catcache.verify.judge import AgreementJudge, LlmJudge
+from catcache.verify.learning import Evidence, Rule, decide, decreasing_fit, estimate
+
+
+def test_decreasing_fit_pools_violations_and_fills_gaps():
+    fitted = decreasing_fit([0.5, 0.1, 0.3, 0.0, 0.0], [1, 1, 1, 0, 2])
+    assert fitted[0] == 0.5 and fitted[1] == fitted[2] == pytest.approx(0.2)
+    assert fitted[3] == pytest.approx(0.2)  # no weight: the value below it, which bounds it
+    assert fitted[4] == 0.0
+    assert all(a >= b for a, b in zip(fitted, fitted[1:]))
+
+
+def traffic(evidence: Evidence, rate_at, n: int, seed: int = 0, lowest: float = 0.86) -> None:
+    """n lookups whose best neighbours are spread over [lowest, 1), each observed and asked."""
+    rng = random.Random(seed)
+    for _ in range(n):
+        s = rng.uniform(lowest, 0.999)
+        evidence.ask(s)
+        evidence.observe(s, rng.random() >= rate_at(s))
+
+
+def test_a_handful_of_observations_never_loosens():
+    evidence = Evidence()
+    traffic(evidence, lambda s: 0.0, 20)
+    decision = decide(evidence, 0.95, Rule(min_observations=50))
+    assert decision.threshold == 0.95 and not decision.certified
+
+
+def test_clean_traffic_loosens_to_what_the_bound_certifies():
+    evidence = Evidence()
+    traffic(evidence, lambda s: 0.0, 2000)
+    decision = decide(evidence, 0.95, Rule(target=0.02))
+    assert decision.certified and decision.threshold < 0.95 and decision.bound <= 0.02
+
+
+def test_the_threshold_stops_where_false_hits_begin():
+    evidence = Evidence()
+    traffic(evidence, lambda s: 0.3 if s < 0.92 else 0.0, 4000)
+    decision = decide(evidence, 0.97, Rule(target=0.02))
+    assert decision.certified and 0.9 <= decision.threshold < 0.97
+
+
+def test_a_prior_the_traffic_shows_wrong_is_raised():
+    evidence = Evidence()
+    traffic(evidence, lambda s: 0.2 if s < 0.97 else 0.0, 3000)
+    decision = decide(evidence, 0.90, Rule(target=0.02))
+    assert decision.threshold > 0.95
+
+
+def test_an_unproven_prior_holds():
+    """False hits near the target, too few to show the prior wrong: nothing moves."""
+    evidence = Evidence()
+    traffic(evidence, lambda s: 0.025, 150)
+    assert decide(evidence, 0.93, Rule(target=0.02)).threshold == 0.93
+
+
+def test_estimate_integrates_the_fit_over_what_was_served():
+    evidence = Evidence()
+    for _ in range(500):
+        evidence.observe(0.91, True)
+        evidence.observe(0.97, True)
+    for _ in range(50):
+        evidence.observe(0.91, False)
+    for _ in range(100):
+        evidence.serve(0.91)
+        evidence.serve(0.97)
+    evidence.serve(None)  # an exact hit is never false
+    found = estimate(evidence)
+    assert found.hits == 201
+    assert found.rate == pytest.approx(100 * 50 / 550 / 201)
+    assert found.low < found.rate < found.high
+
+
+def test_evidence_round_trips_through_redis_fields():
+    evidence = Evidence()
+    traffic(evidence, lambda s: 0.1, 100)
+    evidence.serve(0.95)
+    evidence.explored = 3
+    again = Evidence.from_fields({k.encode(): str(v).encode() for k, v in evidence.to_fields().items()})
+    assert again == evidence
+
+
+def test_exploration_decays_but_never_below_its_floor():
+    evidence = Evidence()
+    assert learning.exploration_rate(evidence, 0.1, 0.01) == 0.1
+    evidence.explored = 1000
+    assert learning.exploration_rate(evidence, 0.1, 0.01) == 0.01
+
+
+@pytest.fixture(scope="module")
+def judge() -> AgreementJudge:
+    from catcache.index.embedder import Embedder
+
+    embedder = Embedder()
+
+    async def embed(texts: list[str]) -> np.ndarray:
+        return embedder.encode(texts)
+    return AgreementJudge(embed, 0.9)
+
+
+@pytest.mark.parametrize("fresh, cached, same, how", [
+    ("Paris!", "paris", True, "text"),
+    ("Paris", "It is Paris, in France.", True, "inside"),
+    ("Par is", "Paris", False, "embedding"),  # a piece of a word is not an answer inside another
+    ("The Nile is the longest river in Africa.", "The longest river in Africa is the Nile.", True, "embedding"),
+    ("Lyon.", "It is Paris, in France.", False, "embedding"),
+    ("He was born in 1961.", "He died in 2004.", False, "embedding"),
+])
+def test_agreement_judge(judge, fresh, cached, same, how):
+    found = asyncio.run(judge.judge(fresh, cached))
+    assert found.same is same and found.how.startswith(how)
+
+
+def test_llm_judge_reads_yes_or_no():
+    async def ask(prompt: str) -> str:
+        return "Yes." if "42" in prompt else "No"
+    assert asyncio.run(LlmJudge(ask).judge("42", "forty-two (42)")).same
+    assert not asyncio.run(LlmJudge(ask).judge("Lyon", "Paris")).same

@@ -1,0 +1,260 @@
+"""Learn a category's threshold from its own traffic, under a false-hit target, with a guarantee.
+
+An *observation* is one judged pair: the similarity `s` of a query to a cached neighbour that the
+verifier accepted, and whether the two answers turned out the same (the judge, verify/judge.py).
+They come from near misses (a band under the live threshold: they go to the backend anyway),
+from exploration (a small share of would-be hits answered by the backend instead) and from
+feedback. Counts are kept per similarity bin (`Evidence`), in Redis, shared by every proxy.
+
+The model: P(false | s) is fitted non-increasing in `s` (pooled adjacent violators) from all
+observations, which is unbiased however unevenly they were sampled, since each is judged at its own
+similarity. The false-hit rate of a threshold `t` is that fit averaged over the similarities it
+would serve: the best verified neighbour of every lookup at or above `t` (`demand`), plus the exact
+hits. The rule (docs/verification.md, "Learning thresholds"): serve from the lowest `t` whose
+one-sided upper bound on that rate is within the target, once at least `min_observations` lie at
+or above it. The same fit over the similarities actually served is the running estimate.
+"""
+
+from __future__ import annotations
+
+import math
+from statistics import NormalDist
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass, field
+
+LOW = 0.80        # the lowest similarity anything is learned about
+WIDTH = 0.0025    # bin width: 80 bins between LOW and 1
+BINS = round((1.0 - LOW) / WIDTH)
+
+
+def bin_of(similarity: float) -> int:
+    """The bin of a similarity at or above LOW (values above 1 from rounding go to the last)."""
+    return min(BINS - 1, max(0, int((similarity - LOW) / WIDTH + 1e-9)))
+
+
+def edge(b: int) -> float:
+    """The lowest similarity of bin `b`: the threshold that serves bins b and up."""
+    return round(LOW + b * WIDTH, 6)
+
+
+def decreasing_fit(rates: list[float], weights: list[float]) -> list[float]:
+    """Pooled adjacent violators: the non-increasing sequence closest to `rates` in weighted
+    squares. Bins without weight take the value of the nearest weighted bin below them (a rate
+    that only falls with similarity is at most that), or of the first weighted bin above."""
+    blocks: list[list[float]] = []  # [value, weight, count]
+    for rate, weight in zip(rates, weights):
+        if weight <= 0:
+            blocks.append([math.nan, 0.0, 1])
+            continue
+        blocks.append([rate, weight, 1])
+        while True:
+            weighted = [i for i, b in enumerate(blocks) if b[1] > 0]
+            if len(weighted) < 2 or blocks[weighted[-2]][0] >= blocks[weighted[-1]][0]:
+                break
+            a, b = weighted[-2], weighted[-1]
+            total = blocks[a][1] + blocks[b][1]
+            value = (blocks[a][0] * blocks[a][1] + blocks[b][0] * blocks[b][1]) / total
+            count = sum(block[2] for block in blocks[a:b + 1])
+            blocks[a:] = [[value, total, count]]
+    fitted: list[float] = []
+    for value, _, count in blocks:
+        fitted += [value] * count
+    first = next((v for v in fitted if not math.isnan(v)), math.nan)
+    last = first
+    for i, value in enumerate(fitted):
+        if math.isnan(value):
+            fitted[i] = last
+        else:
+            last = value
+    return fitted
+
+
+@dataclass
+class Evidence:
+    """What one category (or one cell of it) has seen, per similarity bin.
+
+    `seen` and `false` count judged observations of verifier-accepted neighbours; `served` counts
+    semantic hits served, `exact` exact hits (never false). `explored` counts would-be hits sent to
+    the backend, `judged` judge calls."""
+
+    seen: list[int] = field(default_factory=lambda: [0] * BINS)
+    false: list[int] = field(default_factory=lambda: [0] * BINS)
+    served: list[int] = field(default_factory=lambda: [0] * BINS)
+    demand: list[int] = field(default_factory=lambda: [0] * BINS)
+    exact: int = 0
+    explored: int = 0
+    judged: int = 0
+    refused: int = 0  # observations of neighbours the verifier refused (its own error, not the threshold's)
+    refused_same: int = 0
+
+    def observe(self, similarity: float, same: bool) -> None:
+        if similarity < LOW:
+            return
+        b = bin_of(similarity)
+        self.seen[b] += 1
+        self.false[b] += not same
+
+    def ask(self, similarity: float) -> None:
+        """A lookup whose best verified neighbour lay at `similarity`: a hit at any threshold below it."""
+        if similarity >= LOW:
+            self.demand[bin_of(similarity)] += 1
+
+    def serve(self, similarity: float | None) -> None:
+        if similarity is None:
+            self.exact += 1
+        elif similarity >= LOW:
+            self.served[bin_of(similarity)] += 1
+
+    @property
+    def observations(self) -> int:
+        return sum(self.seen)
+
+    def above(self, b: int) -> tuple[int, int]:
+        """(false, seen) among observations in bins b and up."""
+        return sum(self.false[b:]), sum(self.seen[b:])
+
+    def to_fields(self) -> dict[str, int]:
+        """The Redis hash fields, only the non-zero ones."""
+        fields = {f"{name}:{b}": value for name in ("seen", "false", "served", "demand")
+                  for b, value in enumerate(getattr(self, name)) if value}
+        fields |= {name: getattr(self, name) for name in ("exact", "explored", "judged", "refused", "refused_same")
+                   if getattr(self, name)}
+        return fields
+
+    @classmethod
+    def from_fields(cls, fields: Mapping[str | bytes, str | bytes | int]) -> "Evidence":
+        evidence = cls()
+        for key, value in fields.items():
+            key = key.decode() if isinstance(key, bytes) else key
+            name, _, b = key.partition(":")
+            if b and name in ("seen", "false", "served", "demand") and b.isdigit() and int(b) < BINS:
+                getattr(evidence, name)[int(b)] = int(value)
+            elif not b and name in ("exact", "explored", "judged", "refused", "refused_same"):
+                setattr(evidence, name, int(value))
+        return evidence
+
+    def merged(self, other: "Evidence") -> "Evidence":
+        total = Evidence()
+        for name in ("seen", "false", "served", "demand"):
+            setattr(total, name, [a + b for a, b in zip(getattr(self, name), getattr(other, name))])
+        for name in ("exact", "explored", "judged", "refused", "refused_same"):
+            setattr(total, name, getattr(self, name) + getattr(other, name))
+        return total
+
+
+@dataclass(frozen=True)
+class Rule:
+    """The learner's settings, from the policy's `learning` section."""
+
+    target: float = 0.02
+    confidence: float = 0.95
+    min_observations: int = 50
+    ceiling: float = 0.995
+
+
+@dataclass(frozen=True)
+class Decision:
+    """The live threshold and why: `certified` when the bound allowed it, else the prior held."""
+
+    threshold: float
+    certified: bool
+    observations: int      # at s >= threshold
+    false: int
+    bound: float           # the upper bound on the false share there (1.0 with no data)
+
+
+def decide(evidence: Evidence, prior: float, rule: Rule) -> Decision:
+    """The lowest threshold whose bound on the false-hit rate of the hits it would serve is within
+    the target, with at least `min_observations` observations at or above it.
+
+    Below the prior that is the learned threshold. Above it, the prior holds unless the evidence
+    shows it wrong (its estimate itself is over the target): then the lowest certified threshold,
+    or the ceiling when none is. No evidence, no change."""
+    start = bin_of(prior) if prior >= LOW else 0
+    z = NormalDist().inv_cdf(rule.confidence)
+    found = None
+    for b in range(BINS):
+        false, seen = evidence.above(b)
+        if edge(b) > rule.ceiling or seen < rule.min_observations:
+            break  # fewer observations still above
+        bound = would_serve(evidence, b, z)
+        if bound.high <= rule.target:
+            found = Decision(edge(b), True, seen, false, bound.high)
+            break
+    if found is not None and found.threshold <= prior:
+        return found
+    false, seen = evidence.above(start)
+    at_prior = would_serve(evidence, start, z)
+    if seen >= rule.min_observations and at_prior.low > rule.target:
+        if found is not None:
+            return found
+        false, seen = evidence.above(bin_of(rule.ceiling))
+        return Decision(rule.ceiling, False, seen, false, at_prior.high)
+    return Decision(prior, False, seen, false, at_prior.high)
+
+
+@dataclass(frozen=True)
+class Estimate:
+    """A false-hit rate with an interval (one-sided bounds at the confidence asked for)."""
+
+    rate: float
+    low: float
+    high: float
+    hits: int
+
+
+def blocks(evidence: Evidence) -> list[tuple[int, int, int, int]]:
+    """The monotone fit of P(false | s) as runs of bins: (first bin, last bin, false, observations)."""
+    raw = [f / n if n else 0.0 for f, n in zip(evidence.false, evidence.seen)]
+    fitted = decreasing_fit(raw, [float(n) for n in evidence.seen])
+    runs, b = [], 0
+    while b < BINS:
+        end = b
+        while end + 1 < BINS and fitted[end + 1] == fitted[b]:
+            end += 1
+        false, seen = sum(evidence.false[b:end + 1]), sum(evidence.seen[b:end + 1])
+        runs.append((b, end, false, seen))
+        b = end + 1
+    return runs
+
+
+def integrate(evidence: Evidence, counts: list[int], extra_hits: int, z: float) -> Estimate:
+    """The expected false share of hits at the similarities `counts` gives (plus `extra_hits` exact
+    ones, never false) under the fit, and a normal-approximation interval over its runs."""
+    hits = sum(counts) + extra_hits
+    if hits == 0:
+        return Estimate(0.0, 0.0, 0.0, 0)
+    expected = variance = 0.0
+    for first, last, false, seen in blocks(evidence):
+        mass = sum(counts[first:last + 1])
+        expected += mass * (false / seen if seen else 0.5)
+        # The variance of the run's rate, with a Jeffreys half-count so that a run seen a few times
+        # without a false one is not taken for certain.
+        rate = (false + 0.5) / (seen + 1.0)
+        variance += mass ** 2 * rate * (1 - rate) / (seen + 1)
+    rate, spread = expected / hits, z * math.sqrt(variance) / hits
+    return Estimate(rate, max(0.0, rate - spread), min(1.0, rate + spread), hits)
+
+
+def would_serve(evidence: Evidence, b: int, z: float) -> Estimate:
+    """The false-hit rate of the hits a threshold at bin `b` would have served: every lookup whose
+    best verified neighbour lay at or above it, and the exact hits."""
+    return integrate(evidence, [0] * b + evidence.demand[b:], evidence.exact, z)
+
+
+def estimate(evidence: Evidence, confidence: float = 0.95) -> Estimate:
+    """The false-hit rate of the hits served so far: the fit summed over their similarities."""
+    return integrate(evidence, evidence.served, evidence.exact, NormalDist().inv_cdf(confidence))
+
+
+def exploration_rate(evidence: Evidence, most: float, least: float, half_life: int = 100) -> float:
+    """The share of would-be hits to check: `most` while there is little evidence, falling toward
+    `least` as would-be hits are checked (halved every `half_life` of them), never above `most`."""
+    return max(least, most * 0.5 ** (evidence.explored / half_life))
+
+
+def pooled(parts: Iterable[Evidence]) -> Evidence:
+    total = Evidence()
+    for part in parts:
+        total = total.merged(part)
+    return total
