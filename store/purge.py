@@ -19,6 +19,7 @@ from redis.asyncio import Redis
 from redis.exceptions import RedisError
 
 from catcache.store.documents import DocumentStore, category_key, doc_key
+from catcache.store.learned import LearnedState
 
 BATCH = 500
 
@@ -47,9 +48,14 @@ class Purge:
 
 
 async def purge(store: DocumentStore, what: Purge) -> dict[str, list[str]]:
-    """Delete the matching entries; returns the ids removed, per category."""
+    """Delete the matching entries; returns the ids removed, per category. A whole category (or
+    everything) purged also forgets what its thresholds learned: it starts again from the prior."""
     now = time.time()
     categories = [what.category] if what.category is not None else await store.categories()
+    if what.everything:
+        await LearnedState(store.redis).reset_all()
+    elif what.category is not None and what.tenant is None and what.older_than_s is None and what.key is None:
+        await LearnedState(store.redis).reset(what.category)
     removed: dict[str, list[str]] = {}
     for category in categories:
         if what.key is not None:

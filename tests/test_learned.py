@@ -1,0 +1,67 @@
+"""Learned state in a real Redis: proxies add up, it survives a new client, purge resets it."""
+
+from __future__ import annotations
+
+import asyncio
+
+from catcache.store.connect import connect
+from catcache.store.documents import DocumentStore
+from catcache.store.learned import LearnedState, evidence_key
+from catcache.store.purge import Purge, purge
+from catcache.verify.learning import Evidence, bin_of
+
+ON_CLUSTER_TOO = True  # conftest: every Redis test here runs on one server and on a cluster
+
+
+def test_two_writers_add_up_and_a_new_reader_sees_it(redis_url, clean_redis):
+    async def scenario() -> dict[str, Evidence]:
+        first, second = connect(redis_url), connect(redis_url)
+        key = evidence_key("factual")
+        cell = evidence_key("factual", "date")
+        await LearnedState(first).add({key: {f"seen:{bin_of(0.93)}": 1, f"false:{bin_of(0.93)}": 1}, cell: {"exact": 1}})
+        await LearnedState(second).add({key: {f"seen:{bin_of(0.93)}": 2, "explored": 1}})
+        reader = connect(redis_url)
+        found = await LearnedState(reader).load([key, cell, evidence_key("code")])
+        assert sorted(await LearnedState(reader).keys()) == sorted([key, cell])
+        for client in (first, second, reader):
+            await client.aclose()
+        return found
+
+    found = asyncio.run(scenario())
+    factual = found[evidence_key("factual")]
+    assert factual.seen[bin_of(0.93)] == 3 and factual.false[bin_of(0.93)] == 1 and factual.explored == 1
+    assert found[evidence_key("factual", "date")].exact == 1
+    assert found[evidence_key("code")] == Evidence()
+
+
+def test_history_is_logged_in_order(redis_url, clean_redis):
+    async def scenario() -> list[dict]:
+        client = connect(redis_url)
+        state = LearnedState(client)
+        for threshold in (0.95, 0.94, 0.93):
+            await state.log("factual", {"threshold": threshold, "estimate": 0.01})
+        points = await state.history("factual")
+        await client.aclose()
+        return points
+
+    points = asyncio.run(scenario())
+    assert [p["threshold"] for p in points] == [0.95, 0.94, 0.93]
+    assert all(p["time"] > 1.7e9 for p in points)
+
+
+def test_purging_a_category_resets_what_it_learned_and_nothing_else(redis_url, clean_redis):
+    async def scenario() -> list[str]:
+        client = connect(redis_url)
+        state = LearnedState(client)
+        await state.add({evidence_key("factual"): {"exact": 1}, evidence_key("factual", "date"): {"exact": 1},
+                         evidence_key("code"): {"exact": 1}})
+        await state.log("factual", {"threshold": 0.9})
+        await purge(DocumentStore(client, origin="test"), Purge(category="factual"))
+        left = await state.keys()
+        assert await state.history("factual") == []
+        await purge(DocumentStore(client, origin="test"), Purge(category="code", older_than_s=60))
+        assert await state.keys() == left  # a narrower purge keeps what the category learned
+        await client.aclose()
+        return left
+
+    assert asyncio.run(scenario()) == [evidence_key("code")]
