@@ -239,6 +239,7 @@ def simulate(data: Prepared, policies: Path, s: Settings) -> dict:
         "estimate_final": [round(final_estimate.rate, 4), round(final_estimate.low, 4), round(final_estimate.high, 4)],
         "thresholds": {k: v for k, v in sorted(live.items())},
         "history": run.history,
+        "evidence": dict(evidence),
     }
 
 
@@ -273,6 +274,7 @@ def main() -> None:
         setattr(settings, name, type(getattr(settings, name))(eval(value)))  # noqa: S307 - a bench's own flags
     result = simulate(data, args.policies, settings)
     history = result.pop("history")
+    result.pop("evidence")
     print(json.dumps(result, indent=1))
     if args.hindsight:
         print("hindsight:", json.dumps(hindsight(data, args.policies, args.target)))

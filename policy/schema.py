@@ -92,6 +92,44 @@ class Verify(Strict):
     threshold: Similarity = 0.5
 
 
+class Exploration(Strict):
+    """The share of would-be hits answered by the backend instead, to check them: `most` at first,
+    halved every `half_life` checks, never below `least`."""
+
+    most: float = Field(default=0.10, ge=0.0, le=0.5)
+    least: float = Field(default=0.02, ge=0.0, le=0.5)
+    half_life: int = Field(default=100, ge=1)
+
+    @model_validator(mode="after")
+    def _least_below_most(self) -> "Exploration":
+        if self.least > self.most:
+            raise FieldErrors([(("least",), f"{self.least} must not be above most ({self.most})")])
+        return self
+
+
+class Judge(Strict):
+    """Whether a fresh answer and a neighbour's cached one agree (verify/judge.py)."""
+
+    kind: Literal["agreement", "llm"] = "agreement"
+    min_similarity: Similarity = Field(default=0.9, description="answer embeddings at least this alike agree")
+    backend: str = Field(default="small", description="the backend an llm judge asks")
+
+
+class Learning(Strict):
+    """Thresholds learned from the traffic under a false-hit target (verify/learning.py,
+    docs/verification.md). Each category's `threshold` is the prior it starts from."""
+
+    enabled: bool = False
+    target_false_hit_rate: float = Field(default=0.02, gt=0.0, lt=0.5)
+    confidence: float = Field(default=0.95, ge=0.5, lt=1.0, description="of the one-sided bound")
+    min_observations: int = Field(default=50, ge=1, description="at or above a threshold before it moves")
+    band: float = Field(default=0.06, gt=0.0, le=0.2, description="near misses this far under the threshold "
+                        "are judged")
+    ceiling: Similarity = 0.995
+    exploration: Exploration = Exploration()
+    judge: Judge = Judge()
+
+
 class Category(Strict):
     match: MatchRules = MatchRules()
     exemplars: list[str] = []
@@ -103,6 +141,8 @@ class Category(Strict):
     cacheable: bool = True
     shared: bool = False
     verify: Verify = Verify()
+    target_false_hit_rate: float | None = Field(default=None, gt=0.0, lt=0.5,
+                                                description="this category's, over learning's")
 
     @model_validator(mode="after")
     def _ic_below_threshold(self) -> "Category":
@@ -199,6 +239,7 @@ class Policy(Strict):
     prices: dict[str, Price] = {}
     adaptive: Adaptive = Adaptive()
     reports: Reports = Reports()
+    learning: Learning = Learning()
     categories: dict[str, Category] = Field(default_factory=lambda: {"default": Category()})
 
     @model_validator(mode="after")
@@ -206,6 +247,9 @@ class Policy(Strict):
         problems: list[Problem] = []
         if self.classifier.default not in self.categories:
             problems.append((("classifier", "default"), f"names '{self.classifier.default}', which is not a category"))
+        if self.learning.enabled and self.learning.judge.kind == "llm" and self.learning.judge.backend not in self.backends:
+            problems.append((("learning", "judge", "backend"),
+                             f"names '{self.learning.judge.backend}', which is not a backend"))
         for name, category in self.categories.items():
             if category.ic is not None and category.ic.backend not in self.backends:
                 problems.append((("categories", name, "ic", "backend"),

@@ -1,0 +1,244 @@
+"""The proxy's side of threshold learning: the live threshold of each category, which would-be hits
+to check, and the judging of fresh answers against cached ones, in the background.
+
+Counts are added up in memory and sent to Redis once a second (`sync`), which also reads back
+what every proxy has added and decides each category's threshold again, so all proxies on one
+Redis serve from the same thresholds within a second of each other. The maths is in
+verify/learning.py; this module only keeps the books and calls the judge.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import random
+import time
+from collections import Counter, defaultdict
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+
+import numpy as np
+
+from catcache.policy.schema import Policy
+from catcache.store.learned import LearnedState, evidence_key
+from catcache.verify import learning
+from catcache.verify.judge import AgreementJudge, Judge, LlmJudge
+from catcache.verify.learning import Decision, Estimate, Evidence, Rule
+
+log = logging.getLogger("catcache.learning")
+LOG_EVERY_S = 60.0  # a history point at least this often while a category's traffic goes on
+
+
+@dataclass(frozen=True)
+class Check:
+    """A neighbour whose cached answer the request's fresh answer will be judged against."""
+
+    category: str
+    cell: str            # the kind of answer the query asks for (verify.question.answer_kind)
+    similarity: float
+    cached: str          # the neighbour's answer text
+    why: str             # "near" (a near miss) or "explore" (a would-be hit checked)
+
+
+@dataclass(frozen=True)
+class Standing:
+    """What a category has learned, for /stats, /metrics and the reports."""
+
+    prior: float
+    decision: Decision
+    estimate: Estimate
+    evidence: Evidence
+    cells: dict[str, float]  # cell -> its own threshold, where it differs from the category's
+
+
+def answer_text(response: dict) -> str:
+    """The text of a chat or completions answer ("" for anything else)."""
+    choices = response.get("choices") or [{}]
+    first = choices[0] if isinstance(choices[0], dict) else {}
+    message = first.get("message") or {}
+    return str(message.get("content") or first.get("text") or "")
+
+
+class Learner:
+    def __init__(self, state: LearnedState, policy: Callable[[], Policy],
+                 embed: Callable[[list[str]], Awaitable[np.ndarray]],
+                 ask: Callable[[str], Awaitable[str]] | None = None, chance: Callable[[], float] = random.random):
+        self.state = state
+        self._policy = policy
+        self._embed = embed
+        self._ask = ask
+        self._chance = chance
+        self._pending: dict[str, Counter[str]] = defaultdict(Counter)
+        self._evidence: dict[str, Evidence] = {}
+        self._thresholds: dict[str, float] = {}   # evidence key -> live threshold
+        self._logged: dict[str, tuple[float, float]] = {}  # category -> (time, threshold) of the last point
+        self._tasks: set[asyncio.Task] = set()
+        self.judged = Counter[str]()      # (category) judge calls, by this proxy
+        self.explored = Counter[str]()    # would-be hits this proxy checked
+
+    @property
+    def enabled(self) -> bool:
+        return self._policy().learning.enabled
+
+    def rule(self, category: str) -> Rule:
+        settings = self._policy().learning
+        own = self._policy().category(category).target_false_hit_rate
+        return Rule(own or settings.target_false_hit_rate, settings.confidence, settings.min_observations,
+                    settings.ceiling)
+
+    def threshold(self, category: str, cell: str, prior: float) -> float:
+        """The live threshold for a query of `category` asking for `cell`; the prior until learned."""
+        if not self.enabled:
+            return prior
+        own = self._thresholds.get(evidence_key(category, cell))
+        return own if own is not None else self._thresholds.get(evidence_key(category), prior)
+
+    def band(self) -> float:
+        return self._policy().learning.band
+
+    # -- counting ------------------------------------------------------------------------------
+
+    def _add(self, category: str, cell: str, name: str, amount: int = 1) -> None:
+        for key in {evidence_key(category), evidence_key(category, cell)}:
+            self._pending[key][name] += amount
+
+    def ask(self, category: str, cell: str, similarity: float) -> None:
+        """A lookup whose best verified neighbour lay at `similarity`."""
+        if self.enabled and similarity >= learning.LOW:
+            self._add(category, cell, f"demand:{learning.bin_of(similarity)}")
+
+    def serve(self, category: str, cell: str, similarity: float | None) -> None:
+        """A hit: semantic at `similarity`, or exact (None)."""
+        if not self.enabled:
+            return
+        if similarity is None:
+            self._add(category, cell, "exact")
+        elif similarity >= learning.LOW:
+            self._add(category, cell, f"served:{learning.bin_of(similarity)}")
+
+    def explore(self, category: str) -> bool:
+        """Whether to check this would-be hit: answered by the backend and judged instead of served."""
+        settings = self._policy().learning.exploration
+        evidence = self._evidence.get(evidence_key(category), Evidence())
+        rate = learning.exploration_rate(evidence, settings.most, settings.least, settings.half_life)
+        if not self.enabled or self._chance() >= rate:
+            return False
+        self._pending[evidence_key(category)]["explored"] += 1
+        self.explored[category] += 1
+        return True
+
+    def report_false(self, category: str) -> None:
+        """An app reported a served hit wrong. Its similarity is not known, so it counts as a false
+        observation at the category's live threshold, the least similar a hit could have been."""
+        if self.enabled:
+            live = self._thresholds.get(evidence_key(category), self._policy().category(category).threshold)
+            self._pending[evidence_key(category)][f"seen:{learning.bin_of(live)}"] += 1
+            self._pending[evidence_key(category)][f"false:{learning.bin_of(live)}"] += 1
+
+    # -- judging -------------------------------------------------------------------------------
+
+    def judge_later(self, check: Check, response: dict) -> None:
+        """Judge the fresh answer against the neighbour's in the background; never delays the client."""
+        fresh = answer_text(response)
+        if not self.enabled or not fresh or not check.cached:
+            return
+        task = asyncio.get_running_loop().create_task(self._judge(check, fresh))
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+
+    def judge(self) -> Judge:
+        settings = self._policy().learning.judge
+        if settings.kind == "llm" and self._ask is not None:
+            return LlmJudge(self._ask)
+        return AgreementJudge(self._embed, settings.min_similarity)
+
+    async def _judge(self, check: Check, fresh: str) -> None:
+        try:
+            verdict = await self.judge().judge(fresh, check.cached)
+        except Exception as exc:  # noqa: BLE001 - a failed judgement is one observation fewer, no more
+            log.warning("could not judge a %s observation of %s: %r", check.why, check.category, exc)
+            return
+        self.judged[check.category] += 1
+        b = learning.bin_of(check.similarity)
+        self._add(check.category, check.cell, f"seen:{b}")
+        self._add(check.category, check.cell, "judged")
+        if not verdict.same:
+            self._add(check.category, check.cell, f"false:{b}")
+
+    async def settled(self) -> None:
+        """Wait for the judgements under way (tests and shutdown)."""
+        while self._tasks:
+            await asyncio.gather(*list(self._tasks), return_exceptions=True)
+
+    # -- Redis ---------------------------------------------------------------------------------
+
+    async def sync(self) -> None:
+        """Send this proxy's counts, read everyone's, decide every category's threshold again."""
+        pending, self._pending = self._pending, defaultdict(Counter)
+        try:
+            if pending:
+                await self.state.add(pending)
+            keys = await self.state.keys()
+            self._evidence = await self.state.load(keys)
+        except Exception:
+            for key, counts in pending.items():  # keep them for the next try
+                self._pending[key].update(counts)
+            raise
+        thresholds: dict[str, float] = {}
+        policy = self._policy()
+        for key, evidence in sorted(self._evidence.items(), key=lambda kv: kv[0].count(":")):
+            category, cell = split_key(key)
+            if category not in policy.categories:
+                continue
+            prior = policy.categories[category].threshold if not cell else \
+                thresholds.get(evidence_key(category), policy.categories[category].threshold)
+            thresholds[key] = learning.decide(evidence, prior, self.rule(category)).threshold
+        self._thresholds = thresholds
+        await self._log_points()
+
+    async def _log_points(self) -> None:
+        now = time.time()
+        for category, standing in self.standings().items():
+            last = self._logged.get(category)
+            threshold = standing.decision.threshold
+            if last is not None and last[1] == threshold and now - last[0] < LOG_EVERY_S:
+                continue
+            self._logged[category] = (now, threshold)
+            estimate = standing.estimate
+            await self.state.log(category, {"threshold": threshold, "estimate": round(estimate.rate, 5),
+                                            "low": round(estimate.low, 5), "high": round(estimate.high, 5),
+                                            "observations": standing.evidence.observations,
+                                            "hits": estimate.hits})
+
+    async def run(self, period_s: float = 1.0) -> None:
+        """`sync` every `period_s` while learning is on; errors are logged and the next period retries."""
+        while True:
+            await asyncio.sleep(period_s)
+            if not self.enabled:
+                continue
+            try:
+                await self.sync()
+            except Exception as exc:  # noqa: BLE001 - Redis down: the thresholds stay as they were
+                log.warning("could not sync what the thresholds learned: %r", exc)
+
+    def standings(self) -> dict[str, Standing]:
+        """Per category with evidence: its prior, live decision, estimate and cells' thresholds."""
+        policy = self._policy()
+        found = {}
+        for key, evidence in self._evidence.items():
+            category, cell = split_key(key)
+            if cell or category not in policy.categories:
+                continue
+            rule = self.rule(category)
+            prior = policy.categories[category].threshold
+            decision = learning.decide(evidence, prior, rule)
+            cells = {split_key(k)[1]: t for k, t in self._thresholds.items()
+                     if split_key(k)[0] == category and split_key(k)[1] and t != decision.threshold}
+            found[category] = Standing(prior, decision, learning.estimate(evidence, rule.confidence), evidence, cells)
+        return found
+
+
+def split_key(key: str) -> tuple[str, str]:
+    """(category, cell) of an evidence key; cell "" for the category's own."""
+    inside, _, rest = key.partition("{")[2].partition("}")
+    return inside, rest.removeprefix(":")

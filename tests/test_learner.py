@@ -1,0 +1,105 @@
+"""The proxy's learner on a real Redis: judged observations move a category's threshold, every
+learner on the Redis decides the same, and checks stay within the exploration budget."""
+
+from __future__ import annotations
+
+import asyncio
+import itertools
+
+import numpy as np
+import pytest
+
+from catcache.policy.loader import parse_policy
+from catcache.proxy.learner import Check, Learner, answer_text
+from catcache.store.connect import connect
+from catcache.store.learned import LearnedState
+
+POLICY = parse_policy("""
+backends: {large: {url: "http://127.0.0.1:9/v1"}}
+learning: {enabled: true, min_observations: 50, exploration: {most: 0.1, least: 0.02, half_life: 10}}
+categories:
+  factual: {threshold: 0.95}
+  default: {threshold: 0.96}
+""", "policies.yaml")
+
+
+@pytest.fixture(scope="module")
+def embed():
+    from catcache.index.embedder import Embedder
+
+    embedder = Embedder()
+
+    async def encode(texts: list[str]) -> np.ndarray:
+        return embedder.encode(texts)
+    return encode
+
+
+def reply(text: str) -> dict:
+    return {"choices": [{"index": 0, "message": {"role": "assistant", "content": text}}]}
+
+
+def test_answer_text_of_chat_and_completions():
+    assert answer_text(reply("Paris")) == "Paris"
+    assert answer_text({"choices": [{"text": "Lyon"}]}) == "Lyon"
+    assert answer_text({}) == ""
+
+
+def test_judged_near_misses_move_the_threshold_for_every_learner(redis_url, clean_redis, embed):
+    async def scenario() -> tuple[float, float, float]:
+        first_client, second_client = connect(redis_url), connect(redis_url)
+        first = Learner(LearnedState(first_client), lambda: POLICY, embed)
+        second = Learner(LearnedState(second_client), lambda: POLICY, embed)
+        before = first.threshold("factual", "date", 0.95)
+        similarities = itertools.cycle(np.linspace(0.90, 0.999, 50))
+        for i in range(400):
+            s = float(next(similarities))
+            first.ask("factual", "date", s)
+            first.judge_later(Check("factual", "date", s, "It was in 1969.", "near"), reply("it was in 1969"))
+        await first.settled()
+        await first.sync()
+        await second.sync()
+        after = (first.threshold("factual", "date", 0.95), second.threshold("factual", "date", 0.95))
+        for client in (first_client, second_client):
+            await client.aclose()
+        return before, *after
+
+    before, first, second = asyncio.run(scenario())
+    assert before == 0.95 and first < 0.95 and first == second
+
+
+def test_wrong_answers_hold_the_prior_and_show_in_the_estimate(redis_url, clean_redis, embed):
+    async def scenario() -> Learner:
+        client = connect(redis_url)
+        learner = Learner(LearnedState(client), lambda: POLICY, embed)
+        for i in range(200):
+            s = 0.90 + (i % 100) / 1000
+            learner.ask("factual", "person", s)
+            learner.serve("factual", "person", s)
+            cached = "Abraham Lincoln." if i % 5 else "The Eiffel Tower is in Paris."
+            learner.judge_later(Check("factual", "person", s, cached, "explore"), reply("Abraham Lincoln"))
+        await learner.settled()
+        await learner.sync()
+        await client.aclose()
+        return learner
+
+    learner = asyncio.run(scenario())
+    standing = learner.standings()["factual"]
+    assert learner.threshold("factual", "person", 0.95) >= 0.95
+    assert standing.evidence.observations == 200 and sum(standing.evidence.false) == 40
+    assert standing.estimate.low < 0.2 < standing.estimate.high
+    assert learner.judged["factual"] == 200
+
+
+def test_exploration_checks_a_share_of_would_be_hits_that_falls(redis_url, clean_redis, embed):
+    async def scenario() -> tuple[int, int]:
+        client = connect(redis_url)
+        draws = itertools.cycle(i / 100 for i in range(100))
+        learner = Learner(LearnedState(client), lambda: POLICY, embed, chance=lambda: next(draws))
+        early = sum(learner.explore("factual") for _ in range(100))
+        await learner.sync()
+        later = sum(learner.explore("factual") for _ in range(100))
+        await client.aclose()
+        return early, later
+
+    early, later = asyncio.run(scenario())
+    assert early == 10 and later < early  # 10% at first; after 10 checks (the half-life) half that
