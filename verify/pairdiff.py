@@ -88,6 +88,8 @@ class PairDiff:
     kind_candidate: str = ""
     axis: str = ""                  # an axis both use at different ends ("east-west"), or ""
     swapped: tuple[str, ...] = ()   # two words that trade places around a relation ("men", "women")
+    counts_query: frozenset[str] = frozenset()      # cardinal words as numbers ("three" -> "3")
+    counts_candidate: frozenset[str] = frozenset()
 
     @property
     def kinds_differ(self) -> bool:
@@ -95,7 +97,12 @@ class PairDiff:
 
     @property
     def numbers_differ(self) -> bool:
-        return self.numbers_query != self.numbers_candidate
+        """Another number or ordinal, or two different counts ("three" / "seven longest rivers")."""
+        if self.numbers_query != self.numbers_candidate:
+            return True
+        if self.counts_query and self.counts_candidate:
+            return self.counts_query | self.numbers_query != self.counts_candidate | self.numbers_candidate
+        return False
 
 
 def swapped_roles(query: list[str], candidate: list[str]) -> tuple[str, ...]:
@@ -147,7 +154,8 @@ def diff(query: str, candidate: str) -> PairDiff:
     return PairDiff(frozenset(cq - cc), frozenset(cc - cq), frozenset(cq & cc), nq, nc,
                     frozenset(n for n in names if stem(n) not in cq & cc), negq != negc,
                     _ask(wq), _ask(wc), len(wq), len(wc), question.answer_kind(query),
-                    question.answer_kind(candidate), question.opposite_axis(qq, qc), swapped_roles(wq, wc))
+                    question.answer_kind(candidate), question.opposite_axis(qq, qc), swapped_roles(wq, wc),
+                    question.counts(qq), question.counts(qc))
 
 
 FEATURES = ("similarity", "content_jaccard", "only_query", "only_candidate", "only_max",

@@ -19,6 +19,12 @@ _ORDINALS = {
     "eighth": "8", "ninth": "9", "tenth": "10", "last": "last", "latest": "last", "final": "last",
     "next": "next", "previous": "previous", "former": "previous",
 }
+# Cardinal words ("the three longest rivers" against "the seven ..."); not "one", which is as often a
+# pronoun ("which one") as a number.
+_CARDINALS = {word: str(value) for value, word in enumerate(
+    "zero one two three four five six seven eight nine ten eleven twelve".split()) if value > 1}
+_CARDINALS |= {word: str(10 * tens) for tens, word in enumerate(
+    "- - twenty thirty forty fifty sixty seventy eighty ninety".split()) if tens > 1}
 _NUMBER = re.compile(r"(\d+(?:[.,]\d+)*)(?:st|nd|rd|th)?$")
 
 # Words at the ends of one axis: a question with one end asks something else than one with
@@ -87,9 +93,14 @@ def kinds_conflict(first: str, second: str) -> bool:
     return "thing" not in (first, second) or bool({first, second} & {"date", "number"})
 
 
+def counts(tokens: list[str]) -> frozenset[str]:
+    """Cardinal number words as numbers ("three" is "3"). A count in one question only is no
+    difference ("what are two religions in finland" asks what "what religions" does); two counts are."""
+    return frozenset(_CARDINALS[token] for token in tokens if token in _CARDINALS)
+
+
 def quantities(tokens: list[str]) -> frozenset[str]:
-    """Numbers and ordinals as one set, so "16th", "16" and "sixteenth"-style typos ("16h" aside) agree
-    and "first" equals "1st"."""
+    """Numbers and ordinals as one set, so "16th" and "16" agree and "first" equals "1st"."""
     found = set()
     for token in tokens:
         if token in _ORDINALS:
@@ -115,3 +126,4 @@ def opposite_axis(query: list[str], candidate: list[str]) -> str:
         if {e for e in ends_query if e[0] == axis} != {e for e in ends_candidate if e[0] == axis}:
             return axis
     return ""
+

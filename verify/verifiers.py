@@ -49,7 +49,8 @@ class Verifier(Protocol):
 def difference(d: PairDiff) -> str:
     """The most telling difference between two queries, in a few words; "" when none stands out."""
     if d.numbers_differ:
-        return f"numbers differ: {_listed(d.numbers_query)} vs {_listed(d.numbers_candidate)}"
+        return (f"numbers differ: {_listed(d.numbers_query | d.counts_query)} vs "
+                f"{_listed(d.numbers_candidate | d.counts_candidate)}")
     if d.names_differ:
         return f"names differ: {_listed(d.names_differ)}"
     if d.negation_differs:
