@@ -20,7 +20,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from catcache.policy.schema import Policy
-from catcache.store.learned import LearnedState, evidence_key
+from catcache.store.learned import LearnedState, evidence_key, split_key
 from catcache.verify import learning
 from catcache.verify.judge import AgreementJudge, Judge, LlmJudge
 from catcache.verify.learning import Decision, Estimate, Evidence, Rule
@@ -221,6 +221,20 @@ class Learner:
             except Exception as exc:  # noqa: BLE001 - Redis down: the thresholds stay as they were
                 log.warning("could not sync what the thresholds learned: %r", exc)
 
+    def summary(self) -> dict[str, dict]:
+        """Per category, plain numbers for /stats and /metrics."""
+        found = {}
+        for category, standing in sorted(self.standings().items()):
+            decision, estimate, evidence = standing.decision, standing.estimate, standing.evidence
+            found[category] = {
+                "prior": standing.prior, "threshold": decision.threshold, "certified": decision.certified,
+                "bound": round(decision.bound, 5), "observations": evidence.observations,
+                "observed_false": sum(evidence.false), "estimate": round(estimate.rate, 5),
+                "low": round(estimate.low, 5), "high": round(estimate.high, 5), "hits": estimate.hits,
+                "explored": evidence.explored, "judged": evidence.judged, "cells": standing.cells,
+            }
+        return found
+
     def standings(self) -> dict[str, Standing]:
         """Per category with evidence: its prior, live decision, estimate and cells' thresholds."""
         policy = self._policy()
@@ -237,8 +251,3 @@ class Learner:
             found[category] = Standing(prior, decision, learning.estimate(evidence, rule.confidence), evidence, cells)
         return found
 
-
-def split_key(key: str) -> tuple[str, str]:
-    """(category, cell) of an evidence key; cell "" for the category's own."""
-    inside, _, rest = key.partition("{")[2].partition("}")
-    return inside, rest.removeprefix(":")

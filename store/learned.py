@@ -27,6 +27,12 @@ def evidence_key(category: str, cell: str = "") -> str:
     return f"{PREFIX}{{{category}}}" + (f":{cell}" if cell else "")
 
 
+def split_key(key: str) -> tuple[str, str]:
+    """(category, cell) of an evidence key; cell "" for the category's own."""
+    inside, _, rest = key.partition("{")[2].partition("}")
+    return inside, rest.removeprefix(":")
+
+
 def log_key(category: str) -> str:
     return f"cc:learnlog:{{{category}}}"
 
@@ -54,6 +60,11 @@ class LearnedState:
         """Every evidence key in Redis (categories and their cells)."""
         return sorted({key.decode() async for key in self.redis.scan_iter(match=PREFIX + "*", count=1000)})
 
+    async def categories(self) -> list[str]:
+        """Categories that have learned something or logged a point."""
+        logs = {key.decode() async for key in self.redis.scan_iter(match="cc:learnlog:*", count=1000)}
+        return sorted({split_key(key)[0] for key in set(await self.keys()) | logs})
+
     async def log(self, category: str, point: Mapping[str, float | int]) -> None:
         await self.redis.xadd(log_key(category), dict(point), maxlen=LOG_MAXLEN, approximate=True)
 
@@ -74,5 +85,4 @@ class LearnedState:
         return deleted
 
     async def reset_all(self) -> int:
-        categories = {key.split("{", 1)[1].split("}", 1)[0] for key in await self.keys()}
-        return sum([await self.reset(category) for category in sorted(categories)])
+        return sum([await self.reset(category) for category in await self.categories()])

@@ -65,3 +65,31 @@ def test_purging_a_category_resets_what_it_learned_and_nothing_else(redis_url, c
         return left
 
     assert asyncio.run(scenario()) == [evidence_key("code")]
+
+
+def test_report_history_plot_and_metrics(redis_url, clean_redis):
+    from prometheus_client import CollectorRegistry, generate_latest
+
+    from catcache.reports.learned import LearningSnapshot, latest, load_history, plot
+    from catcache.reports.plots import STYLE
+
+    async def scenario() -> dict:
+        client = connect(redis_url)
+        state = LearnedState(client)
+        for threshold, estimate in ((0.95, 0.0), (0.94, 0.012), (0.93, 0.015)):
+            await state.log("factual", {"threshold": threshold, "estimate": estimate, "low": estimate / 2,
+                                        "high": estimate * 2, "observations": 100})
+        history = await load_history(client, 0.0)
+        await client.aclose()
+        return history
+
+    history = asyncio.run(scenario())
+    assert latest(history)["factual"]["threshold"] == 0.93
+    svg = plot(history, {"factual": "#2563eb"}, STYLE)
+    assert svg.startswith("<svg") and "Live threshold" in svg
+    registry = CollectorRegistry()
+    registry.register(LearningSnapshot({"factual": {**latest(history)["factual"]}}, {"factual": 3}, {"factual": 7}))
+    text = generate_latest(registry).decode()
+    assert 'catcache_learned_threshold{category="factual"} 0.93' in text
+    assert 'catcache_false_hit_estimate{bound="high",category="factual"} 0.03' in text
+    assert 'catcache_explored_total{category="factual"} 3.0' in text
