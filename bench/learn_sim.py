@@ -21,6 +21,7 @@ from pathlib import Path
 
 import numpy as np
 
+from bench import output
 from bench.heldout import labeled_pairs, split_stream
 from catcache.categories.classifier import Classifier, RequestTraits
 from catcache.policy.loader import load_policy
@@ -154,10 +155,11 @@ def simulate(data: Prepared, policies: Path, s: Settings) -> dict:
         return live.get(cell(i), live.get(data.categories[i], priors.get(data.categories[i], 0.92)))
 
     def relearn(i: int) -> None:
+        """As the proxy's sync: the category, then each of its cells with the category's as prior."""
         name = data.categories[i]
         live[name] = learning.decide(evidence[name], priors.get(name, 0.92), rule).threshold
-        if s.finer:
-            live[cell(i)] = learning.decide(evidence[cell(i)], live[name], rule).threshold
+        for key in [k for k in evidence if s.finer and k.startswith(name + "|")]:
+            live[key] = learning.decide(evidence[key], live[name], rule).threshold
 
     def observe(i: int, j: int, sim: float) -> None:
         same = agree(data.answers[i], data.answers[j])
@@ -217,6 +219,7 @@ def simulate(data: Prepared, policies: Path, s: Settings) -> dict:
                 c["correct"] += right is True
                 c["false"] += right is False
                 c["ungraded"] += right is None
+                c["answer_false"] += not agree(data.answers[i], data.answers[j])
                 for name in {data.categories[i], cell(i)}:
                     evidence[name].serve(sim)
                 continue
@@ -227,13 +230,17 @@ def simulate(data: Prepared, policies: Path, s: Settings) -> dict:
         if i % 200 == 0:
             run.history.append({"query": i, "thresholds": dict(live)})
     graded = c["correct"] + c["false"]
-    totals = learning.pooled(e for name, e in evidence.items() if "|" not in name)
-    final_estimate = learning.estimate(totals, s.confidence)
+    estimates = [learning.estimate(e, s.confidence) for name, e in evidence.items() if "|" not in name]
+    hits = sum(e.hits for e in estimates) or 1
+    final_estimate = learning.Estimate(*(sum(getattr(e, f) * e.hits for e in estimates) / hits
+                                         for f in ("rate", "low", "high")), hits)
     return {
         "queries": c["queries"], "servable": c["servable"], "hits": c["hits"], "exact": c["exact"],
         "hit_rate": round(c["correct"] / c["servable"], 4) if c["servable"] else None,
         "false_hit_rate": round(c["false"] / graded, 4) if graded else None,
-        "false": c["false"], "ungraded": c["ungraded"], "explored": c["explored"],
+        "false": c["false"], "ungraded": c["ungraded"],
+        # hits whose answer the backend would not have given: what the learner's estimate estimates
+        "answer_false_rate": round(c["answer_false"] / c["hits"], 4) if c["hits"] else None, "explored": c["explored"],
         "explored_share": round(c["explored"] / c["queries"], 4), "observations": c["observations"],
         "observed_false": c["observed_false"],
         "estimate_final": [round(final_estimate.rate, 4), round(final_estimate.low, 4), round(final_estimate.high, 4)],
@@ -266,6 +273,7 @@ def main() -> None:
     parser.add_argument("--target", type=float, default=0.02)
     parser.add_argument("--hindsight", action="store_true", help="also find the best single threshold")
     parser.add_argument("--set", action="append", default=[], metavar="NAME=VALUE", help="a Settings field")
+    parser.add_argument("--name", help="save to bench/results/NAME.json")
     args = parser.parse_args()
     data = prepare(args.workload, args.half, args.policies)
     settings = Settings(target=args.target)
@@ -273,12 +281,14 @@ def main() -> None:
         name, value = assignment.split("=", 1)
         setattr(settings, name, type(getattr(settings, name))(eval(value)))  # noqa: S307 - a bench's own flags
     result = simulate(data, args.policies, settings)
-    history = result.pop("history")
     result.pop("evidence")
-    print(json.dumps(result, indent=1))
-    if args.hindsight:
-        print("hindsight:", json.dumps(hindsight(data, args.policies, args.target)))
-    del history
+    best = hindsight(data, args.policies, args.target) if args.hindsight else None
+    print(json.dumps({k: v for k, v in result.items() if k != "history"}, indent=1))
+    if best:
+        print("best single threshold in hindsight (with the verifier):", json.dumps(best))
+    if args.name:
+        output.save(args.name, {"workloads": [str(w) for w in args.workload], "half": args.half,
+                                "settings": vars(settings), "learned": result, "hindsight": best})
 
 
 if __name__ == "__main__":

@@ -19,7 +19,7 @@ from __future__ import annotations
 
 import math
 from statistics import NormalDist
-from collections.abc import Iterable, Mapping
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 
 LOW = 0.80        # the lowest similarity anything is learned about
@@ -133,14 +133,6 @@ class Evidence:
                 setattr(evidence, name, int(value))
         return evidence
 
-    def merged(self, other: "Evidence") -> "Evidence":
-        total = Evidence()
-        for name in ("seen", "false", "served", "demand"):
-            setattr(total, name, [a + b for a, b in zip(getattr(self, name), getattr(other, name))])
-        for name in ("exact", "explored", "judged", "refused", "refused_same"):
-            setattr(total, name, getattr(self, name) + getattr(other, name))
-        return total
-
 
 @dataclass(frozen=True)
 class Rule:
@@ -251,10 +243,3 @@ def exploration_rate(evidence: Evidence, most: float, least: float, half_life: i
     """The share of would-be hits to check: `most` while there is little evidence, falling toward
     `least` as would-be hits are checked (halved every `half_life` of them), never above `most`."""
     return max(least, most * 0.5 ** (evidence.explored / half_life))
-
-
-def pooled(parts: Iterable[Evidence]) -> Evidence:
-    total = Evidence()
-    for part in parts:
-        total = total.merged(part)
-    return total
