@@ -25,11 +25,11 @@ from catcache.proxy.admin import router as admin_router
 from catcache.proxy.admin_auth import AdminAuth
 from catcache.proxy.feedback import router as feedback_router
 from catcache.proxy.limits import DEFAULT_MAX_BODY_BYTES, BodyLimit
-from catcache.proxy.responses import backend_failed, json_response, openai_error
 from catcache.proxy.pipeline import CachePipeline
 from catcache.proxy.state import ProxyState, build_live
 from catcache.reports.recorder import Recorder
 from catcache.reports.routes import router as reports_router
+from catcache.responses import backend_failed, json_response, openai_error
 from catcache.store.connect import connect
 from catcache.store.documents import DocumentStore
 from catcache.store.embedded import EmbeddedRedis

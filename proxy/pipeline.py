@@ -31,7 +31,7 @@ from catcache.index.hnsw import Neighbour
 from catcache.verify.verifiers import load_verifier
 from catcache.policy.schema import Category, Policy
 from catcache.proxy.canonical import CanonicalRequest, InvalidRequest, canonicalise
-from catcache.proxy.responses import backend_failed, json_response, openai_error
+from catcache.responses import backend_failed, json_response, openai_error
 from catcache.proxy.sse import DONE, StreamAssembler, event_payloads, replay_chunks
 from catcache.proxy.state import ProxyState
 from catcache.reports.record import RequestRecord
