@@ -97,20 +97,14 @@ def create_app(settings: Settings) -> FastAPI:
 async def pass_through(state: ProxyState, request: Request) -> Response:
     """Relay any other /v1 request unchanged: method, headers, body, status, streaming."""
     backend = state.large()
-    backend.in_flight += 1
     try:
         upstream = await backend.open(request.method, request.url.path, headers=forwardable(request.headers),
                                       content=await request.body(), query=request.url.query)
     except httpx.HTTPError as exc:
-        backend.in_flight -= 1
         return backend_failed(backend.name, exc)
 
-    async def done() -> None:
-        await upstream.aclose()
-        backend.in_flight -= 1
-
     return StreamingResponse(upstream.aiter_raw(), status_code=upstream.status_code,
-                             headers=forwardable(upstream.headers), background=BackgroundTask(done))
+                             headers=forwardable(upstream.headers), background=BackgroundTask(upstream.aclose))
 
 
 @contextlib.asynccontextmanager

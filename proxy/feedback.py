@@ -20,8 +20,8 @@ from fastapi.responses import Response
 
 from catcache.policy.schema import Policy
 from catcache.proxy.canonical import functional_key
-from catcache.proxy.pipeline import scoped, tenant_of
 from catcache.proxy.state import ProxyState
+from catcache.proxy.tenancy import scoped, tenant_of
 from catcache.responses import json_response, openai_error
 from catcache.store.documents import Document
 from catcache.store.health import CacheUnavailable

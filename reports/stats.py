@@ -13,7 +13,7 @@ from redis.asyncio import Redis
 from catcache.policy.schema import parse_duration
 from catcache.reports import buckets
 from catcache.reports.buckets import FLOATS, SCALARS, Field
-from catcache.reports.record import FEEDBACK, HITS, MISSES, OUTCOMES, Outcome
+from catcache.reports.record import FEEDBACK, HITS, OUTCOMES, Outcome
 
 TOTAL = "*"
 
