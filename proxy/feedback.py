@@ -102,8 +102,8 @@ def reportable(doc: Document, key: str, tenant: str | None, policy: Policy) -> b
     own = functional_key(doc.endpoint, doc.request)
     if tenant is not None and key == scoped(own, tenant):
         return True
-    category = policy.categories.get(doc.category)
-    return key == own and (tenant is None or (category is not None and category.shared))
+    rules = policy.categories.get(doc.category)
+    return key == own and (tenant is None or (rules is not None and rules.shared))
 
 
 def verdict(correct: bool, *, served: bool) -> str:
