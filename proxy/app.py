@@ -12,6 +12,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import httpx
+import numpy as np
 from fastapi import FastAPI, Request
 from fastapi.responses import Response, StreamingResponse
 from starlette.background import BackgroundTask
@@ -24,6 +25,7 @@ from catcache.policy.loader import PolicyError, load_policy
 from catcache.proxy.admin import router as admin_router
 from catcache.proxy.admin_auth import AdminAuth
 from catcache.proxy.feedback import router as feedback_router
+from catcache.proxy.learner import Learner, ask_backend
 from catcache.proxy.limits import DEFAULT_MAX_BODY_BYTES, BodyLimit
 from catcache.proxy.pipeline import CachePipeline
 from catcache.proxy.state import ProxyState, build_live
@@ -34,6 +36,7 @@ from catcache.store.connect import connect
 from catcache.store.documents import DocumentStore
 from catcache.store.embedded import EmbeddedRedis
 from catcache.store.health import CacheUnavailable, RedisGuard
+from catcache.store.learned import LearnedState
 
 log = logging.getLogger("catcache")
 SWEEP_EVERY_S = 60.0
@@ -119,12 +122,18 @@ async def lifespan(app: FastAPI, settings: Settings) -> AsyncIterator[None]:
         policy_path=settings.policies, backend_override=settings.backend,
         timeout_override=settings.backend_timeout, embedder=embedder, store=store,
         guard=RedisGuard(redis), index=SemanticIndex(store, embedder.dim, model=embedder.name),
-        recorder=Recorder(redis, lambda: state.policy), local_url=settings.local_url)
+        recorder=Recorder(redis, lambda: state.policy), local_url=settings.local_url,
+        learner=Learner(LearnedState(redis), lambda: state.policy, lambda texts: embed_all(embedder, texts),
+                        lambda prompt: ask_backend(state.live.backends[state.policy.learning.judge.backend],
+                                                   prompt)))
     await state.index.start(settings.snapshots)
+    if state.learner.enabled:
+        with contextlib.suppress(Exception):  # Redis not up yet: the first period's sync tries again
+            await state.learner.sync()
     app.state.proxy = state
     app.state.pipeline = CachePipeline(state)
     tasks = [asyncio.create_task(every(SWEEP_EVERY_S, lambda: state.guard.run(state.index.sweep(), timeout=30))),
-             asyncio.create_task(follow_replicas(state))]
+             asyncio.create_task(follow_replicas(state)), asyncio.create_task(state.learner.run())]
     if settings.policies is not None:
         tasks.append(asyncio.create_task(watch_policy(state, settings.policies)))
     if settings.snapshots is not None:
@@ -139,6 +148,9 @@ async def lifespan(app: FastAPI, settings: Settings) -> AsyncIterator[None]:
             await state.index.save_snapshot(settings.snapshots)
         await app.state.pipeline.hits.close()
         await state.recorder.close()
+        await state.learner.settled()
+        with contextlib.suppress(Exception):  # what this proxy counted last goes to Redis if it can
+            await state.learner.sync()
         for client in state.live.backends.values():
             await client.aclose()
         state.guard.close()
@@ -148,6 +160,11 @@ async def lifespan(app: FastAPI, settings: Settings) -> AsyncIterator[None]:
             settings.embedded.stop()
         if settings.local is not None:
             settings.local.stop()
+
+
+async def embed_all(embedder: Embedder, texts: list[str]) -> np.ndarray:
+    """Several texts through the request path's micro-batching (the learner's judge embeds two answers)."""
+    return np.stack(await asyncio.gather(*(embedder.embed(text) for text in texts)))
 
 
 async def every(seconds: float, job: Callable[[], Awaitable[object]]) -> None:

@@ -14,6 +14,7 @@ from fastapi.responses import Response
 from catcache.backends.client import forwardable
 from catcache.policy.schema import Category, Policy
 from catcache.proxy.canonical import CanonicalRequest, InvalidRequest, canonicalise
+from catcache.proxy.learner import Check
 from catcache.proxy.tenancy import cache_control, tenant_of
 from catcache.reports.record import Outcome
 from catcache.responses import openai_error
@@ -37,6 +38,8 @@ class Found:
     similarity: float | None = None      # the nearest neighbour's, or the served one's
     verdict: str | None = None           # why a near neighbour was refused, if one was
     stale: list[tuple[str, str]] = field(default_factory=list)  # (category, id): indexed, gone from Redis
+    cell: str = ""                       # the kind of answer the query asks for: the learner's finer key
+    best: tuple[float, Document] | None = None  # the best neighbour the verifier accepted, served or not
 
 
 @dataclass
@@ -56,6 +59,7 @@ class Exchange:
     started: float = field(default_factory=time.perf_counter)
     found: Found = field(default_factory=lambda: Found(Outcome.BYPASS))
     verdict: str | None = None           # the tiers', then the IC router's, reason for passing a neighbour by
+    check: Check | None = None           # a neighbour whose answer the fresh one will be judged against
 
     def learn(self, found: Found) -> None:
         self.found, self.verdict = found, found.verdict

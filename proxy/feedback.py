@@ -68,6 +68,8 @@ async def feedback(request: Request) -> Response:
                             code="redis_down")
     kind = verdict(report.correct, served=doc.hits > 0)
     state.recorder.feedback(doc.category, kind)
+    if kind == "false-hit":
+        state.learner.report_false(doc.category)
     log.info("%s", orjson.dumps({"key": doc.doc_id, "category": doc.category, "verdict": kind, "tenant": tenant,
                                  "reason": report.reason}).decode())
     return json_response({"key": doc.doc_id, "category": doc.category, "correct": report.correct,

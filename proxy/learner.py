@@ -18,7 +18,9 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 
 import numpy as np
+import orjson
 
+from catcache.backends.client import BackendClient
 from catcache.policy.schema import Policy
 from catcache.store.learned import LearnedState, evidence_key, split_key
 from catcache.verify import learning
@@ -57,6 +59,19 @@ def answer_text(response: dict) -> str:
     first = choices[0] if isinstance(choices[0], dict) else {}
     message = first.get("message") or {}
     return str(message.get("content") or first.get("text") or "")
+
+
+async def ask_backend(client: BackendClient, prompt: str) -> str:
+    """One short chat turn to `client` (the LLM judge's question); "" if it answers an error."""
+    body = {"model": client.config.model or "judge", "messages": [{"role": "user", "content": prompt}],
+            "max_tokens": 3, "temperature": 0}
+    response = await client.open("POST", "/v1/chat/completions", headers={"content-type": "application/json"},
+                                 content=orjson.dumps(body))
+    try:
+        payload = await response.aread()
+    finally:
+        await response.aclose()
+    return answer_text(orjson.loads(payload)) if response.status_code < 300 else ""
 
 
 class Learner:

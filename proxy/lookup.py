@@ -20,9 +20,11 @@ from catcache.proxy.tenancy import scoped
 from catcache.reports.record import Outcome
 from catcache.store.documents import Document, DocumentStore
 from catcache.store.health import CacheUnavailable, RedisGuard
+from catcache.verify.question import answer_kind
 from catcache.verify.verifiers import load_verifier
 
 if TYPE_CHECKING:
+    from catcache.proxy.learner import Learner
     from catcache.proxy.state import ProxyState
 
 log = logging.getLogger("catcache.proxy")
@@ -40,10 +42,12 @@ class Tiers:
     guard: RedisGuard
     index: SemanticIndex
     embedder: Embedder
+    learner: Learner | None = None  # None: the policy's thresholds as they are, nothing learned
 
     @classmethod
     def of(cls, state: ProxyState) -> Tiers:
-        return cls(state.policy, state.live.classifier, state.store, state.guard, state.index, state.embedder)
+        return cls(state.policy, state.live.classifier, state.store, state.guard, state.index, state.embedder,
+                   state.learner)
 
 
 def adaptive_relief(policy: Policy, waiting: int) -> float:
@@ -136,14 +140,19 @@ class _Lookup:
         A paraphrase may have been classified into another category when it was stored, so every
         category's index is searched; a neighbour from another category is judged by the stricter
         of the two policies (see `strictest`)."""
-        tiers, exchange, found, step = self.tiers, self.exchange, self.found, self.threshold_step
+        tiers, exchange, step = self.tiers, self.exchange, self.threshold_step
+        self.found = found = replace(self.found, cell=answer_kind(exchange.canon.query_text))
+        learner = tiers.learner
+        # Near misses this far under the threshold are judged when their fresh answer comes back.
+        band = learner.band() if learner is not None and learner.enabled else 0.0
+        mine = learned(learner, found.category, found.cell, found.rules)
         candidates: list[tuple[str, Neighbour, Category]] = []
         for name in tiers.index.categories():
             their_rules = self.policy.categories.get(name)
             if their_rules is None or not their_rules.cacheable:
                 continue
-            rules = strictest(found.rules, their_rules)
-            floor = rules.threshold - step
+            rules = strictest(mine, learned(learner, name, found.cell, their_rules))
+            floor = rules.threshold - step - band
             if name == found.category and rules.ic:
                 floor = min(floor, rules.ic.low)
             tenant = None if their_rules.shared else exchange.tenant
@@ -154,7 +163,7 @@ class _Lookup:
             return None, []
         candidates.sort(key=lambda c: -c[1].similarity)
         self.found = replace(self.found, similarity=candidates[0][1].similarity)
-        above = [c for c in candidates if c[1].similarity >= c[2].threshold - step][:VERIFY_AT_MOST]
+        above = [c for c in candidates if c[1].similarity >= c[2].threshold - step - band][:VERIFY_AT_MOST]
         if above:
             docs = await tiers.guard.run(tiers.store.get_many([n.entry.doc_id for _, n, _ in above]))
             for (name, neighbour, rules), doc in zip(above, docs):
@@ -165,12 +174,23 @@ class _Lookup:
                     continue  # alive under its own category's TTL, too old for this query's
                 verdict = verify(rules, exchange.canon.query_text, doc, neighbour.similarity)
                 if verdict is None:
+                    self.found = replace(self.found, best=(neighbour.similarity, doc))
+                    if neighbour.similarity < rules.threshold - step:
+                        break  # the best accepted neighbour lies in the band: a near miss to judge
                     self.found = replace(self.found, similarity=neighbour.similarity)
                     return doc, []
                 self.found = replace(self.found, verdict=self.found.verdict or verdict)
         low = found.rules.ic.low if found.rules.ic else None
         band = [(n.similarity, n.entry.doc_id) for _, n, _ in candidates if low is not None and n.similarity >= low]
         return None, band[:NEIGHBOURS]
+
+
+def learned(learner: Learner | None, category: str, cell: str, rules: Category) -> Category:
+    """`rules` with the threshold the learner has learned for `category` (its prior until then)."""
+    if learner is None:
+        return rules
+    threshold = learner.threshold(category, cell, rules.threshold)
+    return rules if threshold == rules.threshold else rules.model_copy(update={"threshold": threshold})
 
 
 def strictest(rules: Category, their_rules: Category) -> Category:

@@ -21,6 +21,7 @@ from catcache.proxy import outcomes
 from catcache.proxy.exchange import Exchange, parse
 from catcache.proxy.forwarding import forward, fresh_id, reply
 from catcache.proxy.incontext import in_context
+from catcache.proxy.learner import Check, answer_text
 from catcache.proxy.lookup import Tiers, look_up
 from catcache.proxy.state import ProxyState
 from catcache.proxy.storing import Keep
@@ -42,6 +43,17 @@ class CachePipeline:
         exchange.learn(found)
         for category, doc_id in found.stale:
             self.state.index.remove(category, [doc_id])
+        learner = self.state.learner
+        if found.best is not None:
+            similarity, neighbour = found.best
+            learner.ask(found.category, found.cell, similarity)
+            if found.doc is None:  # a near miss: its fresh answer will say whether the neighbour's was right
+                exchange.check = Check(found.category, found.cell, similarity, answer_text(neighbour.response), "near")
+            elif found.outcome == Outcome.HIT_SEMANTIC and learner.explore(found.category):
+                exchange.check = Check(found.category, found.cell, similarity, answer_text(neighbour.response),
+                                       "explore")
+                exchange.verdict = f"explored: a would-be hit at {similarity:.4f}, answered by the backend to check it"
+                return await self.fetch(exchange)
         if found.doc is not None:
             return self.serve(exchange, found.doc, found.outcome)
         if found.outcome == Outcome.BYPASS:
@@ -55,6 +67,8 @@ class CachePipeline:
     def serve(self, exchange: Exchange, doc: Document, outcome: Outcome) -> Response:
         """A hit: the cached answer under a fresh id, counted in the background."""
         self.hits.add(doc, exchange.rules.eviction)
+        self.state.learner.serve(exchange.category, exchange.found.cell,
+                                 exchange.similarity if outcome == Outcome.HIT_SEMANTIC else None)
         response = dict(doc.response, id=fresh_id(exchange.endpoint))
         outcomes.record(self.state, exchange, outcome, doc.latency_ms, response.get("usage"))
         return reply(exchange, response, outcomes.headers(exchange, outcome, doc.doc_id))

@@ -17,6 +17,7 @@ from catcache.index.embedder import Embedder
 from catcache.index.semantic import SemanticIndex
 from catcache.policy.loader import PolicyError, PolicyIssue, load_policy
 from catcache.policy.schema import Backend, Policy
+from catcache.proxy.learner import Learner
 from catcache.proxy.singleflight import SingleFlight
 from catcache.reports.recorder import Recorder
 from catcache.store.documents import DocumentStore
@@ -45,6 +46,7 @@ class ProxyState:
     guard: RedisGuard
     index: SemanticIndex
     recorder: Recorder
+    learner: Learner
     timeout_override: float | None = None  # --backend-timeout: the large backend's, over the policy's
     flights: SingleFlight = field(default_factory=SingleFlight)
     last_reload_error: str | None = None

@@ -25,6 +25,8 @@ class Keep:
 
     async def store(self, response: dict, latency_ms: float) -> None:
         await store(self.state, self.exchange, response, latency_ms)
+        if self.exchange.check is not None:
+            self.state.learner.judge_later(self.exchange.check, response)
 
     def land(self, response: dict | None) -> None:
         """Hand the answer (None: the call failed) to the requests waiting on this flight."""

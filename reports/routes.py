@@ -10,6 +10,7 @@ from fastapi.responses import Response
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
 from catcache.backends.client import BackendClient
+from catcache.reports.learned import LearningSnapshot
 from catcache.reports.metrics import Snapshot
 from catcache.reports.stats import Window
 from catcache.responses import json_response, openai_error
@@ -28,7 +29,9 @@ async def metrics(request: Request) -> Response:
     up = await asyncio.gather(*(answers(client) for _, client in clients))
     snapshot = Snapshot(state.index.sizes(), state.guard.healthy,
                         [(name, ok, client.in_flight) for (name, client), ok in zip(clients, up)])
-    return Response(generate_latest(state.recorder.registry) + generate_latest(snapshot),
+    learner = state.learner
+    learning = LearningSnapshot(learner.summary() if learner.enabled else {}, learner.explored, learner.judged)
+    return Response(generate_latest(state.recorder.registry) + generate_latest(snapshot) + generate_latest(learning),
                     media_type=CONTENT_TYPE_LATEST)
 
 
@@ -42,7 +45,8 @@ async def stats(request: Request, since: str = "1h") -> Response:
         return openai_error(400, f"since: {exc}", code="invalid_since")
     except CacheUnavailable as exc:
         return openai_error(503, f"the counters live in redis, which is unavailable: {exc}", code="redis_down")
-    return json_response({"since": since, **window.summary()})
+    learning = {"learning": state.learner.summary()} if state.learner.enabled else {}
+    return json_response({"since": since, **window.summary(), **learning})
 
 
 async def answers(client: BackendClient) -> bool:
