@@ -6,7 +6,7 @@ from datetime import datetime
 from html import escape
 
 from catcache.reports import format as fmt
-from catcache.reports import plots
+from catcache.reports import learned, plots
 from catcache.reports.record import Outcome
 from catcache.reports.stats import Window
 
@@ -55,6 +55,11 @@ def render(window: Window, since: str) -> str:
         body += [
             _panel("Hit rate over time", "Exact and semantic hits over all requests, per category.",
                    plots.hit_rate_over_time(window, colors)),
+            *([_panel("Learned thresholds",
+                      "Each category's live threshold, learned from judged near misses and checked would-be "
+                      "hits under its false-hit target, and the estimated false-hit rate of the hits it "
+                      "served (shaded: the interval).",
+                      learned.plot(window.learned, colors, plots.STYLE))] if window.learned else []),
             '<div class="row">',
             _panel("Outcome mix", "Where each category's requests were answered.", plots.outcome_mix(window)),
             _panel("Latency: hits against misses", "Share of each kind of request by the time the client waited.",

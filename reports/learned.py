@@ -8,10 +8,6 @@ import math
 from collections.abc import Iterable, Mapping
 from datetime import datetime
 
-from matplotlib import rc_context
-from matplotlib.dates import AutoDateLocator, ConciseDateFormatter
-from matplotlib.figure import Figure
-from matplotlib.ticker import PercentFormatter
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 from redis.asyncio import Redis, RedisCluster
 
@@ -42,6 +38,11 @@ def latest(history: History) -> dict[str, dict[str, float]]:
 def plot(history: History, colors: Mapping[str, str], style: Mapping[str, object]) -> str:
     """Two panels over time: each category's live threshold, and its estimated false-hit rate
     with the interval shaded."""
+    from matplotlib import rc_context  # loaded for the page only, as reports/plots.py is
+    from matplotlib.dates import AutoDateLocator, ConciseDateFormatter
+    from matplotlib.figure import Figure
+    from matplotlib.ticker import PercentFormatter
+
     from catcache.reports.plots import _svg  # one SVG writer for the page
 
     with rc_context(dict(style)):

@@ -122,4 +122,10 @@ def table(window: Window, since: str) -> Table:
                      fmt.usd(row["cost_saved_usd"]))
     if not summary["categories"]:
         grid.caption = "no requests in this window"
+    if summary["learned"]:
+        learned = "learned thresholds: " + "; ".join(
+            f"{name} {point['threshold']:.4f}, false hits ~{fmt.pct(point['estimate'])} "
+            f"({fmt.pct(point['low'])}-{fmt.pct(point['high'])}) from {int(point['observations'])} observations"
+            for name, point in summary["learned"].items())
+        grid.caption = f"{grid.caption}\n{learned}" if grid.caption else learned
     return grid

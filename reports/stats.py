@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import time
 from collections import defaultdict
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from functools import cached_property
 from datetime import datetime, timezone
 
@@ -12,6 +12,7 @@ from redis.asyncio import Redis
 
 from catcache.policy.schema import parse_duration
 from catcache.reports import buckets
+from catcache.reports.learned import History, latest, load_history
 from catcache.reports.buckets import FLOATS, SCALARS, Field
 from catcache.reports.record import FEEDBACK, HITS, OUTCOMES, Outcome
 
@@ -32,13 +33,14 @@ class Window:
     end: float
     buckets: list[tuple[int, dict[Field, float]]]
     thresholds: dict[str, float]
+    learned: History = field(default_factory=dict)  # category -> the learner's points in the window
 
     @classmethod
     async def load(cls, redis: Redis, since: str | float, now: float | None = None) -> Window:
         end = time.time() if now is None else now
         start = max(0.0, end - seconds(since))  # "since=99999999d" means all there is, not year -273788674
         found, thresholds = await buckets.read(redis, start, end)
-        return cls(start, end, found, thresholds)
+        return cls(start, end, found, thresholds, await load_history(redis, start))
 
     @cached_property
     def totals(self) -> dict[str, dict[str, dict[str, float]]]:
@@ -66,6 +68,7 @@ class Window:
             "total": summarize(totals.get(TOTAL, {})),
             "categories": {name: summarize(totals[name]) for name in self.categories},
             "thresholds": self.thresholds,
+            "learned": latest(self.learned),
         }
 
     def histogram(self, kind: str, outcomes: tuple[str, ...], category: str | None = None) -> list[float]:

@@ -93,3 +93,24 @@ def test_report_history_plot_and_metrics(redis_url, clean_redis):
     assert 'catcache_learned_threshold{category="factual"} 0.93' in text
     assert 'catcache_false_hit_estimate{bound="high",category="factual"} 0.03' in text
     assert 'catcache_explored_total{category="factual"} 3.0' in text
+
+
+def test_catcache_report_shows_what_was_learned(redis_url, clean_redis):
+    from catcache.reports.html import render
+    from catcache.reports.report import table
+    from catcache.reports.stats import Window
+    from rich.console import Console
+
+    async def scenario() -> Window:
+        client = connect(redis_url)
+        await LearnedState(client).log("factual", {"threshold": 0.9125, "estimate": 0.011, "low": 0.004,
+                                                   "high": 0.018, "observations": 420, "hits": 300})
+        window = await Window.load(client, "1h")
+        await client.aclose()
+        return window
+
+    window = asyncio.run(scenario())
+    assert window.summary()["learned"]["factual"]["threshold"] == 0.9125
+    console = Console(width=200, record=True)
+    console.print(table(window, "1h"))
+    assert "factual 0.9125, false hits ~1.1% (0.4%-1.8%) from 420 observations" in console.export_text()
