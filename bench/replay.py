@@ -114,8 +114,9 @@ def thresholds_of(categories: dict) -> dict[str, float]:
 
 
 def grade(queries: list[dict], answers: list[Answer], limits: dict[str, float],
-          grader: Grader | None = None) -> dict[str, dict]:
-    """Per workload category and overall: rates, near misses, latencies, savings."""
+          grader: Grader | None = None, first: int = 0) -> dict[str, dict]:
+    """Per workload category and overall: rates, near misses, latencies, savings; of the queries
+    from index `first` on (a hit may still have been served an answer stored before it)."""
     stored: dict[str, int] = {}
     for i, answer in enumerate(answers):
         if answer.outcome == "miss" and answer.key:
@@ -130,6 +131,8 @@ def grade(queries: list[dict], answers: list[Answer], limits: dict[str, float],
     rows: dict[str, dict] = defaultdict(lambda: defaultdict(float, dict.fromkeys(counted, 0.0)))
     latencies: dict[str, dict[str, list[float]]] = defaultdict(lambda: {"hit": [], "miss": []})
     for i, (query, answer, repeatable) in enumerate(zip(queries, answers, grader.servable(queries))):
+        if i < first:
+            continue
         for name in (query.get("category", "-"), "overall"):
             row = rows[name]
             row["queries"] += 1
@@ -198,8 +201,24 @@ def main() -> None:
     parser.add_argument("--model", default=MODEL,
                         help="model name sent with each query; name one priced in the policy to see cost saved")
     parser.add_argument("--name", default="replay", help="results file: bench/results/NAME.json")
+    parser.add_argument("--cold-start", action="store_true",
+                        help="learning on, a backend that answers each group alike, thresholds over time "
+                             "(bench/cold_start.py); --think-ms, --tokens-per-s and --proxy do not apply")
+    parser.add_argument("--target", type=float, help="with --cold-start: the policy's target_false_hit_rate")
+    parser.add_argument("--mix", type=Path, metavar="WORKLOAD",
+                        help="with --heldout: interleave this workload's held-out half into one stream")
     args = parser.parse_args()
     name, queries, grader = workload.load(args)
+    if args.mix is not None:
+        name, queries, grader = mixed(args, queries)
+    if args.cold_start:
+        from bench import cold_start
+
+        result = cold_start.run(queries, grader, args.policies, args.concurrency, args.target)
+        show(f"cold start on {name}: {len(queries)} queries, concurrency {args.concurrency}", result["rates"])
+        output.save(args.name, {"workload": name, "queries": len(queries), "concurrency": args.concurrency,
+                                "policies": str(args.policies), **result})
+        return
     with stack.catcache(args.think_ms, args.tokens_per_s, args.policies, args.proxy) as base_url:
         result = asyncio.run(replay(base_url, queries, args.concurrency, args.policies, model=args.model,
                                     grader=grader))
@@ -210,6 +229,17 @@ def main() -> None:
         "backend": None if args.proxy else {"think_ms": args.think_ms, "tokens_per_s": args.tokens_per_s},
         "policies": str(args.policies), "proxy": args.proxy or "fresh", **result,
     })
+
+
+def mixed(args: argparse.Namespace, first: list[dict]) -> tuple[str, list[dict], object]:
+    """The held-out halves of --heldout and --mix interleaved into one stream, each graded by its own labels."""
+    from bench.heldout import HELDOUT, split_stream
+    from bench.learn_sim import MixedGrader, interleave
+
+    folders = [args.heldout, args.mix]
+    streams = [first, split_stream(args.mix, HELDOUT)]
+    return " + ".join(map(str, folders)) + " (held-out halves)", interleave(streams), \
+        MixedGrader(streams, folders, HELDOUT)
 
 
 if __name__ == "__main__":
