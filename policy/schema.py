@@ -96,8 +96,8 @@ class Exploration(Strict):
     """The share of would-be hits answered by the backend instead, to check them: `most` at first,
     halved every `half_life` checks, never below `least`."""
 
-    most: float = Field(default=0.10, ge=0.0, le=0.5)
-    least: float = Field(default=0.02, ge=0.0, le=0.5)
+    most: float = Field(default=0.10, ge=0.0, le=1.0)
+    least: float = Field(default=0.02, ge=0.0, le=1.0)
     half_life: int = Field(default=100, ge=1)
 
     @model_validator(mode="after")
