@@ -15,6 +15,8 @@ from __future__ import annotations
 
 import asyncio
 import json
+import subprocess
+import sys
 import tempfile
 from pathlib import Path
 
@@ -38,7 +40,8 @@ def learning_policy(policies: Path, target: float | None) -> dict:
     return policy
 
 
-def run(queries: list[dict], grader: Grader, policies: Path, concurrency: int, target: float | None) -> dict:
+def run(queries: list[dict], grader: Grader, policies: Path, concurrency: int, target: float | None,
+        report_html: Path | None = None) -> dict:
     policy = learning_policy(policies, target)
     with tempfile.NamedTemporaryFile("w", suffix=".json", prefix="replies-", delete=False) as replies:
         json.dump(group_answers.answers(queries), replies)
@@ -50,6 +53,9 @@ def run(queries: list[dict], grader: Grader, policies: Path, concurrency: int, t
             with stack.served(policy, None, backend_url) as proxy:
                 answers, timeline = asyncio.run(_replay(proxy.base_url, proxy.url, queries, concurrency))
                 calls = httpx.get(backend_url.removesuffix("/v1") + "/stats").json()
+                if report_html is not None:  # `catcache report` of the proxy's Redis, while it still runs
+                    subprocess.run([sys.executable, "-m", "catcache", "report", "--data-dir", str(proxy.data_dir),
+                                    "--since", "1d", "--format", "html", "--out", str(report_html)], check=True)
     finally:
         Path(replies.name).unlink(missing_ok=True)
     limits = thresholds_of(policy.get("categories") or {})

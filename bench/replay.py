@@ -205,6 +205,7 @@ def main() -> None:
                         help="learning on, a backend that answers each group alike, thresholds over time "
                              "(bench/cold_start.py); --think-ms, --tokens-per-s and --proxy do not apply")
     parser.add_argument("--target", type=float, help="with --cold-start: the policy's target_false_hit_rate")
+    parser.add_argument("--report-html", type=Path, help="with --cold-start: write `catcache report`'s page here")
     parser.add_argument("--mix", type=Path, metavar="WORKLOAD",
                         help="with --heldout: interleave this workload's held-out half into one stream")
     args = parser.parse_args()
@@ -214,7 +215,7 @@ def main() -> None:
     if args.cold_start:
         from bench import cold_start
 
-        result = cold_start.run(queries, grader, args.policies, args.concurrency, args.target)
+        result = cold_start.run(queries, grader, args.policies, args.concurrency, args.target, args.report_html)
         show(f"cold start on {name}: {len(queries)} queries, concurrency {args.concurrency}", result["rates"])
         output.save(args.name, {"workload": name, "queries": len(queries), "concurrency": args.concurrency,
                                 "policies": str(args.policies), **result})
