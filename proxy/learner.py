@@ -28,7 +28,7 @@ from catcache.verify.judge import AgreementJudge, Judge, LlmJudge
 from catcache.verify.learning import Decision, Estimate, Evidence, Rule
 
 log = logging.getLogger("catcache.learning")
-LOG_EVERY_S = 60.0  # a history point at least this often while a category's traffic goes on
+LOG_EVERY_S = 20.0  # a history point at least this often (20,000 points a category: 4.6 days)
 
 
 @dataclass(frozen=True)
