@@ -224,7 +224,7 @@ def main(argv: list[str] | None = None) -> None:
     try:
         small_url = small.start()
         probe = probe_small(small_url, queries)
-        with stack.test_server("tests.backend", "--think-ms", str(args.think_ms), "--tokens-per-s",
+        with stack.test_server("catcache.testing.backend", "--think-ms", str(args.think_ms), "--tokens-per-s",
                                str(args.tokens_per_s), "--slots", str(args.slots), "--replies", out.name) as large:
             for name in arms:
                 ic, capped, adaptive = ARMS[name]

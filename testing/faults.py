@@ -18,9 +18,8 @@ import redis
 
 from catcache.store.embedded import die_with_parent, redis_server_path
 
-from .util import free_port, wait_http
+from .proxy import free_port, wait_http
 
-ROOT = Path(__file__).parents[1]
 
 
 @dataclass
@@ -142,11 +141,11 @@ class RedisProcess(Killable):
 
 
 class BackendProcess(Killable):
-    """`python -m tests.backend` in its own process on a fixed port, so it can be killed and restarted."""
+    """`python -m catcache.testing.backend` in its own process on a fixed port, so it can be killed and restarted."""
 
     def __init__(self, think_ms: float = 0, tokens_per_s: float = 0):
         self.port = free_port()
-        self.args = [sys.executable, "-m", "tests.backend", "--port", str(self.port), "--think-ms", str(think_ms),
+        self.args = [sys.executable, "-m", "catcache.testing.backend", "--port", str(self.port), "--think-ms", str(think_ms),
                      "--tokens-per-s", str(tokens_per_s)]
 
     @property
@@ -154,7 +153,7 @@ class BackendProcess(Killable):
         return f"http://127.0.0.1:{self.port}/v1"
 
     def start(self) -> BackendProcess:
-        self.process = subprocess.Popen(self.args, cwd=ROOT, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
+        self.process = subprocess.Popen(self.args, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
                                         stderr=subprocess.DEVNULL, preexec_fn=die_with_parent())
         wait_http(f"{self.base_url}/models", process=self.process)
         return self

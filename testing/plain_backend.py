@@ -1,11 +1,11 @@
 """The test backend's chat and completions on Python's `http.server`: a plain HTTP/1.1 server.
 
 uvicorn sets TCP_NODELAY and writes a response in one go; many servers do neither. This one
-answers like `tests.backend` (same answers, same stream chunks) from a ThreadingHTTPServer with
+answers like `catcache.testing.backend` (same answers, same stream chunks) from a ThreadingHTTPServer with
 keep-alive, writing the head and the body of each response separately and leaving Nagle's
 algorithm on, so a benchmark or test in front of it sees the stalls such a server can cause.
 
-Run it alone with `python -m tests.plain_backend --port 8000`.
+Run it alone with `python -m catcache.testing.plain_backend --port 8000`.
 """
 
 from __future__ import annotations
@@ -17,8 +17,9 @@ import time
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 
-from tests.backend import (DEFAULT_MODELS, BackendState, _chat_answer, _chat_payload, _content_text,
-                           _last_user_text, _message, _opening_delta, _piece_delta, _sse, _usage, _words)
+from .backend import answers as a
+from .backend.app import models_page
+from .backend.state import BackendState
 
 
 class _Handler(BaseHTTPRequestHandler):
@@ -32,8 +33,7 @@ class _Handler(BaseHTTPRequestHandler):
         if self.path.rstrip("/") != "/v1/models":
             return self._json(404, {"error": {"message": "not found", "type": "invalid_request_error",
                                               "param": None, "code": "404"}})
-        self._json(200, {"object": "list", "data": [{"id": m, "object": "model", "created": 0,
-                                                      "owned_by": "catcache-test"} for m in self.server.state.models]})
+        self._json(200, models_page(self.server.state.models))
 
     def do_POST(self) -> None:  # noqa: N802
         body = json.loads(self.rfile.read(int(self.headers.get("content-length") or 0)) or b"{}")
@@ -44,25 +44,25 @@ class _Handler(BaseHTTPRequestHandler):
         state.count(self.path)
         number = state.next_answer()
         messages = body.get("messages") or []
-        answer = _chat_answer(0, number, _last_user_text(messages), None, body.get("max_tokens"))
-        usage = _usage(sum(len(_words(_content_text(m.get("content")))) for m in messages), [answer])
+        answer = a.chat_answer(0, number, a.last_user_text(messages), None, body.get("max_tokens"))
+        usage = a.usage(a.prompt_tokens(messages), [answer])
         envelope = {"id": f"chatcmpl-{number}", "created": int(time.time()), "model": body.get("model", "")}
         time.sleep(state.think_s)
         if not body.get("stream"):
             return self._json(200, {**envelope, "object": "chat.completion", "usage": usage, "choices": [
-                {"index": 0, "message": _message(answer), "logprobs": None, "finish_reason": answer.finish_reason}]})
+                {"index": 0, "message": a.message(answer), "logprobs": None, "finish_reason": answer.finish_reason}]})
         chunk = {**envelope, "object": "chat.completion.chunk"}
         self.send_response(200)
         self.send_header("content-type", "text/event-stream")
         self.send_header("transfer-encoding", "chunked")
         self.end_headers()
-        events = [_chat_payload(answer, _opening_delta(answer)),
-                  *(_chat_payload(answer, _piece_delta(answer, piece)) for piece in answer.pieces),
-                  _chat_payload(answer, {}, answer.finish_reason)]
+        events = [a.chat_payload(answer, a.opening_delta(answer)),
+                  *(a.chat_payload(answer, a.piece_delta(answer, piece)) for piece in answer.pieces),
+                  a.chat_payload(answer, {}, answer.finish_reason)]
         for payload in events:
-            self._chunk(_sse({**chunk, "choices": [payload]}))
+            self._chunk(a.sse({**chunk, "choices": [payload]}))
         if (body.get("stream_options") or {}).get("include_usage"):
-            self._chunk(_sse({**chunk, "choices": [], "usage": usage}))
+            self._chunk(a.sse({**chunk, "choices": [], "usage": usage}))
         self._chunk(b"data: [DONE]\n\n")
         self.wfile.write(b"0\r\n\r\n")
 
@@ -83,7 +83,7 @@ class _Server(ThreadingHTTPServer):
 
     def __init__(self, port: int, think_ms: float):
         super().__init__(("127.0.0.1", port), _Handler)
-        self.state = BackendState(think_ms, 0, DEFAULT_MODELS)
+        self.state = BackendState(think_ms)
 
 
 class PlainBackend:

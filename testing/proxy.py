@@ -1,39 +1,23 @@
-"""Helpers for tests and benchmarks: free ports, waiting on HTTP, `catcache serve` as a child, and a
-document store of its own on the test Redis."""
+"""`catcache serve` as a child process on a free port, for tests and benchmarks that drive the
+proxy over HTTP as its users do, and waiting for a server to answer."""
 
 from __future__ import annotations
 
-import asyncio
 import os
 import signal
-import socket
 import subprocess
 import sys
 import time
-import uuid
-from collections.abc import Awaitable, Callable, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 
 import httpx
-import redis
-from redis.asyncio import Redis, RedisCluster
-from redis.cluster import ClusterNode
 
-from catcache.store.connect import cluster_seeds, connect, is_cluster_url
-from catcache.store.documents import DocumentStore
-from catcache.store.embedded import die_with_parent
+from catcache.store.embedded import die_with_parent, free_port
 
-StoreScenario = Callable[[DocumentStore, Redis | RedisCluster, str], Awaitable[None]]
-
+DEFAULT_POLICIES = Path(__file__).resolve().parents[1] / "policies.yaml"  # the policy catcache ships
 START_TIMEOUT = 180.0  # a loaded 2-core machine can take minutes to load torch and the model
 STOP_TIMEOUT = 15.0
-
-
-def free_port() -> int:
-    """A loopback port nobody listens on right now (another process could still take it)."""
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
 
 
 def wait_http(url: str, timeout: float = START_TIMEOUT, process: subprocess.Popen[bytes] | None = None) -> None:
@@ -136,23 +120,3 @@ class ProxyProcess:
         except OSError:
             return "(no output)"
         return "\n".join(text.splitlines()[-lines:]) or "(no output)"
-
-
-def run_with_store(redis_url: str, scenario: StoreScenario) -> None:
-    """Run `scenario` with a store on its own client and a category no other test uses."""
-    async def main() -> None:
-        redis = connect(redis_url)
-        try:
-            await scenario(DocumentStore(redis, origin=uuid.uuid4().hex), redis, f"cat-{uuid.uuid4().hex[:8]}")
-        finally:
-            await redis.aclose()
-
-    asyncio.run(main())
-
-
-def sync_client(url: str) -> redis.Redis | redis.RedisCluster:
-    """A blocking client for `url` (one server or, with the cluster scheme, a Redis Cluster)."""
-    if is_cluster_url(url):
-        first, others = cluster_seeds(url)
-        return redis.RedisCluster.from_url(first, startup_nodes=[ClusterNode(h, p) for h, p in others])
-    return redis.Redis.from_url(url)

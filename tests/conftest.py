@@ -11,12 +11,9 @@ import pytest
 import redis
 
 from catcache.store.embedded import EmbeddedRedis
-
-from .backend import TestBackend
-from .cluster import RedisClusterServers
-from .util import ProxyProcess, sync_client
-
-DEFAULT_POLICIES = Path(__file__).resolve().parent.parent / "policies.yaml"
+from catcache.testing import ProxyProcess, TestBackend
+from catcache.testing.proxy import DEFAULT_POLICIES
+from catcache.testing.redis import RedisClusterServers, sync_client
 
 
 def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:

@@ -22,7 +22,7 @@ from bench.heldout import read_jsonl
 from bench.output import RESULTS
 from catcache.verify.labels import Grader
 
-ROOT = Path(__file__).parents[1]
+ROOT = Path(__file__).parents[2]
 STREAM = Path(__file__).parent / "data" / "bench_stream.jsonl"
 
 

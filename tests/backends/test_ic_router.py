@@ -17,7 +17,7 @@ from catcache.reports.buckets import SCALARS
 from catcache.reports.stats import summarize
 from catcache.store.documents import Document
 
-from .backend import TestBackend
+from catcache.testing import TestBackend
 
 
 def doc(answer: str, n: int = 0) -> Document:

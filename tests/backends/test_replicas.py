@@ -18,8 +18,8 @@ from catcache.backends.replicas import ReplicaSet, affinity_key
 from catcache.policy.loader import PolicyError, load_policy
 from catcache.policy.schema import Backend
 
-from .backend import TestBackend
-from .util import ProxyProcess, free_port
+from catcache.testing import TestBackend
+from catcache.testing import ProxyProcess, free_port
 
 URLS = [f"http://10.0.0.{i}:8000/v1" for i in range(1, 5)]
 CHAT = "/v1/chat/completions"
@@ -145,7 +145,7 @@ def test_all_replicas_down_raises_the_connect_error():
 def test_the_proxy_routes_a_prefix_to_one_replica_and_survives_a_dead_one(tmp_path: Path):
     with TestBackend() as first, TestBackend() as second:
         dead = f"http://127.0.0.1:{free_port()}/v1"
-        policy = yaml.safe_load(Path(__file__).parents[1].joinpath("policies.yaml").read_text())
+        policy = yaml.safe_load(Path(__file__).parents[2].joinpath("policies.yaml").read_text())
         policy["backends"]["large"] = {"urls": [first.base_url, second.base_url, dead], "role": "large"}
         path = tmp_path / "policies.yaml"
         path.write_text(yaml.safe_dump(policy))

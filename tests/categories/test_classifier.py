@@ -11,7 +11,7 @@ from catcache.categories.classifier import Classification, Classifier, RequestTr
 from catcache.index.embedder import Embedder
 from catcache.policy.loader import load_policy, parse_policy
 
-SHIPPED = Path(__file__).resolve().parent.parent / "policies.yaml"
+SHIPPED = Path(__file__).resolve().parents[2] / "policies.yaml"
 
 # Categories with exemplars only, so every query here goes through the centroids.
 TOPICS = """

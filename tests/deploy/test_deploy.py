@@ -15,7 +15,7 @@ from catcache.deploy import render
 from catcache.policy.loader import load_policy, parse_policy
 from catcache.policy.schema import Policy
 
-REPO = Path(__file__).resolve().parent.parent
+REPO = Path(__file__).resolve().parents[2]
 EXAMPLES = REPO / "deploy" / "examples"
 
 

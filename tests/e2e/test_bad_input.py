@@ -23,9 +23,9 @@ from hypothesis import strategies as st
 from catcache.proxy.app import Settings
 from catcache.store.embedded import EmbeddedRedis
 
-from .inprocess import InProcess, in_process
+from catcache.testing.inprocess import InProcess, in_process
 
-POLICIES = Path(__file__).parent / "data" / "policies-e2e.yaml"
+POLICIES = Path(__file__).parents[1] / "data" / "policies-e2e.yaml"
 LIMIT = 256 * 1024
 TOKEN = "admin-token-for-fuzzing"
 FUZZ_EXAMPLES = 100

@@ -11,9 +11,9 @@ from openai import AsyncOpenAI
 
 from catcache.store.documents import doc_key
 
-from .cluster import RedisClusterServers
-from .conftest import DEFAULT_POLICIES
-from .util import sync_client
+from catcache.testing.redis import RedisClusterServers
+from catcache.testing.proxy import DEFAULT_POLICIES
+from catcache.testing.redis import sync_client
 
 LOAD_S = 12.0
 KILL_AT_S = 3.0

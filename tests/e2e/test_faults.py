@@ -16,9 +16,9 @@ import openai
 import pytest
 import redis
 
-from .faults import BackendProcess, Load, RedisProcess, StallingProxy, ask, doc_keys, wait_ping
+from catcache.testing.faults import BackendProcess, Load, RedisProcess, StallingProxy, ask, doc_keys, wait_ping
 
-POLICIES = Path(__file__).parent / "data" / "policies-e2e.yaml"
+POLICIES = Path(__file__).parents[1] / "data" / "policies-e2e.yaml"
 WARM = [f"What is the capital of country number {i}?" for i in range(12)]
 
 

@@ -19,9 +19,9 @@ from catcache.reports import report as report_cli
 from catcache.reports.record import RequestRecord
 from catcache.reports.recorder import Recorder
 
-from .util import free_port
+from catcache.testing import free_port
 
-POLICIES = Path(__file__).parent / "data" / "policies-e2e.yaml"
+POLICIES = Path(__file__).parents[1] / "data" / "policies-e2e.yaml"
 PARAPHRASES = ("How do I reverse a list in Python?", "How can I reverse a list in Python?")
 
 

@@ -7,7 +7,7 @@ from collections.abc import Iterator
 import openai
 import pytest
 
-from .plain_backend import PlainBackend
+from catcache.testing import PlainBackend
 
 
 @pytest.fixture(scope="module")

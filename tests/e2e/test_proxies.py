@@ -6,15 +6,14 @@ from __future__ import annotations
 import asyncio
 import shutil
 import time
-from pathlib import Path
 
 import httpx
 import pytest
 import yaml
 
-from bench.propagation import is_hit, load, propagation
+from catcache.testing.traffic import is_hit, load, propagation
 
-from .conftest import DEFAULT_POLICIES
+from catcache.testing.proxy import DEFAULT_POLICIES
 
 DEADLINE_S = 10.0  # the bench reports the delay (target: 1 s p99); here it only has to arrive
 

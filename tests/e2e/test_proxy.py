@@ -14,10 +14,10 @@ import pytest
 
 from catcache.store.documents import doc_key
 
-from .backend import TestBackend
-from .util import free_port, wait_http
+from catcache.testing import TestBackend
+from catcache.testing import free_port, wait_http
 
-POLICIES = Path(__file__).parent / "data" / "policies-e2e.yaml"
+POLICIES = Path(__file__).parents[1] / "data" / "policies-e2e.yaml"
 QUESTION = [{"role": "user", "content": "What is the tallest mountain on Earth?"}]
 
 

@@ -17,7 +17,7 @@ import pytest
 from catcache.store.embedded import EmbeddedRedis
 from catcache.store.purge import Purge
 
-POLICIES = Path(__file__).parent / "data" / "policies-e2e.yaml"
+POLICIES = Path(__file__).parents[1] / "data" / "policies-e2e.yaml"
 TOKEN = "purge-test-token"
 ALICE, BOB = "sk-purge-alice", "sk-purge-bob"
 

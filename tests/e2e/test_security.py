@@ -15,13 +15,13 @@ import pytest
 import redis
 from starlette.responses import PlainTextResponse
 
-from bench.isolation import drive
+from catcache.testing.traffic import drive
 from catcache.proxy.admin_auth import AdminAuth
 from catcache.proxy.app import Settings
 
-from .inprocess import InProcess, in_process
+from catcache.testing.inprocess import InProcess, in_process
 
-POLICIES = Path(__file__).parent / "data" / "policies-e2e.yaml"
+POLICIES = Path(__file__).parents[1] / "data" / "policies-e2e.yaml"
 TOKEN = "s3cret-admin-token"
 OPERATOR_ROUTES = [("GET", "/stats"), ("GET", "/metrics"), ("POST", "/admin/reload")]
 

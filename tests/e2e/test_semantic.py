@@ -9,7 +9,7 @@ import httpx
 import openai
 import pytest
 
-POLICIES = Path(__file__).parent / "data" / "policies-e2e.yaml"
+POLICIES = Path(__file__).parents[1] / "data" / "policies-e2e.yaml"
 PARAPHRASES = ("How do I reverse a list in Python?", "How can I reverse a list in Python?")
 # A hard negative labeled in ../shared/workloads/qqp-dev/pairs.jsonl: cosine 0.98, a different question.
 HARD_NEGATIVE = ("Will there be a Deep Learning Summer School in 2017?",

@@ -12,7 +12,7 @@ from catcache.index.hnsw import CategoryIndex, Entry
 from catcache.index.semantic import SemanticIndex
 from catcache.store.documents import Document, DocumentStore, doc_key
 
-from .util import run_with_store
+from catcache.testing.redis import run_with_store
 
 ON_CLUSTER_TOO = True  # conftest: every Redis test here runs on one server and on a cluster
 

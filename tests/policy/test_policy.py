@@ -10,7 +10,7 @@ import pytest
 
 from catcache.policy.loader import PolicyError, PolicyIssue, load_policy
 
-SHIPPED = Path(__file__).resolve().parent.parent / "policies.yaml"
+SHIPPED = Path(__file__).resolve().parents[2] / "policies.yaml"
 
 SEVERAL_ERRORS = """\
 version: 1

@@ -21,7 +21,7 @@ from catcache.reports.recorder import MAX_PENDING_MINUTES, Recorder, is_near_mis
 from catcache.reports.stats import Window
 from catcache.store.connect import connect, is_cluster_url
 
-from .util import free_port
+from catcache.testing import free_port
 
 ON_CLUSTER_TOO = True  # conftest: every Redis test here runs on one server and on a cluster
 
@@ -30,7 +30,7 @@ POLICY = Policy(
     backends={"small": {"url": "http://127.0.0.1:1/v1", "role": "small"}},
     categories={"default": Category(), "code": Category(threshold=0.93, ic=InContext(low=0.85))},
 )
-E2E_POLICIES = Path(__file__).parent / "data" / "policies-e2e.yaml"
+E2E_POLICIES = Path(__file__).parents[1] / "data" / "policies-e2e.yaml"
 
 
 def records(now: float) -> list[RequestRecord]:

@@ -12,7 +12,7 @@ from PIL import Image
 
 from catcache.reports.html import render
 
-from .test_reports import recorded, records, window
+from tests.reports.test_reports import recorded, records, window
 
 CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
 

@@ -11,7 +11,7 @@ from catcache.store.documents import Document, DocumentStore, category_key, doc_
 from catcache.store.health import RedisGuard
 from catcache.store.hits import HitCounter
 
-from .util import run_with_store
+from catcache.testing.redis import run_with_store
 
 ON_CLUSTER_TOO = True  # conftest: every Redis test here runs on one server and on a cluster
 

@@ -9,7 +9,7 @@ import httpx
 import openai
 import pytest
 
-from .backend import TestBackend
+from catcache.testing import TestBackend
 
 
 @pytest.fixture

@@ -12,8 +12,8 @@ from catcache.verify.calibrate import (Scored, add_parser, calibrate, false_rate
                                       rates, run, write_thresholds)
 from catcache.policy.loader import load_policy, parse_policy
 
-ROOT = Path(__file__).resolve().parent.parent
-PAIRS = Path(__file__).parent / "data/verify_pairs.jsonl"
+ROOT = Path(__file__).resolve().parents[2]
+PAIRS = Path(__file__).parents[1] / "data/verify_pairs.jsonl"
 
 
 def scored(*rows: tuple[int, float, bool], category: str = "factual") -> list[Scored]:

@@ -12,7 +12,7 @@ import pytest
 from catcache.verify.pairdiff import FEATURES, diff, features
 from catcache.verify.verifiers import load_verifier
 
-PAIRS = [json.loads(line) for line in (Path(__file__).parent / "data/verify_pairs.jsonl").read_text().splitlines()]
+PAIRS = [json.loads(line) for line in (Path(__file__).parents[1] / "data/verify_pairs.jsonl").read_text().splitlines()]
 
 
 def test_none_accepts_everything():
