@@ -175,3 +175,21 @@ def test_slots_queue_generations_and_replies_answer_known_questions() -> None:
         assert time.monotonic() - began >= 0.4, "four generations through two slots take two turns"
         assert replies[0].choices[0].message.content == "Paris."
         assert replies[1].choices[0].message.content.startswith("Answer #")
+
+
+def test_groups_answer_every_question_of_a_group_alike() -> None:
+    groups = {"capital of france?": "g1", "what is france's capital?": "g1", "capital of peru?": "g2"}
+    with TestBackend(groups=groups, replies={"capital of peru?": "Lima."}) as known:
+        client = openai.OpenAI(base_url=known.base_url, api_key="test-key", max_retries=0)
+
+        def reply(question: str, stream: bool = False) -> str:
+            if stream:
+                chunks = client.chat.completions.create(model="m", messages=ask(question), stream=True)
+                return "".join(c.choices[0].delta.content or "" for c in chunks if c.choices)
+            return client.chat.completions.create(model="m", messages=ask(question)).choices[0].message.content
+
+        first, paraphrase = reply("capital of france?"), reply("what is france's capital?", stream=True)
+        assert first == paraphrase and not first.startswith("Answer #")
+        assert reply("capital of peru?") == "Lima."  # an explicit reply wins over the group's
+        assert reply("capital of spain?").startswith("Answer #")  # outside every group: numbered
+        assert known.calls("/v1/chat/completions") == 4
