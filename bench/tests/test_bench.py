@@ -17,7 +17,7 @@ import numpy as np
 import pytest
 import yaml
 
-from bench import feedback, ic_load, lookup_cost, overhead, peers, profile, replay, scale, stack
+from bench import feedback, ic_load, lookup_cost, overhead, peers, profile, replay, scale, stack, workload
 from bench.heldout import read_jsonl
 from bench.output import RESULTS
 from catcache.verify.labels import Grader
@@ -45,6 +45,23 @@ def test_grade_tells_correct_from_false_hits() -> None:
     overall = replay.grade(queries, answers, {})["overall"]
     assert (overall["repeatable"], overall["hits"], overall["correct"], overall["false"]) == (1, 2, 1, 1)
     assert overall["hit_rate"] == 1.0 and overall["false_hit_rate"] == 0.5
+
+
+def row(text: str, group: str, answer: str | None = None) -> dict:
+    return {"text": text, "group": group, **({"answer": answer} if answer is not None else {})}
+
+
+def test_servable_counts_rows_an_earlier_row_could_answer_by_group_or_answer() -> None:
+    rows = [row("a", "g1", "x"), row("b", "g2", "x"), row("c", "g3", "y"), row("c'", "g3", "y")]
+    assert workload.servable(Grader.for_rows(rows), rows) == [False, True, False, True]
+
+
+def test_servable_with_partial_labels_counts_only_labeled_partners() -> None:
+    pairs = [{"a": "How do I hire a hacker?", "b": "How can I hire a hacker?", "equivalent": True},
+             {"a": "Is 2016 a leap year?", "b": "Is 2017 a leap year?", "equivalent": False}]
+    rows = [row("How do I hire a hacker?", "p1"), row("Is 2016 a leap year?", "p2"),
+            row("How can I hire a hacker?", "p1"), row("Is 2017 a leap year?", "p3"), row("Hire hackers?", "p4")]
+    assert workload.servable(Grader.for_rows(rows, pairs), rows) == [False, False, True, False, False]
 
 
 def test_ic_load_counts_near_misses_offload_and_grades_ic_answers_by_gold() -> None:

@@ -22,8 +22,6 @@ def test_complete_labels_grade_by_group_or_answer():
     assert grader.right(row("a", "g1", "x"), row("a'", "g1", "z"))
     assert grader.right(row("b", "g2", "x"), row("a", "g1", "x")), "another cluster with the same answer"
     assert grader.right(row("c", "g3", "y"), row("a", "g1", "x")) is False
-    rows = [row("a", "g1", "x"), row("b", "g2", "x"), row("c", "g3", "y"), row("c'", "g3", "y")]
-    assert grader.servable(rows) == [False, True, False, True]
 
 
 def test_partial_labels_grade_only_labeled_pairs():
@@ -36,7 +34,8 @@ def test_partial_labels_grade_only_labeled_pairs():
     assert grader.right(rows[2], rows[0]) is True
     assert grader.right(rows[3], rows[1]) is False
     assert grader.right(rows[4], rows[0]) is None, "unlabeled is not different"
-    assert grader.servable(rows) == [False, False, True, False, False]
+    assert grader.partners("how do i hire a hacker?") == {"how can i hire a hacker?"}
+    assert grader.partners("is 2016 a leap year?") == set(), "a pair labeled different makes no partners"
 
 
 def test_neighbour_pairs_label_what_a_cache_meets():
