@@ -20,7 +20,8 @@ import numpy as np
 
 from bench import output
 from bench.heldout import read_jsonl
-from bench.paths import add_workloads, workload as workload_folder
+from bench.paths import add_workloads
+from bench.paths import workload as workload_folder
 from catcache.index.embedder import Embedder, model_path
 
 THRESHOLDS = (0.90, 0.92, 0.94, 0.95, 0.96, 0.97, 0.98, 0.99, 0.995)

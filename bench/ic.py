@@ -35,8 +35,8 @@ from bench.paths import add_workloads, scratch, workload
 from catcache.backends.ic import in_context_request
 from catcache.backends.local import LocalModel
 from catcache.index.embedder import Embedder
-from catcache.verify.verifiers import load_verifier
 from catcache.store.documents import Document
+from catcache.verify.verifiers import load_verifier
 
 SYSTEM = "Answer the question in one short sentence."
 FLOOR = 0.80  # the share of IC answers that must be right among those the router keeps

@@ -44,7 +44,6 @@ from pathlib import Path
 import httpx
 import numpy as np
 import yaml
-
 from openai import AsyncOpenAI
 
 from bench import output, replay, stack

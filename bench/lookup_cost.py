@@ -24,8 +24,8 @@ from redis.asyncio import Redis
 
 from bench import output, synthetic
 from bench.heldout import read_jsonl
-from bench.stack import DEFAULT_POLICIES
 from bench.paths import add_workloads, workload
+from bench.stack import DEFAULT_POLICIES
 from catcache.categories.classifier import Classifier, RequestTraits
 from catcache.index.embedder import Embedder
 from catcache.index.hnsw import CategoryIndex

@@ -21,12 +21,12 @@ import time
 from contextlib import ExitStack
 from pathlib import Path
 
-
 from bench import output, stack
 from bench.overhead import probes
 from catcache.store.embedded import EmbeddedRedis
 from catcache.testing.proxy import ProxyProcess
 from catcache.testing.traffic import load, propagation
+
 
 async def measure(urls: list[str], texts: list[str], concurrency: int) -> tuple[list[float | None], float]:
     stop = asyncio.Event()

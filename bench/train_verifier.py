@@ -18,7 +18,8 @@ import numpy as np
 from sklearn.ensemble import GradientBoostingClassifier
 
 from bench.heldout import training_pairs
-from bench.paths import add_workloads, workload as workload_folder
+from bench.paths import add_workloads
+from bench.paths import workload as workload_folder
 from catcache.verify.pairdiff import FEATURES, features
 from catcache.verify.verifiers import PAIR_CLASSIFIER
 

@@ -31,9 +31,9 @@ from bench.heldout import HELDOUT, labeled_pairs, split_stream
 from bench.paths import add_workloads, workload
 from bench.workload import servable
 from catcache.categories.classifier import Classifier, RequestTraits
+from catcache.policy.loader import load_policy
 from catcache.verify.labels import Grader
 from catcache.verify.verifiers import Verifier, load_verifier
-from catcache.policy.loader import load_policy
 
 ROOT = Path(__file__).parents[1]
 

@@ -21,7 +21,6 @@ from catcache.store.embedded import die_with_parent, redis_server_path
 from .proxy import free_port, wait_http
 
 
-
 @dataclass
 class Result:
     outcome: str | None     # x-catcache, when an answer came

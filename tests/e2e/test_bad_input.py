@@ -22,7 +22,6 @@ from hypothesis import strategies as st
 
 from catcache.proxy.app import Settings
 from catcache.store.embedded import EmbeddedRedis
-
 from catcache.testing.inprocess import InProcess, in_process
 
 POLICIES = Path(__file__).parents[1] / "data" / "policies-e2e.yaml"

@@ -10,10 +10,8 @@ from pathlib import Path
 from openai import AsyncOpenAI
 
 from catcache.store.documents import doc_key
-
-from catcache.testing.redis import RedisClusterServers
 from catcache.testing.proxy import DEFAULT_POLICIES
-from catcache.testing.redis import sync_client
+from catcache.testing.redis import RedisClusterServers, sync_client
 
 LOAD_S = 12.0
 KILL_AT_S = 3.0

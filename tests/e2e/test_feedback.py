@@ -18,7 +18,6 @@ from catcache.policy.schema import Policy
 from catcache.reports import report as report_cli
 from catcache.reports.record import RequestRecord
 from catcache.reports.recorder import Recorder
-
 from catcache.testing import free_port
 
 POLICIES = Path(__file__).parents[1] / "data" / "policies-e2e.yaml"

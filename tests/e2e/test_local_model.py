@@ -7,10 +7,8 @@ from openai import OpenAI
 
 from catcache.backends.local import LOCAL, local_everywhere, uses_local
 from catcache.policy.loader import load_policy
-
-from catcache.testing.proxy import DEFAULT_POLICIES
 from catcache.testing import ProxyProcess
-
+from catcache.testing.proxy import DEFAULT_POLICIES
 
 MODEL_LOAD_S = 300.0  # reading and dequantising the GGUF: seconds on an idle CPU, minutes on a busy one
 

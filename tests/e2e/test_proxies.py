@@ -11,9 +11,8 @@ import httpx
 import pytest
 import yaml
 
-from catcache.testing.traffic import is_hit, load, propagation
-
 from catcache.testing.proxy import DEFAULT_POLICIES
+from catcache.testing.traffic import is_hit, load, propagation
 
 DEADLINE_S = 10.0  # the bench reports the delay (target: 1 s p99); here it only has to arrive
 

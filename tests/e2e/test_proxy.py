@@ -13,9 +13,7 @@ import openai
 import pytest
 
 from catcache.store.documents import doc_key
-
-from catcache.testing import TestBackend
-from catcache.testing import free_port, wait_http
+from catcache.testing import TestBackend, free_port, wait_http
 
 POLICIES = Path(__file__).parents[1] / "data" / "policies-e2e.yaml"
 QUESTION = [{"role": "user", "content": "What is the tallest mountain on Earth?"}]

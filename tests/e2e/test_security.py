@@ -15,11 +15,10 @@ import pytest
 import redis
 from starlette.responses import PlainTextResponse
 
-from catcache.testing.traffic import drive
 from catcache.proxy.admin_auth import AdminAuth
 from catcache.proxy.app import Settings
-
 from catcache.testing.inprocess import InProcess, in_process
+from catcache.testing.traffic import drive
 
 POLICIES = Path(__file__).parents[1] / "data" / "policies-e2e.yaml"
 TOKEN = "s3cret-admin-token"

@@ -11,7 +11,6 @@ from redis.asyncio import Redis
 from catcache.index.hnsw import CategoryIndex, Entry
 from catcache.index.semantic import SemanticIndex
 from catcache.store.documents import Document, DocumentStore, doc_key
-
 from catcache.testing.redis import run_with_store
 
 ON_CLUSTER_TOO = True  # conftest: every Redis test here runs on one server and on a cluster

@@ -12,9 +12,8 @@ from catcache.index import snapshot
 from catcache.index.hnsw import CategoryIndex, Entry
 from catcache.index.semantic import SemanticIndex
 from catcache.store.documents import EVENTS, DocumentStore
-
-from tests.index.test_index import DIM, store_entries, unit
 from catcache.testing.redis import run_with_store
+from tests.index.test_index import DIM, store_entries, unit
 
 
 def test_a_saved_index_loads_with_its_entries_and_free_slots(tmp_path: Path) -> None:
@@ -91,21 +90,6 @@ def test_a_missing_or_stale_snapshot_means_a_full_rebuild(redis_url: str, tmp_pa
         assert rebuilt and restarted.sizes()[category] == 10
 
     run_with_store(redis_url, scenario)
-
-
-def test_catcache_serve_saves_at_shutdown_and_restarts_from_the_snapshot(proxy_factory, api_key: str) -> None:
-    import openai
-
-    proxy = proxy_factory()
-    client = openai.OpenAI(base_url=proxy.base_url, api_key=api_key, max_retries=0)
-    question = [{"role": "user", "content": "How do I reverse a list in Python?"}]
-    first = client.chat.completions.create(model="test-model", messages=question).choices[0].message.content
-    proxy.restart()
-    assert "loaded semantic indexes from the snapshot" in proxy.log_tail(200)
-    client = openai.OpenAI(base_url=proxy.base_url, api_key=api_key, max_retries=0)
-    lower = [{"role": "user", "content": "how do i reverse a list in python?"}]  # not an exact hit
-    raw = client.chat.completions.with_raw_response.create(model="test-model", messages=lower)
-    assert raw.headers["x-catcache"] == "hit-semantic" and raw.parse().choices[0].message.content == first
 
 
 def test_a_snapshot_of_an_empty_stream_stays_usable_as_events_arrive(redis_url: str, tmp_path: Path,

@@ -10,7 +10,6 @@ from redis.asyncio import Redis
 from catcache.store.documents import Document, DocumentStore, category_key, doc_key
 from catcache.store.health import RedisGuard
 from catcache.store.hits import HitCounter
-
 from catcache.testing.redis import run_with_store
 
 ON_CLUSTER_TOO = True  # conftest: every Redis test here runs on one server and on a cluster

@@ -193,3 +193,14 @@ def test_groups_answer_every_question_of_a_group_alike() -> None:
         assert reply("capital of peru?") == "Lima."  # an explicit reply wins over the group's
         assert reply("capital of spain?").startswith("Answer #")  # outside every group: numbered
         assert known.calls("/v1/chat/completions") == 4
+
+
+def test_the_bench_backend_models_a_prefix_cache_of_n_system_prompts():
+    with TestBackend(prefix_ms=1, prefix_slots=2) as server:
+        client = httpx.Client(base_url=server.url)
+        for system in ("a", "b", "a", "c", "b", "c"):  # LRU of 2: a, b miss; a hits; c evicts b; b evicts a
+            body = {"model": "test-model",
+                    "messages": [{"role": "system", "content": system}, {"role": "user", "content": "hi"}]}
+            assert client.post("/v1/chat/completions", json=body).status_code == 200
+        assert client.get("/stats/prefix-cache").json() == {"hits": 2, "misses": 4, "slots": 2}
+        client.close()

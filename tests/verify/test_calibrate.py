@@ -8,9 +8,9 @@ from pathlib import Path
 
 import pytest
 
+from catcache.policy.loader import load_policy, parse_policy
 from catcache.verify.calibrate import (Scored, add_parser, calibrate, false_rate_bound, label_noise, lowest_threshold,
                                       rates, run, write_thresholds)
-from catcache.policy.loader import load_policy, parse_policy
 
 ROOT = Path(__file__).resolve().parents[2]
 PAIRS = Path(__file__).parents[1] / "data/verify_pairs.jsonl"
