@@ -15,7 +15,7 @@ from pathlib import Path
 
 import yaml
 
-from catcache.store.embedded import die_with_parent
+from catcache.process import die_with_parent
 from catcache.testing.proxy import DEFAULT_POLICIES, ProxyProcess, free_port, wait_http
 
 SERVERS = {"uvicorn": "catcache.testing.backend", "plain": "catcache.testing.plain_backend"}

@@ -16,7 +16,8 @@ import httpx
 import openai
 import redis
 
-from catcache.store.embedded import die_with_parent, redis_server_path
+from catcache.process import die_with_parent
+from catcache.store.embedded import redis_server_path
 
 from .proxy import free_port, wait_http
 

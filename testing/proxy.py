@@ -4,7 +4,6 @@ proxy over HTTP as its users do, and waiting for a server to answer."""
 from __future__ import annotations
 
 import os
-import signal
 import subprocess
 import sys
 import time
@@ -13,7 +12,7 @@ from pathlib import Path
 
 import httpx
 
-from catcache.store.embedded import die_with_parent, free_port
+from catcache.process import die_with_parent, free_port, stop_process
 
 DEFAULT_POLICIES = Path(__file__).resolve().parents[1] / "policies.yaml"  # the policy catcache ships
 START_TIMEOUT = 180.0  # a loaded 2-core machine can take minutes to load torch and the model
@@ -97,14 +96,7 @@ class ProxyProcess:
     def stop(self, timeout: float = STOP_TIMEOUT) -> None:
         """SIGTERM, then SIGKILL if it has not exited within `timeout`; idempotent."""
         process, self.process = self.process, None
-        if process is None or process.poll() is not None:
-            return
-        process.send_signal(signal.SIGTERM)
-        try:
-            process.wait(timeout)
-        except subprocess.TimeoutExpired:
-            process.kill()
-            process.wait()
+        stop_process(process, timeout)
 
     def restart(self) -> ProxyProcess:
         """Stop and start again with the same arguments, port and data dir."""

@@ -18,9 +18,10 @@ import redis
 from redis.asyncio import Redis, RedisCluster
 from redis.cluster import ClusterNode
 
+from catcache.process import die_with_parent
 from catcache.store.connect import cluster_seeds, connect, is_cluster_url
 from catcache.store.documents import DocumentStore
-from catcache.store.embedded import die_with_parent, redis_server_path
+from catcache.store.embedded import redis_server_path
 
 StoreScenario = Callable[[DocumentStore, Redis | RedisCluster, str], Awaitable[None]]
 
