@@ -15,9 +15,9 @@ import time
 import uuid
 from dataclasses import dataclass
 
-from redis.asyncio import Redis
 from redis.exceptions import RedisError
 
+from catcache.store.connect import connect
 from catcache.store.documents import DocumentStore, category_key, doc_key
 
 BATCH = 500
@@ -134,7 +134,7 @@ def run(args: argparse.Namespace) -> int:
 
 
 async def _purge_at(url: str, what: Purge) -> dict[str, list[str]]:
-    redis = Redis.from_url(url, socket_timeout=30.0, socket_connect_timeout=5.0)
+    redis = connect(url, socket_timeout=30.0, socket_connect_timeout=5.0)
     try:
         return await purge(DocumentStore(redis, origin=f"purge-{uuid.uuid4().hex}"), what)
     finally:
