@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import argparse
 import shutil
 import subprocess
 from collections import Counter
@@ -11,6 +10,7 @@ from pathlib import Path
 import pytest
 import yaml
 
+from catcache import cli
 from catcache.deploy import render
 from catcache.policy.loader import load_policy, parse_policy
 from catcache.policy.schema import Policy
@@ -187,10 +187,7 @@ def test_one_redis_server_keeps_an_append_only_file_on_a_volume():
 
 
 def run_cli(*argv: str) -> int:
-    parser = argparse.ArgumentParser()
-    render.add_parser(parser.add_subparsers())
-    args = parser.parse_args(["deploy", *argv])
-    return args.run(args)
+    return cli.main(["deploy", *argv])
 
 
 def test_cli_writes_into_out_and_refuses_a_bad_policy(tmp_path, capsys):

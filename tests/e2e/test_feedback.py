@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import argparse
 import asyncio
 import json
 import subprocess
@@ -15,7 +14,7 @@ import pytest
 from redis.asyncio import Redis
 
 from catcache.policy.schema import Policy
-from catcache.reports import report as report_cli
+from catcache import cli
 from catcache.reports.record import RequestRecord
 from catcache.reports.recorder import Recorder
 from catcache.testing import free_port
@@ -204,10 +203,7 @@ def test_report_table_html_and_json_show_feedback_per_category(redis_url, clean_
 
     def run(fmt: str) -> str:
         out = tmp_path / f"report.{fmt}"
-        parser = argparse.ArgumentParser()
-        report_cli.add_parser(parser.add_subparsers())
-        args = parser.parse_args(["report", "--redis", redis_url, "--since", "10m", "--format", fmt, "--out", str(out)])
-        assert args.run(args) == 0
+        assert cli.main(["report", "--redis", redis_url, "--since", "10m", "--format", fmt, "--out", str(out)]) == 0
         return out.read_text()
 
     counted = json.loads(run("json"))["categories"]["code"]["feedback"]

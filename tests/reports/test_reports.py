@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import argparse
 import asyncio
 import json
 import re
@@ -13,6 +12,7 @@ import pytest
 from prometheus_client import generate_latest
 from redis.asyncio import Redis
 
+from catcache import cli
 from catcache.policy.schema import Category, InContext, Policy, Price
 from catcache.reports import buckets, report
 from catcache.reports.record import RequestRecord
@@ -175,10 +175,7 @@ def test_near_misses():
 
 
 def run_report(url: str, *options: str) -> int:
-    parser = argparse.ArgumentParser()
-    report.add_parser(parser.add_subparsers())
-    args = parser.parse_args(["report", "--redis", url, *options])
-    return args.run(args)
+    return cli.main(["report", "--redis", url, *options])
 
 
 async def test_report_formats(redis_url, clean_redis, tmp_path):
@@ -208,11 +205,7 @@ async def test_report_of_an_empty_window_and_bad_since(redis_url, clean_redis, t
 
 
 def report_of_data_dir(data_dir: Path, out: Path) -> dict:
-    parser = argparse.ArgumentParser()
-    report.add_parser(parser.add_subparsers())
-    args = parser.parse_args(["report", "--data-dir", str(data_dir), "--format", "json", "--out", str(out)])
-    args.redis = None
-    assert args.run(args) == 0
+    assert report.run(data_dir=str(data_dir), output_format="json", out=out) == 0  # CATCACHE_REDIS left out
     return json.loads(out.read_text())
 
 

@@ -2,15 +2,15 @@
 
 from __future__ import annotations
 
-import argparse
 from dataclasses import replace
 from pathlib import Path
 
 import pytest
 
 from catcache.policy.loader import load_policy, parse_policy
-from catcache.verify.calibrate import (Scored, add_parser, calibrate, false_rate_bound, label_noise, lowest_threshold,
-                                      rates, run, write_thresholds)
+from catcache import cli
+from catcache.verify.calibrate import (Scored, calibrate, false_rate_bound, label_noise, lowest_threshold, rates,
+                                      write_thresholds)
 
 ROOT = Path(__file__).resolve().parents[2]
 PAIRS = Path(__file__).parents[1] / "data/verify_pairs.jsonl"
@@ -99,14 +99,10 @@ def test_write_thresholds_adds_a_missing_line_and_skips_nested_ones():
 
 @pytest.mark.parametrize("uniform", [False, True])
 def test_calibrate_end_to_end(tmp_path, capsys, uniform):
-    parser = argparse.ArgumentParser()
-    add_parser(parser.add_subparsers())
     out = tmp_path / "calibrated.yaml"
     argv = ["calibrate", "--pairs", str(PAIRS), "--target-precision", "0.9", "--policies",
             str(ROOT / "policies.yaml"), "--out", str(out)] + (["--uniform"] if uniform else [])
-    args = parser.parse_args(argv)
-    assert args.run is run
-    assert run(args) == 0
+    assert cli.main(argv) == 0
     policy = load_policy(out)
     shown = capsys.readouterr().out
     assert "overall" in shown and "false-hit rate" in shown
