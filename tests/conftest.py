@@ -16,6 +16,13 @@ from catcache.testing.proxy import DEFAULT_POLICIES
 from catcache.testing.redis import RedisClusterServers, sync_client
 
 
+def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
+    """A run that collected no test (a moved path, a filter that matches nothing) is a mistake, not
+    a pass: it fails as one, so pytest's "no tests" status (5) never reaches CI."""
+    if exitstatus == pytest.ExitCode.NO_TESTS_COLLECTED:
+        session.exitstatus = pytest.ExitCode.TESTS_FAILED
+
+
 def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
     """A module that sets `ON_CLUSTER_TOO = True` runs its Redis tests on one server and again on
     a Redis Cluster (three masters, one replica each)."""
