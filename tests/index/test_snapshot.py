@@ -13,7 +13,8 @@ from catcache.index.hnsw import CategoryIndex, Entry
 from catcache.index.semantic import SemanticIndex
 from catcache.store.documents import EVENTS, DocumentStore
 from catcache.testing.redis import run_with_store
-from tests.index.test_index import DIM, store_entries, unit
+
+from .test_index import DIM, store_entries, unit
 
 
 def test_a_saved_index_loads_with_its_entries_and_free_slots(tmp_path: Path) -> None:

@@ -11,7 +11,8 @@ import pytest
 from PIL import Image
 
 from catcache.reports.html import render
-from tests.reports.test_reports import recorded, records, window
+
+from .test_reports import recorded, records, window
 
 CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
 
