@@ -7,7 +7,7 @@ from collections.abc import Iterator
 import openai
 import pytest
 
-from catcache.testing import PlainBackend
+from catcache.testing.plain_backend import PlainBackend
 
 
 @pytest.fixture(scope="module")
