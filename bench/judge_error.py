@@ -1,6 +1,6 @@
 """How often does the agreement judge get a pair wrong? Measured on ComQA's calibration half.
 
-    python -m bench.judge_error [--workload ../shared/workloads/comqa-dev]
+    python -m bench.judge_error [--workload comqa-dev]
 
 Each query of the half-0 stream is paired with its most similar earlier query (at cosine 0.80 or
 more: the pairs the learner observes), and the judge compares the two clusters' answer texts
@@ -18,20 +18,21 @@ from pathlib import Path
 
 import numpy as np
 
-from bench import output
+from bench import output, paths
 from bench.heldout import TRAIN, split_stream
 from catcache.index.embedder import Embedder
 from catcache.verify.judge import AgreementJudge
 from catcache.verify.labels import Grader
 
-ROOT = Path(__file__).parents[1]
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--workload", type=Path, default=ROOT / "../shared/workloads/comqa-dev")
+    parser.add_argument("--workload", default="comqa-dev", help="by name or folder")
+    paths.add_workloads(parser)
     parser.add_argument("--min-similarity", type=float, action="append", default=[])
     args = parser.parse_args()
+    args.workload = paths.workload(args.workloads, args.workload)
     stream = split_stream(args.workload, TRAIN)
     grader = Grader.for_rows(stream)
     embedder = Embedder()

@@ -1,6 +1,6 @@
 """Simulate the self-calibrating cache on a stream from a cold start, in seconds, to tune its method.
 
-    python -m bench.learn_sim --workload ../shared/workloads/comqa-dev --half 0
+    python -m bench.learn_sim --workload comqa-dev --half 0
 
 The proxy's semantic tier without Redis or HTTP, as bench/verify_sweep.py does it, plus what the
 learner does: near misses in the band under the live threshold and explored would-be hits are
@@ -21,7 +21,7 @@ from pathlib import Path
 
 import numpy as np
 
-from bench import output
+from bench import output, paths, workload
 from bench.heldout import labeled_pairs, split_stream
 from catcache.categories.classifier import Classifier, RequestTraits
 from catcache.policy.loader import load_policy
@@ -69,7 +69,8 @@ def prepare(workloads: list[Path], half: int, policies: Path) -> Prepared:
         np.savez(cache, vectors=vectors, categories=np.array(categories))
     answers = [normalise(r["answer"]) if "answer" in r else f"{r.get('source', '')}{r['group']}" for r in rows]
     grader = Grader.for_rows(rows, pairs) if len(workloads) == 1 else MixedGrader(streams, workloads, half)
-    return Prepared(rows, texts, answers, categories, vectors @ vectors.T, grader, grader.servable(rows))
+    servable = grader.servable(rows) if isinstance(grader, MixedGrader) else workload.servable(grader, rows)
+    return Prepared(rows, texts, answers, categories, vectors @ vectors.T, grader, servable)
 
 
 def interleave(streams: list[list[dict]]) -> list[dict]:
@@ -100,7 +101,7 @@ class MixedGrader:
         found = [False] * len(rows)
         for which, grader in enumerate(self.graders):
             mine = [i for i, r in enumerate(rows) if self._which(r) == which]
-            for i, ok in zip(mine, grader.servable([rows[i] for i in mine])):
+            for i, ok in zip(mine, workload.servable(grader, [rows[i] for i in mine])):
                 found[i] = ok
         return found
 
@@ -266,8 +267,9 @@ def hindsight(data: Prepared, policies: Path, target: float) -> dict:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--workload", type=Path, action="append", required=True,
-                        help="a workload folder; twice to interleave two into one stream")
+    parser.add_argument("--workload", action="append", required=True,
+                        help="a workload, by name or folder; twice to interleave two into one stream")
+    paths.add_workloads(parser)
     parser.add_argument("--half", type=int, default=0, choices=(0, 1))
     parser.add_argument("--policies", type=Path, default=ROOT / "policies.yaml")
     parser.add_argument("--target", type=float, default=0.02)
@@ -275,6 +277,7 @@ def main() -> None:
     parser.add_argument("--set", action="append", default=[], metavar="NAME=VALUE", help="a Settings field")
     parser.add_argument("--name", help="save to bench/results/NAME.json")
     args = parser.parse_args()
+    args.workload = [paths.workload(args.workloads, name) for name in args.workload]
     data = prepare(args.workload, args.half, args.policies)
     settings = Settings(target=args.target)
     for assignment in args.set:

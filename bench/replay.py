@@ -130,7 +130,9 @@ def grade(queries: list[dict], answers: list[Answer], limits: dict[str, float],
                "miss", "ic", "bypass", "near_misses", "tokens_saved", "time_saved_s")
     rows: dict[str, dict] = defaultdict(lambda: defaultdict(float, dict.fromkeys(counted, 0.0)))
     latencies: dict[str, dict[str, list[float]]] = defaultdict(lambda: {"hit": [], "miss": []})
-    for i, (query, answer, repeatable) in enumerate(zip(queries, answers, grader.servable(queries))):
+    # A mixed stream's grader says what is servable source by source (bench/learn_sim.py, MixedGrader).
+    servable = grader.servable(queries) if hasattr(grader, "servable") else workload.servable(grader, queries)
+    for i, (query, answer, repeatable) in enumerate(zip(queries, answers, servable)):
         if i < first:
             continue
         for name in (query.get("category", "-"), "overall"):
@@ -206,7 +208,7 @@ def main() -> None:
                              "(bench/cold_start.py); --think-ms, --tokens-per-s and --proxy do not apply")
     parser.add_argument("--target", type=float, help="with --cold-start: the policy's target_false_hit_rate")
     parser.add_argument("--report-html", type=Path, help="with --cold-start: write `catcache report`'s page here")
-    parser.add_argument("--mix", type=Path, metavar="WORKLOAD",
+    parser.add_argument("--mix", metavar="WORKLOAD",
                         help="with --heldout: interleave this workload's held-out half into one stream")
     args = parser.parse_args()
     name, queries, grader = workload.load(args)
@@ -236,9 +238,10 @@ def mixed(args: argparse.Namespace, first: list[dict]) -> tuple[str, list[dict],
     """The held-out halves of --heldout and --mix interleaved into one stream, each graded by its own labels."""
     from bench.heldout import HELDOUT, split_stream
     from bench.learn_sim import MixedGrader, interleave
+    from bench.paths import workload as workload_folder
 
-    folders = [args.heldout, args.mix]
-    streams = [first, split_stream(args.mix, HELDOUT)]
+    folders = [workload_folder(args.workloads, args.heldout), workload_folder(args.workloads, args.mix)]
+    streams = [first, split_stream(folders[1], HELDOUT)]
     return " + ".join(map(str, folders)) + " (held-out halves)", interleave(streams), \
         MixedGrader(streams, folders, HELDOUT)
 

@@ -1,0 +1,89 @@
+"""Learning through `catcache serve`: a checked would-be hit is answered by the backend and judged,
+what is learned shows in /stats and /metrics, is shared by a second proxy on the same Redis, and
+is forgotten when its category is purged."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import httpx
+import openai
+import pytest
+
+from catcache.store.embedded import EmbeddedRedis
+
+from catcache.testing import TestBackend
+
+TOKEN = "learning-test-token"
+QUESTIONS = ["How do I reverse a list in Python?", "How can I reverse a list in Python?"]
+POLICY = """
+version: 1
+tenancy: {by: none}
+backends:
+  large: {url: http://127.0.0.1:9/v1, role: large}
+learning:
+  enabled: true
+  min_observations: 1
+  exploration: {most: 1.0, least: 1.0}   # check every would-be hit
+categories:
+  code:
+    match: {regex: ['(?i)\\bpython\\b']}
+    threshold: 0.9
+  default: {threshold: 0.96}
+"""
+
+
+@pytest.fixture(scope="module")
+def answering() -> Iterator[TestBackend]:
+    """A backend that gives both questions the same answer, as a model would."""
+    with TestBackend(replies={q: "Use reversed(items) or items[::-1]." for q in QUESTIONS}) as server:
+        yield server
+
+
+def ask(proxy, question: str) -> httpx.Headers:
+    client = openai.OpenAI(base_url=proxy.base_url, api_key="sk-learning", max_retries=0)
+    raw = client.chat.completions.with_raw_response.create(
+        model="test-model", messages=[{"role": "user", "content": question}])
+    return raw.headers
+
+
+def learned(proxy, category: str) -> dict:
+    stats = httpx.get(f"{proxy.url}/stats", headers={"authorization": f"Bearer {TOKEN}"}).json()
+    return stats.get("learning", {}).get(category, {})
+
+
+def eventually(check, timeout: float = 10.0):
+    deadline = time.monotonic() + timeout
+    while not (found := check()):
+        assert time.monotonic() < deadline, "timed out"
+        time.sleep(0.2)
+    return found
+
+
+def test_a_checked_would_be_hit_is_judged_shared_and_purged(proxy_factory, answering, tmp_path: Path):
+    policies = tmp_path / "policies.yaml"
+    policies.write_text(POLICY)
+    with EmbeddedRedis(tmp_path / "redis") as redis:
+        env = {"CATCACHE_ADMIN_TOKEN": TOKEN}
+        first = proxy_factory(policies=policies, redis_url=redis.url, backend_url=answering.base_url, env=env)
+        assert ask(first, QUESTIONS[0])["x-catcache"] == "miss"
+        checked = ask(first, QUESTIONS[1])
+        assert checked["x-catcache"] == "miss" and checked["x-catcache-verdict"].startswith("explored")
+
+        code = eventually(lambda: learned(first, "code").get("observations") and learned(first, "code"))
+        assert code["observations"] == 1 and code["observed_false"] == 0 and code["explored"] == 1
+        assert code["prior"] == 0.9
+        metrics = httpx.get(f"{first.url}/metrics", headers={"authorization": f"Bearer {TOKEN}"}).text
+        assert 'catcache_explored_total{category="code"} 1.0' in metrics
+        assert 'catcache_judged_total{category="code"} 1.0' in metrics
+        assert 'catcache_learned_threshold{category="code"}' in metrics
+
+        second = proxy_factory(policies=policies, redis_url=redis.url, backend_url=answering.base_url, env=env)
+        assert eventually(lambda: learned(second, "code").get("observations")) == 1
+
+        purged = httpx.post(f"{first.url}/admin/purge", json={"category": "code"},
+                            headers={"authorization": f"Bearer {TOKEN}"})
+        assert purged.status_code == 200
+        eventually(lambda: not learned(second, "code"))
