@@ -37,6 +37,20 @@ def answer(outcome: str, key: str | None) -> replay.Answer:
     return replay.Answer(outcome, key, "factual", None, None, 1.0, 10)
 
 
+def test_cold_start_grades_hits_by_the_answers_and_weights_the_estimate() -> None:
+    from bench import cold_start, group_answers
+
+    rows = [{"text": "a?", "group": "g1"}, {"text": "b?", "group": "g2"}, {"text": "c?", "group": "g1"},
+            {"text": "d?", "group": "g3", "answer": "Paris"}]
+    said = group_answers.answers(rows)
+    assert said["a?"] == said["c?"] != said["b?"] and said["d?"] == "Paris"
+    answers = [answer("miss", "k1"), answer("miss", "k2"), answer("hit-semantic", "k1"), answer("hit-semantic", "k2")]
+    assert cold_start.answer_false_rate(rows, answers) == 0.5  # c? got a?'s answer (right), d? got b?'s (wrong)
+    learned = {"x": {"hits": 30, "estimate": 0.01, "low": 0.0, "high": 0.02},
+               "y": {"hits": 10, "estimate": 0.05, "low": 0.01, "high": 0.1}}
+    assert cold_start.overall_estimate(learned) == {"estimate": 0.02, "low": 0.0025, "high": 0.04}
+
+
 def test_grade_tells_correct_from_false_hits() -> None:
     queries = [{"text": t, "group": g, "category": "c"} for t, g in
                [("a", "g1"), ("b", "g2"), ("a'", "g1"), ("b'", "g3"), ("c", "g4")]]
@@ -167,6 +181,7 @@ def test_feedback_reports_each_hit_and_a_wrong_one_is_evicted(running: tuple[str
     ["bench.scale", "--sizes", "1000", "--name", "tmp/test-scale"],
     ["bench.lookup_cost", "--entries", "1000", "--queries", "20", "--name", "tmp/test-lookup"],
     ["bench.feedback", "--stream", str(STREAM), "--name", "tmp/test-feedback"],
+    ["bench.replay", "--stream", str(STREAM), "--cold-start", "--name", "tmp/test-cold-start"],
     ["bench.routing", "--replicas", "2", "--requests", "40", "--out", str(RESULTS / "tmp" / "test-routing.json")],
     ["bench.propagation", "--probes", "3", "--out", str(RESULTS / "tmp" / "test-propagation.json")],
     ["bench.redis_memory", "--entries", "500", "--out", str(RESULTS / "tmp" / "test-redis-memory.json")],
