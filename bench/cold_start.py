@@ -55,7 +55,7 @@ def run(queries: list[dict], grader: Grader, policies: Path, concurrency: int, t
                 calls = httpx.get(backend_url.removesuffix("/v1") + "/stats").json()
                 if report_html is not None:  # `catcache report` of the proxy's Redis, while it still runs
                     subprocess.run([sys.executable, "-m", "catcache", "report", "--data-dir", str(proxy.data_dir),
-                                    "--since", "1d", "--format", "html", "--out", str(report_html)], check=True)
+                                    "--since", "1h", "--format", "html", "--out", str(report_html)], check=True)
     finally:
         Path(replies.name).unlink(missing_ok=True)
     limits = thresholds_of(policy.get("categories") or {})

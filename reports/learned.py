@@ -48,7 +48,7 @@ def plot(history: History, colors: Mapping[str, str], style: Mapping[str, object
     with rc_context(dict(style)):
         fig = Figure(figsize=(10, 5.2))
         top, bottom = fig.subplots(2, 1, sharex=True)
-        highest = 0.02
+        highest = 0.01  # the axis follows the estimates; an interval wider than that is cut off
         for category, points in history.items():
             times = [datetime.fromtimestamp(p["time"]) for p in points]
             color = colors.get(category, "#4b5563")
@@ -58,10 +58,10 @@ def plot(history: History, colors: Mapping[str, str], style: Mapping[str, object
             bottom.plot(times, rates, color=color, linewidth=1.6)
             bottom.fill_between(times, [p.get("low", 0.0) for p in points], [p.get("high", 0.0) for p in points],
                                 color=color, alpha=0.15, linewidth=0)
-            highest = max(highest, *(p.get("high", 0.0) for p in points))
+            highest = max(highest, *(p.get("estimate", 0.0) for p in points))
         top.set_title("Live threshold")
         bottom.set_title("Estimated false-hit rate of the hits served, with its interval")
-        bottom.set_ylim(0, min(1.0, highest * 1.15))
+        bottom.set_ylim(0, min(1.0, highest * 2))
         bottom.yaxis.set_major_formatter(PercentFormatter(1.0, decimals=1))
         locator = AutoDateLocator()
         bottom.xaxis.set_major_locator(locator)

@@ -96,7 +96,6 @@ def test_report_history_plot_and_metrics(redis_url, clean_redis):
 
 
 def test_catcache_report_shows_what_was_learned(redis_url, clean_redis):
-    from catcache.reports.html import render
     from catcache.reports.report import table
     from catcache.reports.stats import Window
     from rich.console import Console
