@@ -1,0 +1,227 @@
+"""Speculative forwarding: a miss that does not wait for its embedding.
+
+Once the exact tier has missed and the large backend has room, the request goes to the backend at
+once, and the embedding and the semantic tier run beside it (`Speculation.race`):
+- a verified semantic hit found before the backend's first byte (the status line of a whole
+  answer, the first event of a stream) wins: the backend call is closed, which makes vLLM abort
+  the request, and the hit is served. The wasted call is counted (`Recorder.speculation`).
+- otherwise the backend's answer is relayed untouched. If it came first it is relayed at once,
+  and stored with the lookup's vector, and recorded under the lookup's category, when the lookup
+  ends (`LateKeep`, outcomes.record).
+
+When: per category, `speculate` in policies.yaml. Before the embedding the category is known only
+if the rules gave it; otherwise every category the centroids may pick (those with exemplars, and
+the default) must allow it. Never while the large
+backend has `speculation.max_in_flight` requests or more in hand, so a hit wastes at most the one
+call it raced, and only a prefill the backend had room for. `auto` also leaves alone a category
+whose IC band could send a near miss to the small model at this load (`ic.busy_at`): IC answers
+near misses only when the large backend is busy, speculation happens only while it is not, and a
+request already at the large backend is never sent to the small one too. `always` speculates
+even so (a speculated near miss goes to the large backend).
+
+Single flight: the speculative call leads the flight of the request's exact key, scoped to the
+tenant unless the rules gave a shared category; an identical request meanwhile does not speculate,
+and waits for that flight if its own lookup misses.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections.abc import AsyncIterator, Coroutine
+from dataclasses import dataclass
+from typing import Any
+
+import httpx
+import orjson
+from fastapi.responses import Response
+
+from catcache.policy.schema import Category, Policy
+from catcache.proxy.exchange import Exchange, Found
+from catcache.proxy.forwarding import failed, relay, relayable, send
+from catcache.proxy.state import ProxyState
+from catcache.proxy.storing import Keep, store
+from catcache.proxy.tenancy import scoped
+from catcache.reports.record import Outcome
+
+log = logging.getLogger("catcache.proxy")
+BYTES_PER_TOKEN = 4  # to estimate a cancelled call's prompt tokens, which its backend never reported
+
+_background: set[asyncio.Task] = set()  # stores and closes that outlive their request
+
+
+def _keep_alive(task: asyncio.Task) -> None:
+    _background.add(task)
+    task.add_done_callback(_background.discard)
+
+
+def allows(rules: Category, in_flight: int) -> bool:
+    """Whether a request of this category may be sent before its lookup ends, at this load."""
+    if rules.speculate == "never":
+        return False
+    if rules.speculate == "auto" and rules.ic is not None:
+        return in_flight < rules.ic.busy_at  # at this load the IC band would not route to the small model
+    return True
+
+
+def _by_centroid(policy: Policy) -> list[Category]:
+    """The categories a request no rule matched may end in: those with exemplars, and the default."""
+    return [rules for name, rules in policy.categories.items() if rules.exemplars or name == policy.classifier.default]
+
+
+Upstream = tuple[httpx.Response, AsyncIterator[bytes] | None]  # the answer, and its stream's body if begun
+
+
+class Speculation:
+    """One request's speculative call, from the exact tier's miss to its answer or cancellation."""
+
+    def __init__(self, state: ProxyState, exchange: Exchange):
+        self.state, self.exchange = state, exchange
+        self.owner = asyncio.current_task()  # the request's task: a flight it leads ends with it
+        self.call: asyncio.Task[Upstream] | None = None
+        self.flight: str | None = None
+        self.started = 0.0
+
+    @classmethod
+    def of(cls, state: ProxyState, exchange: Exchange) -> Speculation | None:
+        """None when no category may speculate: the request then takes the plain path, at no cost."""
+        if exchange.control == "no-store" or all(c.speculate == "never" for c in state.policy.categories.values()):
+            return None
+        return cls(state, exchange)
+
+    @property
+    def sent(self) -> bool:
+        return self.call is not None
+
+    def start(self, category: str | None) -> None:
+        """The lookup's `exact_missed`: send the request now, if the policy and the load allow."""
+        policy, exchange = self.state.policy, self.exchange
+        in_flight = self.state.large().in_flight
+        if in_flight >= policy.speculation.max_in_flight:
+            return
+        rules = [policy.category(category)] if category is not None else _by_centroid(policy)
+        if not all(allows(r, in_flight) for r in rules):
+            return
+        shared = category is not None and policy.category(category).shared
+        key = scoped(exchange.canon.functional_key, None if shared else exchange.tenant)
+        if self.state.flights.leader(key, self.owner) is not None:
+            return  # being fetched already: this request waits for that flight if its lookup misses
+        self.flight, self.started = key, time.perf_counter()
+        self.call = asyncio.ensure_future(self._first_byte())
+
+    async def _first_byte(self) -> Upstream:
+        backend, exchange = self.state.large(), self.exchange
+        upstream = await send(exchange, backend, relayable(exchange, backend, exchange.body))
+        if not (exchange.stream and upstream.status_code < 300):
+            return upstream, None
+        try:
+            pieces = upstream.aiter_bytes()
+            first = await anext(pieces, b"")
+        except BaseException:
+            await upstream.aclose()
+            raise
+        return upstream, _primed(first, pieces)
+
+    async def race(self, lookup: Coroutine[Any, Any, Found]) -> Found | Response:
+        """The lookup's `Found`, or the backend's answer if a good one began before the lookup ended."""
+        looking = asyncio.ensure_future(lookup)
+        looking.add_done_callback(self._learn)
+        try:
+            while not looking.done():
+                waiting = [looking] if self.call is None or self.call.done() else [looking, self.call]
+                await asyncio.wait(waiting, return_when=asyncio.FIRST_COMPLETED)
+                if self.call is not None and self.call.done() and self._answered():
+                    break
+        except BaseException:  # the client went away
+            looking.cancel()
+            self.cancel(count=False)
+            raise
+        if looking.done():
+            return looking.result()
+        self.exchange.looking = looking  # outcomes.record waits for it to name the category
+        return await self._relay(Outcome.MISS, LateKeep(self.state, self.exchange, self.flight, looking))
+
+    def _learn(self, looking: asyncio.Future) -> None:
+        """The lookup's end: what it found, and the speculative call counted under its category."""
+        if not looking.cancelled() and looking.exception() is None:
+            self.exchange.learn(looking.result())
+        if self.call is not None:
+            self.state.recorder.speculation(self.exchange.category or "-", "sent")
+
+    def _answered(self) -> bool:
+        """Whether the call has a good answer under way (a failure or an error status waits for the lookup)."""
+        assert self.call is not None
+        if self.call.cancelled() or self.call.exception() is not None:
+            return False
+        return self.call.result()[0].status_code < 300
+
+    async def settle(self, found: Found) -> Response | None:
+        """After the lookup: None when a hit wins (the call is closed, the pipeline serves the hit),
+        else the backend's answer, relayed and kept as the lookup's outcome says."""
+        assert self.call is not None
+        if found.doc is not None and not (self.call.done() and self._answered()):
+            self.cancel(count=not self.call.done())
+            return None
+        if found.outcome == Outcome.BYPASS:
+            self.state.flights.land(self.flight, None)
+            return await self._relay(Outcome.BYPASS, None)
+        return await self._relay(Outcome.MISS, Keep(self.state, self.exchange, self.flight))
+
+    async def _relay(self, outcome: Outcome, keep: Keep | None) -> Response:
+        assert self.call is not None
+        backend = self.state.large()
+        try:
+            upstream, pieces = await self.call
+        except httpx.HTTPError as exc:
+            return failed(self.state, self.exchange, backend, keep, exc)
+        return await relay(self.state, self.exchange, backend, upstream, self.started, outcome, keep, pieces)
+
+    def cancel(self, count: bool = True) -> None:
+        """Close the call (vLLM aborts a request whose connection closes); `count` it as waste."""
+        if self.call is None:
+            return
+        if self.flight is not None:
+            self.state.flights.land(self.flight, None)
+        if not self.call.done():
+            self.call.cancel()
+        elif not self.call.cancelled() and self.call.exception() is None:
+            _keep_alive(asyncio.ensure_future(self.call.result()[0].aclose()))
+        if count:
+            category = self.exchange.category or "-"
+            self.state.recorder.speculation(category, "cancelled")
+            self.state.recorder.speculation(category, "cancelled_prompt_tokens", prompt_tokens(self.exchange))
+
+
+@dataclass
+class LateKeep(Keep):
+    """Keeps an answer that began before the lookup ended: stored, in the background, once the
+    lookup has found it a miss (a hit found later means a neighbour answers it already)."""
+
+    looking: asyncio.Future | None = None
+
+    async def store(self, response: dict, latency_ms: float) -> None:
+        _keep_alive(asyncio.ensure_future(self._store_when_found(response, latency_ms)))
+
+    async def _store_when_found(self, response: dict, latency_ms: float) -> None:
+        assert self.looking is not None
+        try:
+            found = await self.looking
+        except asyncio.CancelledError:
+            return
+        if found.outcome == Outcome.MISS:
+            await store(self.state, self.exchange, response, latency_ms)
+
+
+def prompt_tokens(exchange: Exchange) -> int:
+    """A cancelled call's prompt, estimated from its size: the backend never said what it counted."""
+    prompt = exchange.body.get("messages") or exchange.body.get("prompt") or ""
+    return max(1, len(orjson.dumps(prompt)) // BYTES_PER_TOKEN)
+
+
+async def _primed(first: bytes, rest: AsyncIterator[bytes]) -> AsyncIterator[bytes]:
+    """A stream's body whose first piece was read to learn that the answer had begun."""
+    if first:
+        yield first
+    async for piece in rest:
+        yield piece
