@@ -104,9 +104,9 @@ class Category(Strict):
     shared: bool = False
     verify: Verify = Verify()
     speculate: Literal["auto", "always", "never"] = Field(
-        default="never", description="send a miss to the large backend while the semantic tier still looks "
-        "(proxy/speculation.py): auto, while the backend has room and the IC band would not route the request "
-        "to the small model; always, while it has room, IC or not; never")
+        default="never", description="send a request to the large backend as soon as the exact tier misses, "
+        "while the semantic tier still looks, if the backend has room (proxy/speculation.py): auto, and a near "
+        "miss the IC router takes still goes to the small model; always, and the large backend answers it; never")
 
     @model_validator(mode="after")
     def _ic_below_threshold(self) -> "Category":

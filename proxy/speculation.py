@@ -11,13 +11,13 @@ once, and the embedding and the semantic tier run beside it (`Speculation.race`)
 
 When: per category, `speculate` in policies.yaml. Before the embedding the category is known only
 if the rules gave it; otherwise every category the centroids may pick (those with exemplars, and
-the default) must allow it. Never while the large
-backend has `speculation.max_in_flight` requests or more in hand, so a hit wastes at most the one
-call it raced, and only a prefill the backend had room for. `auto` also leaves alone a category
-whose IC band could send a near miss to the small model at this load (`ic.busy_at`): IC answers
-near misses only when the large backend is busy, speculation happens only while it is not, and a
-request already at the large backend is never sent to the small one too. `always` speculates
-even so (a speculated near miss goes to the large backend).
+the default) must allow it. Never while the large backend has `speculation.max_in_flight`
+requests or more in hand, so a hit wastes at most the one call it raced, and only a prefill the
+backend had room for. IC: under `auto`, a near miss that the IC router sends to the small model
+(backends/ic.py: only when the large backend is busy, `ic.busy_at`) is tried while the large
+call runs on; if the small model answers, the large call is closed like one a hit won, else its
+answer is relayed. Under `always` the large backend answers every speculated near miss. The
+speculative call counts in the large backend's load that the IC router reads.
 
 Single flight: the speculative call leads the flight of the request's exact key, scoped to the
 tenant unless the rules gave a shared category; an identical request meanwhile does not speculate,
@@ -40,6 +40,7 @@ from fastapi.responses import Response
 from catcache.policy.schema import Category, Policy
 from catcache.proxy.exchange import Exchange, Found
 from catcache.proxy.forwarding import failed, relay, relayable, send
+from catcache.proxy.incontext import in_context
 from catcache.proxy.state import ProxyState
 from catcache.proxy.storing import Keep, store
 from catcache.proxy.tenancy import scoped
@@ -54,15 +55,6 @@ _background: set[asyncio.Task] = set()  # stores and closes that outlive their r
 def _keep_alive(task: asyncio.Task) -> None:
     _background.add(task)
     task.add_done_callback(_background.discard)
-
-
-def allows(rules: Category, in_flight: int) -> bool:
-    """Whether a request of this category may be sent before its lookup ends, at this load."""
-    if rules.speculate == "never":
-        return False
-    if rules.speculate == "auto" and rules.ic is not None:
-        return in_flight < rules.ic.busy_at  # at this load the IC band would not route to the small model
-    return True
 
 
 def _by_centroid(policy: Policy) -> list[Category]:
@@ -101,7 +93,7 @@ class Speculation:
         if in_flight >= policy.speculation.max_in_flight:
             return
         rules = [policy.category(category)] if category is not None else _by_centroid(policy)
-        if not all(allows(r, in_flight) for r in rules):
+        if any(r.speculate == "never" for r in rules):
             return
         shared = category is not None and policy.category(category).shared
         key = scoped(exchange.canon.functional_key, None if shared else exchange.tenant)
@@ -157,12 +149,18 @@ class Speculation:
         return self.call.result()[0].status_code < 300
 
     async def settle(self, found: Found) -> Response | None:
-        """After the lookup: None when a hit wins (the call is closed, the pipeline serves the hit),
-        else the backend's answer, relayed and kept as the lookup's outcome says."""
+        """After the lookup: None when a hit wins (the call is closed, the pipeline serves the hit);
+        the small model's answer when the IC router takes a near miss (`auto`; the call is closed);
+        else the large backend's answer, relayed and kept as the lookup's outcome says."""
         assert self.call is not None
         if found.doc is not None and not (self.call.done() and self._answered()):
             self.cancel(count=not self.call.done())
             return None
+        if found.band and self.exchange.rules.speculate == "auto" and not self.call.done():
+            answer = await in_context(self.state, self.exchange, found.band)
+            if answer is not None:
+                self.cancel(count=not self.call.done())
+                return answer
         if found.outcome == Outcome.BYPASS:
             self.state.flights.land(self.flight, None)
             return await self._relay(Outcome.BYPASS, None)

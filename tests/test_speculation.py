@@ -167,13 +167,27 @@ def test_single_flight_sends_one_call_for_identical_misses(proxy, thinking, api_
     assert thinking.calls("/v1/chat/completions") == 1
 
 
-def test_never_and_an_ic_band_that_could_route_are_not_speculated(proxy, thinking, api_key):
-    chat(proxy, api_key, "Name a prime number above one hundred.", headers={"x-catcache-category": "careful"})
-    chat(proxy, api_key, "Name a prime number above two hundred.", headers={"x-catcache-category": "offload"})
-    assert speculation(proxy, "careful", "sent") == 0
-    assert speculation(proxy, "offload", "sent") == 0
+def test_never_is_not_speculated(proxy, thinking, api_key):
+    headers, _ = chat(proxy, api_key, "Name a prime number above one hundred.", headers={"x-catcache-category": "careful"})
+    assert headers["x-catcache"] == "miss" and speculation(proxy, "careful", "sent") == 0
     headers, _ = chat(proxy, api_key, "Name a prime number above three hundred.", headers={"x-catcache-category": "public"})
     assert headers["x-catcache"] == "miss" and speculation(proxy, "public", "sent") >= 1
+
+
+def test_a_near_miss_the_small_model_cannot_take_gets_the_large_answer(proxy, thinking, api_key):
+    """`offload`'s IC band routes near misses to a small backend that is down: the speculated call
+    to the large one goes on and answers, none is counted wasted."""
+    offload = {"x-catcache-category": "offload"}
+    chat(proxy, api_key, "What is the population of Canada?", headers=offload)
+    eventually(lambda: chat(proxy, api_key, "What is the population of Canada?", headers=offload)[0]["x-catcache"]
+               == "hit-exact")
+    thinking.state.think_s = 0.3
+    sent = speculation(proxy, "offload", "sent")
+    headers, answer = chat(proxy, api_key, "What is the population of Canada in 2020?", headers=offload)
+    assert headers["x-catcache"] == "miss" and answer.choices[0].message.content
+    assert float(headers["x-catcache-similarity"]) >= 0.5, "the question was a near miss in the IC band"
+    assert speculation(proxy, "offload", "sent") == sent + 1
+    assert speculation(proxy, "offload", "cancelled") == 0
 
 
 def in_flight(proxy) -> float:
