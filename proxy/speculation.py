@@ -72,6 +72,7 @@ class Speculation:
         self.state, self.exchange = state, exchange
         self.owner = asyncio.current_task()  # the request's task: a flight it leads ends with it
         self.call: asyncio.Task[Upstream] | None = None
+        self.called = asyncio.get_running_loop().create_future()  # done once `call` is made: wakes `race`
         self.flight: str | None = None
         self.started = 0.0
 
@@ -101,6 +102,7 @@ class Speculation:
             return  # being fetched already: this request waits for that flight if its lookup misses
         self.flight, self.started = key, time.perf_counter()
         self.call = asyncio.ensure_future(self._first_byte())
+        self.called.set_result(None)
 
     async def _first_byte(self) -> Upstream:
         backend, exchange = self.state.large(), self.exchange
@@ -121,8 +123,8 @@ class Speculation:
         looking.add_done_callback(self._learn)
         try:
             while not looking.done():
-                waiting = [looking] if self.call is None or self.call.done() else [looking, self.call]
-                await asyncio.wait(waiting, return_when=asyncio.FIRST_COMPLETED)
+                other = self.called if self.call is None else self.call
+                await asyncio.wait([looking] if other.done() else [looking, other], return_when=asyncio.FIRST_COMPLETED)
                 if self.call is not None and self.call.done() and self._answered():
                     break
         except BaseException:  # the client went away

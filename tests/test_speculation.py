@@ -92,6 +92,8 @@ def test_a_miss_is_sent_at_once_stored_and_then_served(proxy, thinking, api_key)
     # Stored in the background once the lookup has ended, with its vector: exact and semantic hits follow.
     eventually(lambda: chat(proxy, api_key, "What is the tallest mountain on Earth?")[0]["x-catcache"] == "hit-exact")
     assert thinking.calls("/v1/chat/completions") == 1
+    # An answer that came before the lookup ended is recorded once the lookup has named its category.
+    assert 'catcache_requests_total{category="-"' not in httpx.get(f"{proxy.url}/metrics").text
     thinking.state.think_s = SLOW_S  # a backend slower than the lookup, as any LLM is: the paraphrase is a hit
     headers, again = chat(proxy, api_key, "what is the tallest mountain on earth?")
     assert headers["x-catcache"] == "hit-semantic"
