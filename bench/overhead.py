@@ -44,7 +44,7 @@ from openai import AsyncOpenAI
 
 from bench import output, replay, stack
 from catcache.index.embedder import Embedder
-from tests.util import ProxyProcess
+from catcache.testing.proxy import ProxyProcess
 
 WORDS = ("amber basil cobalt dune ember fjord garnet harbor indigo juniper kelp lumen maple nimbus orchid pylon "
          "quartz raven saffron tundra umber vortex willow xenon yarrow zephyr anchor beacon cinder delta").split()

@@ -16,7 +16,7 @@ import yaml
 
 from catcache.policy.loader import PolicyError, parse_policy
 
-from .backend import TestBackend
+from catcache.testing import TestBackend
 
 POLICY = {
     "version": 1,
