@@ -105,8 +105,9 @@ class Category(Strict):
     verify: Verify = Verify()
     speculate: Literal["auto", "always", "never"] = Field(
         default="never", description="send a request to the large backend as soon as the exact tier misses, "
-        "while the semantic tier still looks, if the backend has room (proxy/speculation.py): auto, and a near "
-        "miss the IC router takes still goes to the small model; always, and the large backend answers it; never")
+        "while the semantic tier still looks, if the backend has room (proxy/speculation.py): auto, while the "
+        "lookup is faster than the backend's first byte, and a near miss the IC router takes still goes to the "
+        "small model; always, whether it pays or not, and the large backend answers it; never")
 
     @model_validator(mode="after")
     def _ic_below_threshold(self) -> "Category":

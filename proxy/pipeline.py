@@ -24,7 +24,7 @@ from catcache.proxy.exchange import Exchange, parse
 from catcache.proxy.forwarding import forward, fresh_id, reply
 from catcache.proxy.incontext import in_context
 from catcache.proxy.lookup import Tiers, look_up
-from catcache.proxy.speculation import Speculation
+from catcache.proxy.speculation import RaceClock, Speculation
 from catcache.proxy.state import ProxyState
 from catcache.proxy.storing import Keep
 from catcache.reports.record import Outcome
@@ -36,12 +36,13 @@ class CachePipeline:
     def __init__(self, state: ProxyState):
         self.state = state
         self.hits = HitCounter(state.store, state.guard)
+        self.clock = RaceClock()  # whether speculation pays (proxy/speculation.py)
 
     async def handle(self, request: Request, endpoint: str) -> Response:
         exchange = await parse(request, endpoint, self.state.policy)
         if isinstance(exchange, Response):
             return exchange
-        speculation = Speculation.of(self.state, exchange)
+        speculation = Speculation.of(self.state, exchange, self.clock)
         lookup = look_up(Tiers.of(self.state), exchange, self.state.large().in_flight,
                          speculation and speculation.start)
         found = await (speculation.race(lookup) if speculation else lookup)

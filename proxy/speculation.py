@@ -13,10 +13,12 @@ When: per category, `speculate` in policies.yaml. Before the embedding the categ
 if the rules gave it; otherwise every category the centroids may pick (those with exemplars, and
 the default) must allow it. Never while the large backend has `speculation.max_in_flight`
 requests or more in hand, so a hit wastes at most the one call it raced, and only a prefill the
-backend had room for. IC: under `auto`, a near miss that the IC router sends to the small model
+backend had room for. `auto` also speculates only while it pays: while the lookup is faster than
+the backend's first byte (`RaceClock`). IC: under `auto`, a near miss that the IC router sends to the small model
 (backends/ic.py: only when the large backend is busy, `ic.busy_at`) is tried while the large
 call runs on; if the small model answers, the large call is closed like one a hit won, else its
-answer is relayed. Under `always` the large backend answers every speculated near miss. The
+answer is relayed. `always` speculates whether it pays or not, and the large backend answers
+every speculated near miss. The
 speculative call counts in the large backend's load that the IC router reads.
 
 Single flight: the speculative call leads the flight of the request's exact key, scoped to the
@@ -49,12 +51,48 @@ from catcache.reports.record import Outcome
 log = logging.getLogger("catcache.proxy")
 BYTES_PER_TOKEN = 4  # to estimate a cancelled call's prompt tokens, which its backend never reported
 
+PROBE_EVERY = 16  # under `auto`, while speculation does not pay, one request in this many still speculates
+SMOOTHING = 0.1  # weight of a new sample in the running averages
+
 _background: set[asyncio.Task] = set()  # stores and closes that outlive their request
 
 
 def _keep_alive(task: asyncio.Task) -> None:
     _background.add(task)
     task.add_done_callback(_background.discard)
+
+
+@dataclass
+class RaceClock:
+    """Running averages of the two sides of the race, for `auto`: how long the lookup takes once
+    the exact tier has missed, and how long the large backend takes to its first byte. A proxy
+    whose lookup is the slower one (a CPU-starved box, a backend with a tiny prefill) would lose
+    hits to the backend and gain nothing, so `auto` speculates only while the lookup is faster,
+    and one request in PROBE_EVERY anyway, to notice when that changes."""
+
+    lookup_ms: float | None = None
+    first_byte_ms: float | None = None
+    skipped: int = 0
+
+    def pays(self) -> bool:
+        if self.lookup_ms is None or self.first_byte_ms is None or self.lookup_ms < self.first_byte_ms:
+            return True
+        self.skipped = (self.skipped + 1) % PROBE_EVERY
+        return self.skipped == 0
+
+    def looked(self, ms: float) -> None:
+        self.lookup_ms = _smoothed(self.lookup_ms, ms)
+
+    def answered(self, ms: float) -> None:
+        self.first_byte_ms = _smoothed(self.first_byte_ms, ms)
+
+    def outlasted(self, ms: float) -> None:
+        """A call a hit closed: its first byte would have come after `ms`, a lower bound."""
+        self.first_byte_ms = _smoothed(self.first_byte_ms, max(ms, self.first_byte_ms or ms))
+
+
+def _smoothed(average: float | None, sample: float) -> float:
+    return sample if average is None else average + SMOOTHING * (sample - average)
 
 
 def _by_centroid(policy: Policy) -> list[Category]:
@@ -68,20 +106,21 @@ Upstream = tuple[httpx.Response, AsyncIterator[bytes] | None]  # the answer, and
 class Speculation:
     """One request's speculative call, from the exact tier's miss to its answer or cancellation."""
 
-    def __init__(self, state: ProxyState, exchange: Exchange):
-        self.state, self.exchange = state, exchange
+    def __init__(self, state: ProxyState, exchange: Exchange, clock: RaceClock):
+        self.state, self.exchange, self.clock = state, exchange, clock
         self.owner = asyncio.current_task()  # the request's task: a flight it leads ends with it
         self.call: asyncio.Task[Upstream] | None = None
         self.called = asyncio.get_running_loop().create_future()  # done once `call` is made: wakes `race`
         self.flight: str | None = None
         self.started = 0.0
+        self.exact_missed: float | None = None  # when the exact tier missed: the lookup's half of the race
 
     @classmethod
-    def of(cls, state: ProxyState, exchange: Exchange) -> Speculation | None:
+    def of(cls, state: ProxyState, exchange: Exchange, clock: RaceClock) -> Speculation | None:
         """None when no category may speculate: the request then takes the plain path, at no cost."""
         if exchange.control == "no-store" or all(c.speculate == "never" for c in state.policy.categories.values()):
             return None
-        return cls(state, exchange)
+        return cls(state, exchange, clock)
 
     @property
     def sent(self) -> bool:
@@ -90,11 +129,14 @@ class Speculation:
     def start(self, category: str | None) -> None:
         """The lookup's `exact_missed`: send the request now, if the policy and the load allow."""
         policy, exchange = self.state.policy, self.exchange
+        self.exact_missed = time.perf_counter()
         in_flight = self.state.large().in_flight
         if in_flight >= policy.speculation.max_in_flight:
             return
         rules = [policy.category(category)] if category is not None else _by_centroid(policy)
         if any(r.speculate == "never" for r in rules):
+            return
+        if any(r.speculate == "auto" for r in rules) and not self.clock.pays():
             return
         shared = category is not None and policy.category(category).shared
         key = scoped(exchange.canon.functional_key, None if shared else exchange.tenant)
@@ -108,6 +150,7 @@ class Speculation:
         backend, exchange = self.state.large(), self.exchange
         upstream = await send(exchange, backend, relayable(exchange, backend, exchange.body))
         if not (exchange.stream and upstream.status_code < 300):
+            self.clock.answered((time.perf_counter() - self.started) * 1000)
             return upstream, None
         try:
             pieces = upstream.aiter_bytes()
@@ -115,6 +158,7 @@ class Speculation:
         except BaseException:
             await upstream.aclose()
             raise
+        self.clock.answered((time.perf_counter() - self.started) * 1000)
         return upstream, _primed(first, pieces)
 
     async def race(self, lookup: Coroutine[Any, Any, Found]) -> Found | Response:
@@ -140,6 +184,8 @@ class Speculation:
         """The lookup's end: what it found, and the speculative call counted under its category."""
         if not looking.cancelled() and looking.exception() is None:
             self.exchange.learn(looking.result())
+            if self.exact_missed is not None:
+                self.clock.looked((time.perf_counter() - self.exact_missed) * 1000)
         if self.call is not None:
             self.state.recorder.speculation(self.exchange.category or "-", "sent")
 
@@ -184,6 +230,7 @@ class Speculation:
         if self.flight is not None:
             self.state.flights.land(self.flight, None)
         if not self.call.done():
+            self.clock.outlasted((time.perf_counter() - self.started) * 1000)
             self.call.cancel()
         elif not self.call.cancelled() and self.call.exception() is None:
             _keep_alive(asyncio.ensure_future(self.call.result()[0].aclose()))
