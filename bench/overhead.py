@@ -1,7 +1,7 @@
 """What catcache itself costs: latency added to a miss, hit latency, and hits per second.
 
     python -m bench.overhead [--queries 300] [--think-ms 0 --tokens-per-s 0] [--baseline DIR]
-        [--speculate auto] [--load-requests 150]
+        [--speculate auto,always] [--load-requests 150]
 
 One run, through the OpenAI SDK, in front of two backends in their own process: the uvicorn test
 backend and a plain `http.server` one (`catcache.testing.plain_backend`: no TCP_NODELAY, response head and
@@ -17,8 +17,8 @@ the source folder DIR (an older checkout) stands beside this one in every round:
 - throughput: exact and semantic hits on the warmed cache at concurrency 1, 8 and 32, the sides
   taking turns point by point, with the CPU time the proxy process (all threads) and the
   benchmark's own client spent per request.
-- with `--speculate auto`, a third side: this code with every category speculating
-  (proxy/speculation.py); the embedder's own forward pass on each paraphrase is timed in this
+- with `--speculate auto,always`, a side more for each mode: this code with every category
+  speculating (proxy/speculation.py); the embedder's own forward pass on each paraphrase is timed in this
   process beside the rounds, so a semantic hit can be set against it.
 - with `--load-requests N`: under load, in front of a backend that takes `--load-think-ms`, N
   requests per side and round at `--load-concurrency`, `--load-hit-rate` of them paraphrases of
@@ -263,8 +263,9 @@ def main() -> None:
     parser.add_argument("--baseline-policies", type=Path,
                         help="the baseline's policy file (default: --policies); with --baseline . it compares two "
                              "policies, e.g. the int8 embedder against the default, on the same code")
-    parser.add_argument("--speculate", choices=("auto", "always"),
-                        help="add a side from this code with every category's `speculate` set to this")
+    parser.add_argument("--speculate", default="",
+                        help="comma-separated modes (auto, always): a side from this code for each, with every "
+                             "category's `speculate` set to it")
     parser.add_argument("--load-requests", type=int, default=0,
                         help="under load: requests per side and round (0: no load phase)")
     parser.add_argument("--load-rounds", type=int, default=2)
@@ -279,10 +280,10 @@ def main() -> None:
     results = {}
     embedder = Embedder(yaml.safe_load(args.policies.read_text()).get("embedding_model") or "all-MiniLM-L6-v2")
     with tempfile.TemporaryDirectory(prefix="overhead-") as folder:
-        for number, server in enumerate(args.servers.split(",")):
+        for number, server in enumerate(s for s in args.servers.split(",") if s):
             with contextlib.ExitStack() as running:
                 backend_url = running.enter_context(stack.backend(args.think_ms, args.tokens_per_s, server))
-                proxies = _sides(running, backend_url, args, Path(folder), [None] if args.speculate else [])
+                proxies = _sides(running, backend_url, args, Path(folder), [None])
                 results[server] = asyncio.run(measure(
                     backend_url, {side: p.base_url for side, p in proxies.items()}, args.queries, args.requests,
                     throughput=number == 0 and args.requests > 0,
@@ -291,8 +292,8 @@ def main() -> None:
         if args.load_requests:
             with contextlib.ExitStack() as running:
                 backend_url = running.enter_context(stack.backend(args.load_think_ms, 0, "uvicorn"))
-                bounds = [int(b) for b in args.load_bounds.split(",")] if args.speculate else []
-                proxies = _sides(running, backend_url, args, Path(folder), bounds)
+                proxies = _sides(running, backend_url, args, Path(folder),
+                                 [int(b) for b in args.load_bounds.split(",")])
                 load = asyncio.run(under_load(backend_url, {side: p.base_url for side, p in proxies.items()},
                                               args.load_requests, args.load_concurrency, args.load_hit_rate,
                                               args.load_rounds))
@@ -322,16 +323,18 @@ def main() -> None:
 def _sides(running: contextlib.ExitStack, backend_url: str, args: argparse.Namespace, folder: Path,
            bounds: list[int | None]) -> dict[str, ProxyProcess]:
     """The proxies to compare, in front of `backend_url`: the baseline (if any), this code with the
-    given policy, and this code speculating (`args.speculate`) under each bound."""
+    given policy, and this code speculating in each mode of `args.speculate` under each bound
+    (None: the policy's own)."""
     sides = {}
     if args.baseline:
         sides["baseline"] = running.enter_context(stack.proxy(backend_url, args.baseline_policies or args.policies,
                                                               source=args.baseline))
     sides["catcache"] = running.enter_context(stack.proxy(backend_url, args.policies))
-    for bound in bounds:
-        name = "speculating" + (f" (max_in_flight {bound})" if bound is not None else "")
-        sides[name] = running.enter_context(stack.proxy(
-            backend_url, speculating(args.policies, args.speculate, bound, folder)))
+    for mode in filter(None, args.speculate.split(",")):
+        for bound in bounds:
+            name = f"speculate {mode}" + (f", max_in_flight {bound}" if bound is not None else "")
+            sides[name] = running.enter_context(stack.proxy(
+                backend_url, speculating(args.policies, mode, bound, folder)))
     return sides
 
 
