@@ -13,13 +13,14 @@ When: per category, `speculate` in policies.yaml. Before the embedding the categ
 if the rules gave it; otherwise every category the centroids may pick (those with exemplars, and
 the default) must allow it. Never while the large backend has `speculation.max_in_flight`
 requests or more in hand, so a hit wastes at most the one call it raced, and only a prefill the
-backend had room for. `auto` also speculates only while it pays: while the lookup is faster than
-the backend's first byte (`RaceClock`). IC: under `auto`, a near miss that the IC router sends to the small model
-(backends/ic.py: only when the large backend is busy, `ic.busy_at`) is tried while the large
-call runs on; if the small model answers, the large call is closed like one a hit won, else its
-answer is relayed. `always` speculates whether it pays or not, and the large backend answers
-every speculated near miss. The
-speculative call counts in the large backend's load that the IC router reads.
+backend had room for.
+- `auto` speculates only while it pays: while the lookup is faster than the backend's first
+  byte (`RaceClock`). A near miss the IC router sends to the small model (backends/ic.py: only
+  when the large backend is busy, `ic.busy_at`) is tried while the large call runs on; if the
+  small model answers, the large call is closed like one a hit won, else its answer is relayed.
+  The speculative call counts in the large backend's load that the router reads.
+- `always` speculates whether it pays or not, and the large backend answers every speculated
+  near miss.
 
 Single flight: the speculative call leads the flight of the request's exact key, scoped to the
 tenant unless the rules gave a shared category; an identical request meanwhile does not speculate,
@@ -29,7 +30,6 @@ and waits for that flight if its own lookup misses.
 from __future__ import annotations
 
 import asyncio
-import logging
 import time
 from collections.abc import AsyncIterator, Coroutine
 from dataclasses import dataclass
@@ -48,7 +48,6 @@ from catcache.proxy.storing import Keep, store
 from catcache.proxy.tenancy import scoped
 from catcache.reports.record import Outcome
 
-log = logging.getLogger("catcache.proxy")
 BYTES_PER_TOKEN = 4  # to estimate a cancelled call's prompt tokens, which its backend never reported
 
 PROBE_EVERY = 16  # under `auto`, while speculation does not pay, one request in this many still speculates
