@@ -1,6 +1,8 @@
 """One cacheable request, start to finish:
 
 parse -> look up (rules, exact, embed, classify, semantic + verifier, IC band) ->
+    (where the policy lets, the large backend is asked as soon as the exact tier has missed, and
+     a hit found before its first byte closes that call: proxy/speculation.py)
     a hit: served from the cache;
     a bypass: the large backend, nothing stored;
     a near miss in the IC band: the small backend, when it is likely good and the large one busy;
@@ -13,6 +15,7 @@ answer into an error.
 from __future__ import annotations
 
 import asyncio
+from dataclasses import replace
 
 from fastapi import Request
 from fastapi.responses import Response
@@ -23,6 +26,7 @@ from catcache.proxy.forwarding import forward, fresh_id, reply
 from catcache.proxy.incontext import in_context
 from catcache.proxy.learner import Check, answer_text
 from catcache.proxy.lookup import Tiers, look_up
+from catcache.proxy.speculation import RaceClock, Speculation
 from catcache.proxy.state import ProxyState
 from catcache.proxy.storing import Keep
 from catcache.reports.record import Outcome
@@ -34,12 +38,18 @@ class CachePipeline:
     def __init__(self, state: ProxyState):
         self.state = state
         self.hits = HitCounter(state.store, state.guard)
+        self.clock = RaceClock()  # whether speculation pays (proxy/speculation.py)
 
     async def handle(self, request: Request, endpoint: str) -> Response:
         exchange = await parse(request, endpoint, self.state.policy)
         if isinstance(exchange, Response):
             return exchange
-        found = await look_up(Tiers.of(self.state), exchange, self.state.large().in_flight)
+        speculation = Speculation.of(self.state, exchange, self.clock)
+        lookup = look_up(Tiers.of(self.state), exchange, self.state.large().in_flight,
+                         speculation and speculation.start)
+        found = await (speculation.race(lookup) if speculation else lookup)
+        if isinstance(found, Response):
+            return found  # the speculative call's answer began first
         exchange.learn(found)
         for category, doc_id in found.stale:
             self.state.index.remove(category, [doc_id])
@@ -50,10 +60,16 @@ class CachePipeline:
             if found.doc is None:  # a near miss: its fresh answer will say whether the neighbour's was right
                 exchange.check = Check(found.category, found.cell, similarity, answer_text(neighbour.response), "near")
             elif found.outcome == Outcome.HIT_SEMANTIC and learner.explore(found.category):
+                # A would-be hit checked: a miss for this client, its fresh answer judged against the neighbour's.
                 exchange.check = Check(found.category, found.cell, similarity, answer_text(neighbour.response),
                                        "explore")
+                found = replace(found, outcome=Outcome.MISS, doc=None, band=[])
+                exchange.learn(found)
                 exchange.verdict = f"explored: a would-be hit at {similarity:.4f}, answered by the backend to check it"
-                return await self.fetch(exchange)
+        if speculation is not None and speculation.sent:
+            answer = await speculation.settle(found)
+            if answer is not None:
+                return answer
         if found.doc is not None:
             return self.serve(exchange, found.doc, found.outcome)
         if found.outcome == Outcome.BYPASS:
