@@ -52,11 +52,15 @@ def proxy(backend_url: str, policies: Path = DEFAULT_POLICIES, source: Path | No
     source folder `source` (imported as `catcache`) instead of the installed one when given.
 
     Every backend of the policy (the small IC one too) is pointed at the test backend, so an IC
-    answer costs a backend call here as it would in production instead of failing.
+    answer costs a backend call here as it would in production instead of failing. Threshold
+    learning is off: its checks turn a share of would-be hits into misses, which the benchmarks of
+    latency, overhead and hit rates at fixed thresholds must not count (`bench.replay --cold-start`
+    measures learning, with a backend whose answers can be judged).
     """
     policy = yaml.safe_load(Path(policies).read_text())
     for settings in (policy.get("backends") or {}).values():
         settings["url"] = backend_url
+    policy.setdefault("learning", {})["enabled"] = False
     with served(policy, source, backend_url) as running:
         yield running
 
