@@ -61,7 +61,10 @@ def reference_texts() -> list[str]:
     """A few hundred texts of every length up to past the window: short, long, punctuation, numbers, casing."""
     subjects = ["a list in Python", "the capital of Australia", "my JavaScript promise", "a Redis cluster",
                 "the boiling point of water", "Shakespeare's Hamlet", "a sourdough starter", "the French Revolution",
-                "UTF-8 décodage", "3.14 * 42 - 7", "the GDP of Japan in 2020", "OK"]
+                "UTF-8 décodage", "3.14 * 42 - 7", "the GDP of Japan in 2020", "OK", "a SQL LEFT JOIN",
+                "photosynthesis", "the Treaty of Westphalia", "my cat's sneezing", "kubectl rollout undo",
+                "a haiku about autumn", "the speed of light in km/s", "Müller's ratchet", "tax on 1,234.56 EUR",
+                "the offside rule", "email: bob@example.com", "the derivative of x^2 + 3x"]
     shapes = ["{s}", "How do I fix {s}?", "what is {s}", "Explain {s} to a five-year-old, in detail, please!",
               "Compare {s} with {s} and with {s}.", "WHY IS {s} SO HARD??", "{s} " * 40, "Tell me about {s}; then stop."]
     texts = [shape.format(s=subject) for shape in shapes for subject in subjects]
@@ -75,7 +78,7 @@ def test_onnx_vectors_match_sentence_transformers_on_torch(embedder):
     from sentence_transformers import SentenceTransformer
 
     texts = reference_texts()
-    assert len(texts) > 150
+    assert len(texts) > 250
     reference = SentenceTransformer(str(model_path("all-MiniLM-L6-v2")), device="cpu").encode(
         texts, normalize_embeddings=True, batch_size=32)
     cosines = (embedder.encode(texts, batch_size=32) * reference).sum(1)
