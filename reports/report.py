@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import importlib.util
 import os
 import sys
 from pathlib import Path
@@ -34,6 +35,10 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    if args.format == "html" and importlib.util.find_spec("matplotlib") is None:
+        print("catcache report: the HTML page's plots need matplotlib, which the core install leaves out: "
+              "pip install 'catcache[report]'", file=sys.stderr)
+        return 2
     try:
         seconds(args.since)
     except ValueError as exc:
