@@ -101,7 +101,8 @@ FACTS = [
 ]
 
 
-@pytest.mark.timeout(900)  # ~30 s on an idle 2-core CPU; minutes when neighbours share it
+@pytest.mark.slow  # 239 s on our shared 2-core CPU (ten answers of up to 48 tokens): `pytest -m slow -k simple_facts`
+@pytest.mark.timeout(900)
 def test_with_no_sampling_parameters_the_model_answers_simple_facts(local_proxy):
     """As most apps ask: no temperature, no top_p. The model's own defaults (the SmolLM2 card's
     temperature 0.2, top_p 0.9) apply, not OpenAI's temperature 1.0, at which it rambled in French."""
@@ -115,6 +116,7 @@ def test_with_no_sampling_parameters_the_model_answers_simple_facts(local_proxy)
         text = raw.parse().choices[0].message.content
         right += any(re.search(rf"\b{gold}\b", text.lower()) for gold in golds)
         answers.append((question, text))
+    print(f"{right} of {len(FACTS)} right:", *answers, sep="\n")
     assert right >= 8, answers
 
 
