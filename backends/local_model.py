@@ -3,9 +3,9 @@
 Run as a child process by `backends.local.LocalModel`: `python -m catcache.backends.local_model
 --port P --model FILE.gguf`. It answers /v1/chat/completions and /v1/completions, streamed or not,
 with usage counts and, when asked, token log-probabilities (the IC router reads them as the
-model's own confidence). torch and transformers run it because catcache installs both anyway and
-transformers reads GGUF; llama-cpp-python would be faster but must be compiled on the user's
-machine (README, "IC-Cache"). One generation runs at a time: a 135M model on a CPU is compute-bound,
+model's own confidence). torch and transformers (the `local` extra) run it, since transformers
+reads GGUF; llama-cpp-python would be faster but must be compiled on the user's machine (README,
+"IC-Cache"). A request that names no sampling parameters gets the model's own defaults. One generation runs at a time: a 135M model on a CPU is compute-bound,
 so a second concurrent one would only halve the speed of both.
 """
 
