@@ -5,8 +5,8 @@ The graph is built node by node with `onnx.helper` from the `model.safetensors` 
 encoder layers (post-norm attention and an erf GELU feed-forward, as `transformers`' BertModel
 computes them), then mean pooling over the real tokens and L2 normalisation, as the model's
 sentence-transformers modules do. It takes token ids and returns the unit-length sentence vector.
-tests/test_embedder.py checks it against sentence-transformers on torch. The graph is written into
-a cache folder keyed by the weights, so a changed model is built again and a model hub is never
+tests/index/test_embedder.py checks it against sentence-transformers on torch. The graph is written
+into a cache folder keyed by the weights, so a changed model is built again and a model hub is never
 contacted.
 """
 
