@@ -34,7 +34,7 @@ class InvalidRequest(ValueError):
 class CanonicalRequest:
     endpoint: str          # "chat" or "completions"
     model: str
-    query_text: str        # last user turn (or the prompt), NFKC and white space collapsed
+    query_text: str        # last user turn (or the prompt), folded and white space collapsed
     canonical: bytes       # sorted, compact JSON of everything that changes the answer
     functional_key: str    # sha256 of endpoint, tenant and canonical
     scope_key: str         # sha256 of the same without the query's text
@@ -186,9 +186,27 @@ def _content(content: object, param: str) -> object:
     return parts
 
 
+# Compatibility forms that only change how a character looks: full- and half-width letters,
+# digits and punctuation, Arabic positional forms, vertical and small punctuation, no-break
+# spaces. The others NFKC would fold change what a text says, so they are kept: "2³" is not
+# "23", "½" is not "1⁄2", "①" is not "1", and bold 𝐯 (a vector) is not v.
+_SAME_MEANING_FORMS = ("<wide>", "<narrow>", "<noBreak>", "<initial>", "<medial>", "<final>",
+                       "<isolated>", "<vertical>", "<small>")
+_FOLDS = {cp: unicodedata.normalize("NFKC", chr(cp)) for cp in range(0x10000)  # all in the BMP
+          if unicodedata.decomposition(chr(cp)).startswith(_SAME_MEANING_FORMS)}
+
+
+def fold(text: str) -> str:
+    """Text spelt one way without changing what it says: canonical composition (NFC, so
+    precomposed and combining accents agree) and only the compatibility folds above."""
+    if text.isascii():
+        return text
+    return unicodedata.normalize("NFC", text.translate(_FOLDS))
+
+
 def _plain(text: str) -> str:
-    """Prose as compared: NFKC, runs of white space as one space, no space at the ends."""
-    return " ".join(unicodedata.normalize("NFKC", text).split())
+    """Prose as compared: `fold`ed, runs of white space as one space, no space at the ends."""
+    return " ".join(fold(text).split())
 
 
 def _text(text: str) -> str | list:

@@ -1,4 +1,5 @@
 import keyword
+import unicodedata
 import string
 
 import pytest
@@ -276,3 +277,66 @@ def test_assistant_content_may_be_null():
     canonicalise("chat", {"model": "m", "messages": [
         {"role": "user", "content": "hi"},
         {"role": "assistant", "content": None, "tool_calls": []}]}, None)
+
+
+# -- exact keys are sound: folding never changes what a text says ---------------------------
+
+def _compatibility_forms(*tags: str) -> list[str]:
+    return [chr(cp) for cp in range(0x30000) if unicodedata.decomposition(chr(cp)).split(" ")[0] in tags
+            and not chr(cp).isspace()]
+
+
+# Forms whose NFKC fold changes the meaning: 2³ is not 23, ½ is not 1⁄2, ① is not 1, bold 𝐯
+# (a vector) is not v, ﬀ (a ligature) and ℃ are kept too: a missed hit is cheaper than a wrong one.
+MEANINGFUL = _compatibility_forms("<super>", "<sub>", "<fraction>", "<circle>", "<font>", "<compat>",
+                                  "<square>")
+# Forms that only change the look: full- and half-width, positional, vertical, small.
+LOOKS_ONLY = _compatibility_forms("<wide>", "<narrow>", "<initial>", "<medial>", "<final>", "<isolated>",
+                                  "<vertical>", "<small>", "<noBreak>")
+
+
+@pytest.mark.parametrize("a, b", [("What is 2³?", "What is 23?"), ("What is 10² + 1?", "What is 102 + 1?"),
+                                  ("Add ½ cup", "Add 1⁄2 cup"), ("x₁ + x₂", "x1 + x2"), ("① first", "1 first"),
+                                  ("H₂O", "H2O")])
+def test_texts_that_differ_in_meaning_have_different_keys(a, b):
+    one = {"model": "m", "messages": [{"role": "user", "content": a}]}
+    assert key(one) != key({**one, "messages": [{"role": "user", "content": b}]})
+
+
+@settings(max_examples=300, deadline=None)
+@given(chat(), st.data(), st.sampled_from(MEANINGFUL))
+def test_no_meaningful_compatibility_form_shares_a_key_with_its_fold(body, data, form):
+    """Any prose with a super/subscript, fraction, circled, font, ligature or square form in it
+    keys apart from the same prose with NFKC's fold of that form. (Not code: Python itself reads
+    identifiers through NFKC, so there `totªl` is `total`.)"""
+    i = data.draw(st.integers(0, len(body["messages"]) - 1))
+    text = body["messages"][i]["content"]
+    j = data.draw(st.integers(0, text.find("```") if "```" in text else len(text)))
+    messages = list(body["messages"])
+    variants = []
+    for spelt in (form, unicodedata.normalize("NFKC", form)):
+        messages[i] = {**messages[i], "content": text[:j] + spelt + text[j:]}
+        variants.append({**body, "messages": list(messages)})
+    assert key(variants[0]) != key(variants[1])
+
+
+@settings(max_examples=150, deadline=None)
+@given(chat(), st.data(), st.sampled_from(LOOKS_ONLY))
+def test_forms_that_only_change_the_look_still_fold(body, data, form):
+    i = data.draw(st.integers(0, len(body["messages"]) - 1))
+    if "```" in body["messages"][i]["content"]:
+        return  # code is kept as written
+    text = body["messages"][i]["content"]
+    j = data.draw(st.sampled_from([k for k, c in enumerate(text) if c == " "] or [len(text)]))
+    messages = list(body["messages"])
+    variants = []
+    for spelt in (form, unicodedata.normalize("NFKC", form)):
+        messages[i] = {**messages[i], "content": text[:j] + " " + spelt + " " + text[j:]}
+        variants.append({**body, "messages": list(messages)})
+    assert key(variants[0]) == key(variants[1])
+
+
+def test_combining_and_precomposed_accents_are_one_text():
+    one = {"model": "m", "messages": [{"role": "user", "content": "Qu'est-ce qu'un café ?"}]}
+    other = {"model": "m", "messages": [{"role": "user", "content": "Qu'est-ce qu'un cafe\u0301 ?"}]}
+    assert key(one) == key(other)
