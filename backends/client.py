@@ -36,6 +36,18 @@ def forwardable(headers: httpx.Headers | dict, drop: set[str] = frozenset()) -> 
 KEEPALIVE_S = 3.0
 
 
+def _wire(text: str) -> bytes:
+    """A header name or value as the bytes it came in as.
+
+    The ASGI server decodes header bytes as Latin-1, so encoding back to Latin-1 forwards a
+    client's `café` or UTF-8 API key byte for byte; httpx would encode a str as ASCII and fail.
+    Text from elsewhere (an API key from the environment) beyond Latin-1 goes as UTF-8."""
+    try:
+        return text.encode("latin-1")
+    except UnicodeEncodeError:
+        return text.encode()
+
+
 class _Released(httpx.AsyncByteStream):
     """A response body that gives its replica's in-flight slot back when it is closed."""
 
@@ -74,12 +86,12 @@ class BackendClient:
         suffix = path.removeprefix("/v1")
         return f"{base_url or self.base_url}{suffix}" + (f"?{query}" if query else "")
 
-    def headers(self, incoming: dict[str, str]) -> dict[str, str]:
+    def headers(self, incoming: dict[str, str]) -> list[tuple[bytes, bytes]]:
         headers = dict(incoming)
         if self.config.api_key_env and os.environ.get(self.config.api_key_env):
             headers = {k: v for k, v in headers.items() if k.lower() != "authorization"}
             headers["authorization"] = f"Bearer {os.environ[self.config.api_key_env]}"
-        return headers
+        return [(_wire(k), _wire(v)) for k, v in headers.items()]
 
     async def open(self, method: str, path: str, *, headers: dict[str, str], content: bytes,
                    query: str = "", affinity: str | None = None) -> httpx.Response:

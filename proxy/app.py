@@ -14,7 +14,6 @@ from pathlib import Path
 import httpx
 from fastapi import FastAPI, Request
 from fastapi.responses import Response, StreamingResponse
-from starlette.background import BackgroundTask
 
 from catcache.backends.client import forwardable
 from catcache.backends.local import LocalModel
@@ -105,12 +104,15 @@ async def pass_through(state: ProxyState, request: Request) -> Response:
         backend.in_flight -= 1
         return backend_failed(backend.name, exc)
 
-    async def done() -> None:
-        await upstream.aclose()
-        backend.in_flight -= 1
+    async def relay() -> AsyncIterator[bytes]:
+        try:
+            async for chunk in upstream.aiter_raw():
+                yield chunk
+        finally:  # also when the backend breaks off or the client goes away: the slot is given back
+            await upstream.aclose()
+            backend.in_flight -= 1
 
-    return StreamingResponse(upstream.aiter_raw(), status_code=upstream.status_code,
-                             headers=forwardable(upstream.headers), background=BackgroundTask(done))
+    return StreamingResponse(relay(), status_code=upstream.status_code, headers=forwardable(upstream.headers))
 
 
 @contextlib.asynccontextmanager

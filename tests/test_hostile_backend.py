@@ -1,0 +1,117 @@
+"""A backend that resets, half-closes, sends garbage or trickles, and clients that send bytes
+HTTP allows but ASCII does not: every answer is a JSON error in OpenAI's shape or a good answer,
+and every in-flight gauge is back to 0 afterwards (issue 21, findings 1 and 2)."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from pathlib import Path
+
+import httpx
+import openai
+import pytest
+
+from catcache.proxy.app import Settings
+
+from .hostile import HostileBackend
+from .inprocess import InProcess, in_process
+
+POLICIES = Path(__file__).parent / "data" / "policies-e2e.yaml"
+BROKEN = ("reset", "close", "half", "garbage", "short")
+
+
+@pytest.fixture(scope="module")
+def hostile() -> Iterator[HostileBackend]:
+    with HostileBackend(seed=21) as server:
+        yield server
+
+
+@pytest.fixture(scope="module")
+def proxy(hostile, server_redis_url) -> Iterator[InProcess]:
+    with in_process(Settings(backend=hostile.base_url, policies=POLICIES, redis_url=server_redis_url,
+                             backend_timeout=5.0)) as running:
+        yield running
+
+
+def in_flight(proxy: InProcess) -> dict[str, int]:
+    """Every in-flight gauge: per backend, and per replica of each."""
+    gauges = {}
+    for name, client in proxy.app.state.proxy.live.backends.items():
+        gauges[name] = client.in_flight
+        gauges |= {f"{name} {replica.url}": replica.in_flight for replica in client.replicas.replicas}
+    return gauges
+
+
+def assert_openai_error(response: httpx.Response, status: int) -> dict:
+    assert response.status_code == status, response.text[:300]
+    assert response.headers["content-type"].startswith("application/json"), response.text[:300]
+    error = response.json()["error"]
+    assert set(error) == {"message", "type", "param", "code"} and error["message"]
+    return error
+
+
+@pytest.mark.parametrize("value", ["café".encode(), "café".encode("latin-1"), b"\xff\xfe raw", "ключ-😀".encode()])
+def test_non_ascii_header_bytes_are_forwarded_as_sent(proxy, hostile, api_key, value) -> None:
+    """A header HTTP allows (obs-text) reaches the backend byte for byte: no 500, no leaked slot.
+    (Raw httpx: the SDK itself cannot send such a header.)"""
+    body = {"model": "m", "messages": [{"role": "user", "content": f"note {value!r} {api_key}"}]}
+    response = proxy.run(proxy.http.post("/v1/chat/completions", json=body, headers={
+        "x-hostile": "ok", "x-note": value, "authorization": f"Bearer {api_key}"}))
+    assert response.status_code == 200, response.text[:300]
+    assert response.json()["choices"][0]["message"]["content"].startswith("hostile answer")
+    assert hostile.last_headers[b"x-note"] == value
+    assert set(in_flight(proxy).values()) == {0}
+
+
+def test_a_non_ascii_api_key_is_a_tenant_of_its_own(proxy, hostile, api_key) -> None:
+    """`Authorization: Bearer sk-é...` as raw UTF-8 bytes: forwarded, and scoped apart from the
+    ASCII key it resembles."""
+    question = [{"role": "user", "content": f"which tenant am I {api_key}"}]
+    headers = {"x-hostile": "ok"}
+    plain = proxy.openai(api_key)
+    first = proxy.run(plain.chat.completions.with_raw_response.create(model="m", messages=question,
+                                                                      extra_headers=headers))
+    accented = proxy.run(proxy.http.post("/v1/chat/completions", json={"model": "m", "messages": question},
+                                         headers={**headers, "authorization": b"Bearer " + api_key.replace(
+                                             "sk", "sk\xe9").encode()}))
+    assert first.headers["x-catcache"] == "miss"
+    assert accented.status_code == 200 and accented.headers["x-catcache"] == "miss"
+    assert hostile.last_headers[b"authorization"] == b"Bearer " + api_key.replace("sk", "sk\xe9").encode()
+    assert set(in_flight(proxy).values()) == {0}
+
+
+@pytest.mark.parametrize("behaviour", BROKEN)
+@pytest.mark.parametrize("stream", [False, True])
+def test_a_broken_backend_is_a_502_in_openai_shape(proxy, api_key, behaviour, stream) -> None:
+    body = {"model": "m", "messages": [{"role": "user", "content": f"{behaviour} {stream} {api_key}"}],
+            "stream": stream}
+    try:
+        response = proxy.run(proxy.http.post("/v1/chat/completions", json=body, headers={"x-hostile": behaviour}))
+    except httpx.TransportError:
+        # The backend's head came, so the client's stream had begun: it is broken off (in-process,
+        # the app's exception reaches the client), never ended as if complete.
+        assert stream
+    else:
+        assert assert_openai_error(response, 502)["code"] == "backend_unreachable"
+    assert set(in_flight(proxy).values()) == {0}
+
+
+@pytest.mark.parametrize("behaviour", BROKEN)
+def test_a_broken_backend_behind_pass_through_is_a_502(proxy, behaviour) -> None:
+    try:
+        response = proxy.run(proxy.http.post("/v1/embeddings", json={"model": "m", "input": "x"},
+                                             headers={"x-hostile": behaviour}))
+    except httpx.TransportError:
+        assert behaviour == "short"  # the head came and was relayed; the body broke off
+    else:
+        assert_openai_error(response, 502)
+    assert set(in_flight(proxy).values()) == {0}
+
+
+def test_the_sdk_sees_a_reset_as_an_api_error(proxy, api_key) -> None:
+    api = proxy.openai(api_key)
+    with pytest.raises(openai.APIStatusError) as failed:
+        proxy.run(api.chat.completions.create(model="m", messages=[{"role": "user", "content": "reset me"}],
+                                              extra_headers={"x-hostile": "reset"}))
+    assert failed.value.status_code == 502
+    assert set(in_flight(proxy).values()) == {0}
