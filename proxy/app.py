@@ -15,7 +15,7 @@ import httpx
 from fastapi import FastAPI, Request
 from fastapi.responses import Response, StreamingResponse
 
-from catcache.backends.client import forwardable
+from catcache.backends.client import OutsideBase, forwardable
 from catcache.backends.local import LocalModel
 from catcache.index.embedder import Embedder
 from catcache.index.semantic import SemanticIndex
@@ -95,10 +95,15 @@ def create_app(settings: Settings) -> FastAPI:
 
 async def pass_through(state: ProxyState, request: Request) -> Response:
     """Relay any other /v1 request unchanged: method, headers, body, status, streaming."""
-    backend = state.large()
+    backend, path = state.large(), request.scope["path"]  # decoded; target() quotes it again
+    try:
+        backend.target(path)
+    except OutsideBase:
+        return openai_error(404, "Unknown path: a pass-through path may not hold '.' or '..' segments.",
+                            code="unknown_path")
     backend.in_flight += 1
     try:
-        upstream = await backend.open(request.method, request.url.path, headers=forwardable(request.headers),
+        upstream = await backend.open(request.method, path, headers=forwardable(request.headers),
                                       content=await request.body(), query=request.url.query)
     except httpx.HTTPError as exc:
         backend.in_flight -= 1

@@ -4,11 +4,15 @@ and every in-flight gauge is back to 0 afterwards (issue 21, findings 1 and 2)."
 
 from __future__ import annotations
 
+import asyncio
+
 from collections.abc import Iterator
 from pathlib import Path
+from urllib.parse import unquote
 
 import httpx
 import openai
+import orjson
 import pytest
 
 from catcache.proxy.app import Settings
@@ -115,3 +119,46 @@ def test_the_sdk_sees_a_reset_as_an_api_error(proxy, api_key) -> None:
                                               extra_headers={"x-hostile": "reset"}))
     assert failed.value.status_code == 502
     assert set(in_flight(proxy).values()) == {0}
+
+
+async def asgi_get(app, raw_path: bytes) -> tuple[int, bytes]:
+    """One request straight into the ASGI app with this raw path: httpx would resolve the dots."""
+    sent: list[dict] = []
+    asked: list[bool] = []
+
+    async def receive() -> dict:
+        if asked:
+            await asyncio.Event().wait()  # the client stays: a streaming response stops listening when done
+        asked.append(True)
+        return {"type": "http.request", "body": b"", "more_body": False}
+
+    async def send(message: dict) -> None:
+        sent.append(message)
+
+    path = raw_path.decode("latin-1").split("?")[0]
+    await app({"type": "http", "asgi": {"version": "3.0"}, "http_version": "1.1", "method": "GET", "scheme": "http",
+               "path": unquote(path), "raw_path": raw_path,
+               "query_string": b"", "headers": [(b"x-hostile", b"ok")], "client": ("127.0.0.1", 1),
+               "server": ("catcache", 80)}, receive, send)
+    return sent[0]["status"], b"".join(m.get("body", b"") for m in sent[1:])
+
+
+@pytest.mark.parametrize("raw_path", [b"/v1/../control", b"/v1/%2e%2e/control", b"/v1/%2E%2E/%2e%2e/control",
+                                      b"/v1/models/../../control", b"/v1/./../control"])
+def test_pass_through_never_leaves_the_base_url(proxy, hostile, raw_path) -> None:
+    hostile.paths.clear()
+    status, body = proxy.run(asgi_get(proxy.app, raw_path))
+    assert status == 404 and orjson_error(body)["code"] == "unknown_path"
+    assert hostile.paths == [], f"the backend was asked for {hostile.paths}"
+
+
+def test_pass_through_keeps_encoded_characters_in_the_path(proxy, hostile) -> None:
+    hostile.paths.clear()
+    status, _ = proxy.run(asgi_get(proxy.app, b"/v1/models/a%3Fb%23c%2Fd"))
+    assert hostile.paths == ["/v1/models/a%3Fb%23c/d"]  # ? and # stay in the path; %2F was a / to the app
+
+
+def orjson_error(body: bytes) -> dict:
+    error = orjson.loads(body)["error"]
+    assert set(error) == {"message", "type", "param", "code"}
+    return error
