@@ -14,6 +14,8 @@ from pathlib import Path
 import httpx
 from fastapi import FastAPI, Request
 from fastapi.responses import Response, StreamingResponse
+from starlette.exceptions import HTTPException as StarletteHTTPException
+from starlette.requests import ClientDisconnect
 
 from catcache.backends.client import OutsideBase, forwardable
 from catcache.backends.local import LocalModel
@@ -58,6 +60,9 @@ def create_app(settings: Settings) -> FastAPI:
     app = FastAPI(title="catcache", lifespan=lambda app: lifespan(app, settings), docs_url=None, redoc_url=None)
     app.add_middleware(BodyLimit, max_bytes=settings.max_body_bytes)
     app.add_middleware(AdminAuth, token=settings.admin_token)  # added last: runs first
+    app.add_exception_handler(StarletteHTTPException, http_error)
+    app.add_exception_handler(ClientDisconnect, client_went_away)
+    app.add_exception_handler(Exception, internal_error)
 
     @app.get("/healthz")
     async def healthz(request: Request) -> Response:
@@ -91,6 +96,27 @@ def create_app(settings: Settings) -> FastAPI:
     app.include_router(reports_router)
     app.include_router(admin_router)
     return app
+
+
+async def http_error(request: Request, exc: StarletteHTTPException) -> Response:
+    """Routing's own errors (an unknown path, a method a route does not take) in OpenAI's shape."""
+    code = {404: "unknown_path", 405: "method_not_allowed"}.get(exc.status_code)
+    response = openai_error(exc.status_code, f"{exc.detail}: {request.method} {request.url.path}", code=code)
+    response.headers.update(exc.headers or {})
+    return response
+
+
+async def client_went_away(request: Request, exc: ClientDisconnect) -> Response:
+    """The client hung up before its request was read: nobody to answer, nothing to log loudly."""
+    log.debug("client disconnected before its request was read: %s %s", request.method, request.url.path)
+    return Response(status_code=499)  # never sent: uvicorn drops what goes to a closed connection
+
+
+async def internal_error(request: Request, exc: Exception) -> Response:
+    """A bug's 500 is still JSON in OpenAI's shape; the details (which may quote a request) stay in
+    the log, where Starlette writes the traceback."""
+    return openai_error(500, "catcache failed on this request; the details are in its log.",
+                        type="server_error", code="internal_error")
 
 
 async def pass_through(state: ProxyState, request: Request) -> Response:

@@ -1,0 +1,55 @@
+"""A deadline for a client to send its whole request, so slow clients cannot hold connections.
+
+uvicorn has no such deadline: a connection that sends nothing, or a header line a minute, or a
+body a byte at a time, is held for as long as the client likes (a slowloris). This protocol
+closes a connection whose request (head and body) has not fully arrived `read_timeout` seconds
+after the connection opened or after its previous response ended. Once a request is in, the
+answer may take as long as the backend does: streams are not cut.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+
+from uvicorn.protocols.http.auto import AutoHTTPProtocol
+
+log = logging.getLogger("catcache")
+DEFAULT_CLIENT_TIMEOUT_S = 30.0
+
+
+class _ClientTimeout(AutoHTTPProtocol):  # type: ignore[misc, valid-type]
+    read_timeout = DEFAULT_CLIENT_TIMEOUT_S
+    _deadline: asyncio.TimerHandle | None = None
+
+    def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
+        super().connection_made(transport)
+        self._arm()
+
+    def on_response_complete(self) -> None:
+        super().on_response_complete()
+        self._arm()
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        if self._deadline is not None:
+            self._deadline.cancel()
+        super().connection_lost(exc)
+
+    def _arm(self) -> None:
+        if self._deadline is not None:
+            self._deadline.cancel()
+        self._deadline = self.loop.call_later(self.read_timeout, self._check)
+
+    def _check(self) -> None:
+        cycle = self.cycle
+        # No request head since the deadline was armed (none yet, or only the previous one, done),
+        # or its body still coming in: the client is too slow.
+        arriving = cycle is None or cycle.response_complete or cycle.more_body
+        if arriving and not self.transport.is_closing():
+            log.info("closed a connection whose request took longer than %g s to arrive", self.read_timeout)
+            self.transport.close()
+
+
+def client_timeout_protocol(seconds: float) -> type[asyncio.Protocol]:
+    """uvicorn's HTTP protocol with a `seconds` deadline for each request to arrive."""
+    return type("ClientTimeoutProtocol", (_ClientTimeout,), {"read_timeout": seconds})
