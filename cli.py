@@ -103,7 +103,7 @@ def _serve(args: argparse.Namespace) -> int:
     from catcache.backends.local import LOCAL, LocalModel, uses_local
     from catcache.policy.loader import PolicyError, load_policy
     from catcache.proxy.app import Settings, create_app
-    from catcache.proxy.client_timeout import client_timeout_protocol
+    from catcache.proxy.protocol import http_protocol
     from catcache.store.embedded import DataDirInUse, EmbeddedRedis, default_data_dir
 
     _log_to_stderr(args.log_level)
@@ -138,7 +138,7 @@ def _serve(args: argparse.Namespace) -> int:
                                   backend_timeout=args.backend_timeout, max_body_bytes=args.max_body_bytes,
                                   admin_token=args.admin_token or None))
         uvicorn.run(app, host=args.host, port=args.port, log_level=args.log_level, access_log=False,
-                    http=client_timeout_protocol(args.client_timeout),
+                    http=http_protocol(args.client_timeout),
                     loop="uvloop" if sys.platform != "win32" else "auto", timeout_graceful_shutdown=5)
     finally:
         for child in (embedded, local):

@@ -9,6 +9,7 @@ import time
 
 import httpx
 import openai
+import orjson
 import pytest
 
 from .util import ProxyProcess
@@ -94,3 +95,16 @@ def test_a_client_hanging_up_mid_body_leaves_no_traceback(proxy) -> None:
     assert httpx.get(proxy.url + "/healthz").status_code == 200
     log = proxy.log_path.read_bytes()[offset:].decode(errors="replace")
     assert "Traceback" not in log and "Exception in ASGI application" not in log, log[-3000:]
+
+
+@pytest.mark.parametrize("sent", [b"GET /healthz HTTP/1.1\r\nhost: x\r\nx-bad: a\x00b\r\n\r\n", b"\x16\x03\x01 not http\r\n\r\n",
+                                  b"GET /healthz HTTP/9.9\r\n\r\n"])
+def test_malformed_http_is_a_400_in_openai_shape(proxy, sent) -> None:
+    with connect(proxy) as sock:
+        sock.sendall(sent)
+        answer = b""
+        while chunk := sock.recv(4096):
+            answer += chunk
+    head, _, body = answer.partition(b"\r\n\r\n")
+    assert head.startswith(b"HTTP/1.1 400") and b"application/json" in head, answer[:300]
+    assert set(orjson.loads(body)["error"]) == {"message", "type", "param", "code"}

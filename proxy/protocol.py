@@ -1,10 +1,14 @@
-"""A deadline for a client to send its whole request, so slow clients cannot hold connections.
+"""uvicorn's HTTP protocol with two changes: a deadline for a client to send its whole request,
+and malformed HTTP answered in OpenAI's error shape.
 
 uvicorn has no such deadline: a connection that sends nothing, or a header line a minute, or a
 body a byte at a time, is held for as long as the client likes (a slowloris). This protocol
 closes a connection whose request (head and body) has not fully arrived `read_timeout` seconds
 after the connection opened or after its previous response ended. Once a request is in, the
 answer may take as long as the backend does: streams are not cut.
+
+A request the HTTP parser refuses (a NUL in a header, a bad request line) gets uvicorn's 400,
+but as JSON in OpenAI's shape like every other error catcache sends, not uvicorn's plain text.
 """
 
 from __future__ import annotations
@@ -12,13 +16,15 @@ from __future__ import annotations
 import asyncio
 import logging
 
+import orjson
+
 from uvicorn.protocols.http.auto import AutoHTTPProtocol
 
 log = logging.getLogger("catcache")
 DEFAULT_CLIENT_TIMEOUT_S = 30.0
 
 
-class _ClientTimeout(AutoHTTPProtocol):  # type: ignore[misc, valid-type]
+class _Protocol(AutoHTTPProtocol):  # type: ignore[misc, valid-type]
     read_timeout = DEFAULT_CLIENT_TIMEOUT_S
     _deadline: asyncio.TimerHandle | None = None
 
@@ -35,6 +41,13 @@ class _ClientTimeout(AutoHTTPProtocol):  # type: ignore[misc, valid-type]
             self._deadline.cancel()
         super().connection_lost(exc)
 
+    def send_400_response(self, msg: str) -> None:
+        body = orjson.dumps({"error": {"message": msg, "type": "invalid_request_error", "param": None,
+                                       "code": "invalid_http"}})
+        self.transport.write(b"HTTP/1.1 400 Bad Request\r\ncontent-type: application/json\r\n"
+                             b"content-length: %d\r\nconnection: close\r\n\r\n%s" % (len(body), body))
+        self.transport.close()
+
     def _arm(self) -> None:
         if self._deadline is not None:
             self._deadline.cancel()
@@ -50,6 +63,6 @@ class _ClientTimeout(AutoHTTPProtocol):  # type: ignore[misc, valid-type]
             self.transport.close()
 
 
-def client_timeout_protocol(seconds: float) -> type[asyncio.Protocol]:
-    """uvicorn's HTTP protocol with a `seconds` deadline for each request to arrive."""
-    return type("ClientTimeoutProtocol", (_ClientTimeout,), {"read_timeout": seconds})
+def http_protocol(client_timeout: float = DEFAULT_CLIENT_TIMEOUT_S) -> type[asyncio.Protocol]:
+    """uvicorn's HTTP protocol with a `client_timeout` deadline for each request to arrive."""
+    return type("CatcacheHTTPProtocol", (_Protocol,), {"read_timeout": client_timeout})
