@@ -89,7 +89,7 @@ def _digest(kind: bytes, endpoint: str, tenant: str | None, payload: bytes) -> s
 def _chat(body: dict) -> tuple[dict, dict, str]:
     raw = body.get("messages")
     canon = {k: _value(v, k) for k, v in body.items() if k not in DROPPED and k != "messages"}
-    canon["messages"] = messages = _messages(raw)
+    canon["messages"] = messages = _messages(raw, _CodeBudget())
     users = [i for i, m in enumerate(raw) if m["role"] == "user"]
     if not users:
         return canon, canon, ""
@@ -143,7 +143,7 @@ def _n(n: object) -> int:
     return n
 
 
-def _messages(messages: object) -> list[dict]:
+def _messages(messages: object, budget: _CodeBudget) -> list[dict]:
     if messages is None:
         raise InvalidRequest("'messages' is required.", "messages")
     if not isinstance(messages, list) or not messages:
@@ -160,16 +160,16 @@ def _messages(messages: object) -> list[dict]:
             raise InvalidRequest(f"{param}.content is required.", f"{param}.content")
         canon = {k: _value(v, f"{param}.{k}") for k, v in message.items() if k != "content"}
         if "content" in message:
-            canon["content"] = _content(content, f"{param}.content")
+            canon["content"] = _content(content, f"{param}.content", budget)
         out.append(canon)
     return out
 
 
-def _content(content: object, param: str) -> object:
+def _content(content: object, param: str, budget: _CodeBudget) -> object:
     if content is None:
         return None
     if isinstance(content, str):
-        return _text(content)
+        return _text(content, budget)
     if not isinstance(content, list):
         raise InvalidRequest(f"{param} must be a string, null or an array of parts.", param)
     parts = []
@@ -181,9 +181,26 @@ def _content(content: object, param: str) -> object:
         if part["type"] == "text":
             if not isinstance(part.get("text"), str):
                 raise InvalidRequest(f"{where}.text must be a string.", f"{where}.text")
-            canon["text"] = _text(part["text"])
+            canon["text"] = _text(part["text"], budget)
         parts.append(canon)  # image_url, input_audio...: kept as sent
     return parts
+
+
+# Code normalised per request, in characters. Normalising is pure Python (a JavaScript lexer
+# does about 1 MB/s here), so an 8 MB request of code would hold the CPU for seconds; past the
+# budget, snippets are kept verbatim, which is always sound (a missed hit, never a false one).
+CODE_BUDGET_CHARS = 64 * 1024
+
+
+class _CodeBudget:
+    def __init__(self, chars: int = CODE_BUDGET_CHARS):
+        self.chars = chars
+
+    def normalise(self, code: str, language_tag: str | None) -> str:
+        if len(code) > self.chars:
+            return code
+        self.chars -= len(code)
+        return normalise_code(code, language_tag)
 
 
 # Compatibility forms that only change how a character looks: full- and half-width letters,
@@ -209,7 +226,7 @@ def _plain(text: str) -> str:
     return " ".join(fold(text).split())
 
 
-def _text(text: str) -> str | list:
+def _text(text: str, budget: _CodeBudget) -> str | list:
     """Message text: prose as `_plain`, code through codenorm. Code keeps its layout, so the two
     are kept apart (a list of prose strings and code objects) and neither can pass for the other.
     """
@@ -219,9 +236,9 @@ def _text(text: str) -> str | list:
     out: list = []
     for piece in pieces:
         if isinstance(piece, Fenced):
-            out.append({"lang": language(piece.info), "code": normalise_code(piece.body, piece.info)})
+            out.append({"lang": language(piece.info), "code": budget.normalise(piece.body, piece.info)})
         elif looks_like_code(piece):  # unfenced code: its line breaks and indents may matter
-            out.append({"lang": None, "code": normalise_code(piece.strip("\r\n"), None)})
+            out.append({"lang": None, "code": budget.normalise(piece.strip("\r\n"), None)})
         elif prose := _plain(piece):
             out.append(prose)
     return out

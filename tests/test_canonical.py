@@ -340,3 +340,20 @@ def test_combining_and_precomposed_accents_are_one_text():
     one = {"model": "m", "messages": [{"role": "user", "content": "Qu'est-ce qu'un café ?"}]}
     other = {"model": "m", "messages": [{"role": "user", "content": "Qu'est-ce qu'un cafe\u0301 ?"}]}
     assert key(one) == key(other)
+
+
+def test_code_normalised_per_request_is_bounded(monkeypatch):
+    """An 8 MB request of code must not hold the CPU for seconds: past CODE_BUDGET_CHARS of code,
+    snippets are kept verbatim (sound: a missed hit, never a false one)."""
+    from catcache.proxy import canonical
+
+    normalised: list[int] = []
+    real = canonical.normalise_code
+    monkeypatch.setattr(canonical, "normalise_code", lambda code, tag: normalised.append(len(code)) or real(code, tag))
+    block = "```javascript\n" + "function f(a) {\n  return a + 1; // note\n}\n" * 400 + "```\n"
+    body = {"model": "m", "messages": [{"role": "user", "content": f"part {i}\n{block}"} for i in range(60)]}
+    first = canonicalise("chat", body, None)
+    assert 0 < sum(normalised) <= canonical.CODE_BUDGET_CHARS
+    changed = {**body, "messages": body["messages"][:-1] + [{"role": "user", "content": "part 59\n" + block.replace(
+        "a + 1", "a + 2")}]}
+    assert canonicalise("chat", changed, None).functional_key != first.functional_key  # verbatim still tells apart
