@@ -70,9 +70,15 @@ def canonicalise(endpoint: str, body: dict, tenant: str | None) -> CanonicalRequ
         canonical=canonical,
         functional_key=functional_key(endpoint, canonical, tenant),
         scope_key=_digest(b"scope", endpoint, tenant, scope_bytes),
-        has_code=any(isinstance(p, Fenced) for p in split_fenced(query)) or looks_like_code(query),
+        has_code=_has_code(query),
         n=n,
     )
+
+
+def _has_code(query: str) -> bool:
+    if len(query) > MAX_ANALYSED_CHARS:
+        return "```" in query or "~~~" in query
+    return any(isinstance(p, Fenced) for p in split_fenced(query)) or looks_like_code(query)
 
 
 def functional_key(endpoint: str, canonical: bytes, tenant: str | None = None) -> str:
@@ -186,6 +192,11 @@ def _content(content: object, param: str, budget: _CodeBudget) -> object:
     return parts
 
 
+# Texts longer than this are kept verbatim, unsplit and unguessed: splitting fences and guessing
+# code run pure Python and regular expressions over every line, seconds for an 8 MB text, and
+# verbatim is always sound (a missed hit, never a false one).
+MAX_ANALYSED_CHARS = 64 * 1024
+
 # Code normalised per request, in characters. Normalising is pure Python (a JavaScript lexer
 # does about 1 MB/s here), so an 8 MB request of code would hold the CPU for seconds; past the
 # budget, snippets are kept verbatim, which is always sound (a missed hit, never a false one).
@@ -226,10 +237,13 @@ def _plain(text: str) -> str:
     return " ".join(fold(text).split())
 
 
-def _text(text: str, budget: _CodeBudget) -> str | list:
+def _text(text: str, budget: _CodeBudget) -> str | list | dict:
     """Message text: prose as `_plain`, code through codenorm. Code keeps its layout, so the two
     are kept apart (a list of prose strings and code objects) and neither can pass for the other.
+    A text over MAX_ANALYSED_CHARS is kept verbatim, marked as such (a dict, unlike the others).
     """
+    if len(text) > MAX_ANALYSED_CHARS:
+        return {"verbatim": text}
     pieces = split_fenced(text)
     if len(pieces) == 1 and isinstance(pieces[0], str) and not looks_like_code(pieces[0]):
         return _plain(text)

@@ -76,11 +76,16 @@ class ServedApp:
         config = uvicorn.Config(app, log_config=None, access_log=False, http=http_protocol(client_timeout),
                                 loop="asyncio", timeout_graceful_shutdown=2)
         self.server = uvicorn.Server(config)
-        self._thread = threading.Thread(target=self.server.run, kwargs={"sockets": [sock]}, daemon=True)
+        self._loop = asyncio.new_event_loop()
+        self._thread = threading.Thread(target=self._serve, args=(sock,), daemon=True)
 
     @property
     def url(self) -> str:
         return f"http://127.0.0.1:{self.port}"
+
+    def _serve(self, sock: socket.socket) -> None:
+        asyncio.set_event_loop(self._loop)
+        self._loop.run_until_complete(self.server.serve(sockets=[sock]))
 
     def __enter__(self) -> ServedApp:
         self._thread.start()
@@ -94,6 +99,10 @@ class ServedApp:
     def __exit__(self, *exc: object) -> None:
         self.server.should_exit = True
         self._thread.join(30)
+
+    def server_loop(self) -> asyncio.AbstractEventLoop:
+        """The event loop the proxy runs on (uvicorn's, in the server thread)."""
+        return self._loop
 
     def gauges(self) -> dict[str, int]:
         state = self.app.state.proxy

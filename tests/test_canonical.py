@@ -357,3 +357,21 @@ def test_code_normalised_per_request_is_bounded(monkeypatch):
     changed = {**body, "messages": body["messages"][:-1] + [{"role": "user", "content": "part 59\n" + block.replace(
         "a + 1", "a + 2")}]}
     assert canonicalise("chat", changed, None).functional_key != first.functional_key  # verbatim still tells apart
+
+
+def test_texts_over_the_analysis_limit_are_kept_verbatim_unscanned(monkeypatch):
+    """Fence splitting and the code guess run Python and regular expressions over every line: an
+    8 MB text took seconds. Past MAX_ANALYSED_CHARS a text is neither split nor guessed."""
+    from catcache.proxy import canonical
+
+    scanned: list[int] = []
+    for name in ("split_fenced", "looks_like_code"):
+        real = getattr(canonical, name)
+        monkeypatch.setattr(canonical, name, lambda text, real=real: scanned.append(len(text)) or real(text))
+    big = "why " * (canonical.MAX_ANALYSED_CHARS // 2)
+    body = {"model": "m", "messages": [{"role": "user", "content": big}]}
+    canon = canonicalise("chat", body, None)
+    assert max(scanned, default=0) <= canonical.MAX_ANALYSED_CHARS
+    respaced = {**body, "messages": [{"role": "user", "content": big.replace("why ", "why  ", 1)}]}
+    assert canonicalise("chat", respaced, None).functional_key != canon.functional_key  # verbatim: sound, if stricter
+    assert canonicalise("chat", body, None).functional_key == canon.functional_key
