@@ -44,7 +44,7 @@ async def lookups(texts: list[str], vectors: np.ndarray, encode: Callable[[list[
     for text, precomputed in zip(texts, vectors):
         started = time.perf_counter()
         body = {"model": "test-model", "messages": [{"role": "user", "content": text}]}
-        canon = canonicalise("chat", body, "tenant-hash")
+        canon = canonicalise("chat", body)
         traits = RequestTraits(canon.model, "/v1/chat/completions", None, canon.query_text, canon.has_code)
         ruled = classifier.by_rules(traits)
         await store.get_many([canon.functional_key])

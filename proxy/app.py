@@ -26,11 +26,11 @@ from catcache.proxy.admin import router as admin_router
 from catcache.proxy.admin_auth import AdminAuth
 from catcache.proxy.feedback import router as feedback_router
 from catcache.proxy.limits import DEFAULT_MAX_BODY_BYTES, BodyLimit
-from catcache.proxy.responses import backend_failed, json_response, openai_error
 from catcache.proxy.pipeline import CachePipeline
 from catcache.proxy.state import ProxyState, build_live
 from catcache.reports.recorder import Recorder
 from catcache.reports.routes import router as reports_router
+from catcache.responses import backend_failed, json_response, openai_error
 from catcache.store.connect import connect
 from catcache.store.documents import DocumentStore
 from catcache.store.embedded import EmbeddedRedis
@@ -127,21 +127,18 @@ async def pass_through(state: ProxyState, request: Request) -> Response:
     except OutsideBase:
         return openai_error(404, "Unknown path: a pass-through path may not hold '.' or '..' segments.",
                             code="unknown_path")
-    backend.in_flight += 1
     try:
         upstream = await backend.open(request.method, path, headers=forwardable(request.headers),
                                       content=await request.body(), query=request.url.query)
     except httpx.HTTPError as exc:
-        backend.in_flight -= 1
         return backend_failed(backend.name, exc)
 
     async def relay() -> AsyncIterator[bytes]:
         try:
             async for chunk in upstream.aiter_raw():
                 yield chunk
-        finally:  # also when the backend breaks off or the client goes away: the slot is given back
+        finally:  # also when the backend breaks off or the client goes away: its slot is given back
             await upstream.aclose()
-            backend.in_flight -= 1
 
     return StreamingResponse(relay(), status_code=upstream.status_code, headers=forwardable(upstream.headers))
 

@@ -14,6 +14,7 @@ from rich.console import Console
 from rich.table import Table
 
 from catcache.reports import format as fmt
+from catcache.reports.record import Outcome
 from catcache.reports.stats import Window, seconds
 from catcache.store.connect import connect
 
@@ -105,8 +106,8 @@ def table(window: Window, since: str) -> Table:
                  title_style="bold", header_style="bold", footer_style="bold")
     total = summary["total"]
     headers = [("Category", "all"), ("Requests", fmt.count(total["requests"])),
-               ("Hit rate", fmt.pct(total["hit_rate"])), ("Exact", fmt.pct(total["rates"]["hit-exact"])),
-               ("Semantic", fmt.pct(total["rates"]["hit-semantic"])), ("IC", fmt.pct(total["rates"]["ic"])),
+               ("Hit rate", fmt.pct(total["hit_rate"])), ("Exact", fmt.pct(total["rates"][Outcome.HIT_EXACT])),
+               ("Semantic", fmt.pct(total["rates"][Outcome.HIT_SEMANTIC])), ("IC", fmt.pct(total["rates"][Outcome.IC])),
                ("Near misses", fmt.count(total["near_misses"])),
                ("Reported ✗/✓", fmt.judged(total["feedback"])), ("Tokens saved", fmt.count(total["tokens_saved"])),
                ("Latency saved", fmt.duration(total["latency_saved_ms"])),
@@ -114,8 +115,8 @@ def table(window: Window, since: str) -> Table:
     for i, (name, footer) in enumerate(headers):
         grid.add_column(name, footer, justify="left" if i == 0 else "right", no_wrap=True)
     for name, row in summary["categories"].items():
-        grid.add_row(name, fmt.count(row["requests"]), fmt.pct(row["hit_rate"]), fmt.pct(row["rates"]["hit-exact"]),
-                     fmt.pct(row["rates"]["hit-semantic"]), fmt.pct(row["rates"]["ic"]), fmt.count(row["near_misses"]),
+        grid.add_row(name, fmt.count(row["requests"]), fmt.pct(row["hit_rate"]), fmt.pct(row["rates"][Outcome.HIT_EXACT]),
+                     fmt.pct(row["rates"][Outcome.HIT_SEMANTIC]), fmt.pct(row["rates"][Outcome.IC]), fmt.count(row["near_misses"]),
                      fmt.judged(row["feedback"]),
                      fmt.count(row["tokens_saved"]), fmt.duration(row["latency_saved_ms"]),
                      fmt.usd(row["cost_saved_usd"]))

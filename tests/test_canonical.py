@@ -47,12 +47,12 @@ def chat(draw) -> dict:
     return body
 
 
-def key(body: dict, tenant: str | None = None) -> str:
-    return canonicalise("chat", body, tenant).functional_key
+def key(body: dict) -> str:
+    return canonicalise("chat", body).functional_key
 
 
-def scope(body: dict, tenant: str | None = None) -> str:
-    return canonicalise("chat", body, tenant).scope_key
+def scope(body: dict) -> str:
+    return canonicalise("chat", body).scope_key
 
 
 @st.composite
@@ -91,7 +91,7 @@ def test_key_order_spacing_unicode_and_dropped_keys_do_not_count(body, data):
             ["stream", "user", "stream_options", "metadata", "store", "service_tier"]))):
         variant[dropped] = {"stream": True, "stream_options": {"include_usage": True}}.get(
             dropped, "x")
-    a, b = canonicalise("chat", body, "t"), canonicalise("chat", variant, "t")
+    a, b = canonicalise("chat", body), canonicalise("chat", variant)
     assert (a.functional_key, a.scope_key, a.query_text) == (b.functional_key, b.scope_key,
                                                             b.query_text)
 
@@ -178,19 +178,12 @@ def test_everything_else_is_inside_the_scope(body, text, data):
     assert scope(body) != scope({**body, "messages": earlier})
     assert scope(body) != scope({**body, "model": body["model"] + "-x"})
     assert scope(body) != scope({**body, "temperature": body.get("temperature", 1) + 0.5})
-    assert scope(body, "tenant-a") != scope(body, "tenant-b")
-    assert key(body, "tenant-a") != key(body, "tenant-b") != key(body, None)
 
 
 def test_integral_numbers_are_one_number():
     body = {"model": "m", "messages": [{"role": "user", "content": "hi"}]}
     assert key({**body, "temperature": 1}) == key({**body, "temperature": 1.0})
     assert key({**body, "temperature": 1}) != key(body)  # defaults are not dropped
-
-
-def test_tenant_none_is_not_the_empty_tenant():
-    body = {"model": "m", "messages": [{"role": "user", "content": "hi"}]}
-    assert key(body, None) != key(body, "")
 
 
 def test_query_text_scope_and_code():
@@ -202,7 +195,7 @@ def test_query_text_scope_and_code():
             {"type": "text", "text": "this?"}]},
         {"role": "assistant", "content": None, "tool_calls": [{"id": "1", "type": "function",
                                                                 "function": {"name": "f"}}]},
-        {"role": "tool", "tool_call_id": "1", "content": "42"}]}, None)
+        {"role": "tool", "tool_call_id": "1", "content": "42"}]})
     assert request.query_text == "What is this?"
     assert request.n == 2 and not request.has_code and request.endpoint == "chat"
     other_image = canonicalise("chat", {"model": "m", "n": 2, "messages": [
@@ -212,13 +205,13 @@ def test_query_text_scope_and_code():
             {"type": "image_url", "image_url": {"url": "https://x/2.png"}}]},
         {"role": "assistant", "content": None, "tool_calls": [{"id": "1", "type": "function",
                                                                 "function": {"name": "f"}}]},
-        {"role": "tool", "tool_call_id": "1", "content": "42"}]}, None)
+        {"role": "tool", "tool_call_id": "1", "content": "42"}]})
     assert other_image.scope_key != request.scope_key  # the image is not the query's text
 
     assert canonicalise("chat", {"model": "m", "messages": [
-        {"role": "user", "content": "Why?\n```\nfoo\n```"}]}, None).has_code
+        {"role": "user", "content": "Why?\n```\nfoo\n```"}]}).has_code
     assert canonicalise("chat", {"model": "m", "messages": [
-        {"role": "user", "content": "def f(x):\n    return x"}]}, None).has_code
+        {"role": "user", "content": "def f(x):\n    return x"}]}).has_code
 
 
 def test_unfenced_code_keeps_its_lines():
@@ -230,16 +223,14 @@ def test_unfenced_code_keeps_its_lines():
 
 
 def test_completions():
-    request = canonicalise("completions", {"model": "m", "prompt": "Once  upon", "stream": True},
-                           None)
+    request = canonicalise("completions", {"model": "m", "prompt": "Once  upon", "stream": True})
     assert request.query_text == "Once upon" and request.n == 1
-    spaced = canonicalise("completions", {"model": "m", "prompt": "Once upon"}, None)
+    spaced = canonicalise("completions", {"model": "m", "prompt": "Once upon"})
     assert spaced.functional_key != request.functional_key  # a prompt is continued exactly
     assert spaced.scope_key == request.scope_key
-    tokens = canonicalise("completions", {"model": "m", "prompt": [1, 2, 3]}, None)
+    tokens = canonicalise("completions", {"model": "m", "prompt": [1, 2, 3]})
     assert tokens.query_text == ""
-    assert tokens.scope_key != canonicalise("completions", {"model": "m", "prompt": [1, 2]},
-                                            None).scope_key
+    assert tokens.scope_key != canonicalise("completions", {"model": "m", "prompt": [1, 2]}).scope_key
 
 
 @pytest.mark.parametrize("endpoint, body, param", [
@@ -269,14 +260,14 @@ def test_completions():
 ])
 def test_invalid_requests(endpoint, body, param):
     with pytest.raises(InvalidRequest) as raised:
-        canonicalise(endpoint, body, None)
+        canonicalise(endpoint, body)
     assert raised.value.param == param
 
 
 def test_assistant_content_may_be_null():
     canonicalise("chat", {"model": "m", "messages": [
         {"role": "user", "content": "hi"},
-        {"role": "assistant", "content": None, "tool_calls": []}]}, None)
+        {"role": "assistant", "content": None, "tool_calls": []}]})
 
 
 # -- exact keys are sound: folding never changes what a text says ---------------------------
@@ -352,11 +343,11 @@ def test_code_normalised_per_request_is_bounded(monkeypatch):
     monkeypatch.setattr(canonical, "normalise_code", lambda code, tag: normalised.append(len(code)) or real(code, tag))
     block = "```javascript\n" + "function f(a) {\n  return a + 1; // note\n}\n" * 400 + "```\n"
     body = {"model": "m", "messages": [{"role": "user", "content": f"part {i}\n{block}"} for i in range(60)]}
-    first = canonicalise("chat", body, None)
+    first = canonicalise("chat", body)
     assert 0 < sum(normalised) <= canonical.CODE_BUDGET_CHARS
     changed = {**body, "messages": body["messages"][:-1] + [{"role": "user", "content": "part 59\n" + block.replace(
         "a + 1", "a + 2")}]}
-    assert canonicalise("chat", changed, None).functional_key != first.functional_key  # verbatim still tells apart
+    assert canonicalise("chat", changed).functional_key != first.functional_key  # verbatim still tells apart
 
 
 def test_texts_over_the_analysis_limit_are_kept_verbatim_unscanned(monkeypatch):
@@ -370,8 +361,8 @@ def test_texts_over_the_analysis_limit_are_kept_verbatim_unscanned(monkeypatch):
         monkeypatch.setattr(canonical, name, lambda text, real=real: scanned.append(len(text)) or real(text))
     big = "why " * (canonical.MAX_ANALYSED_CHARS // 2)
     body = {"model": "m", "messages": [{"role": "user", "content": big}]}
-    canon = canonicalise("chat", body, None)
+    canon = canonicalise("chat", body)
     assert max(scanned, default=0) <= canonical.MAX_ANALYSED_CHARS
     respaced = {**body, "messages": [{"role": "user", "content": big.replace("why ", "why  ", 1)}]}
-    assert canonicalise("chat", respaced, None).functional_key != canon.functional_key  # verbatim: sound, if stricter
-    assert canonicalise("chat", body, None).functional_key == canon.functional_key
+    assert canonicalise("chat", respaced).functional_key != canon.functional_key  # verbatim: sound, if stricter
+    assert canonicalise("chat", body).functional_key == canon.functional_key

@@ -12,7 +12,6 @@ from catcache.proxy.codenorm import (
     MAX_AST_CHARS,
     looks_like_code,
     normalise_code,
-    normalise_code_blocks,
     split_fenced,
 )
 
@@ -240,12 +239,6 @@ def test_untagged_python_is_recognised():
     assert normalise_code("for i in range(3):\n    print( i )", None) == \
         "for _v0 in range(3):\n    print(_v0)"
     assert normalise_code("x = a // b", None) == "x = a // b"  # could be JS with a comment
-
-
-def test_blocks_are_normalised_and_prose_is_left_alone():
-    text = "Why  does\n```python\nx=1 # c\n```\nfail?\n~~~js\nf( 1 ) // c\n~~~\n```\nab  c"
-    assert normalise_code_blocks(text) == (
-        "Why  does\n```python\n_v0 = 1\n```\nfail?\n~~~js\nf( 1 )\n~~~\n```\nab  c")
 
 
 def test_fences_follow_commonmark():

@@ -7,7 +7,8 @@ import asyncio
 import pytest
 
 from catcache.policy.loader import parse_policy
-from catcache.proxy.pipeline import adaptive_relief, cache_control, scoped
+from catcache.proxy.lookup import adaptive_relief
+from catcache.proxy.tenancy import cache_control, scoped
 
 
 def test_adaptive_relief_grows_with_the_backend_queue_and_is_bounded():

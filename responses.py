@@ -1,5 +1,6 @@
 """JSON responses (serialised with orjson) and errors in OpenAI's shape, so the SDK raises its
-usual exceptions with our message."""
+usual exceptions with our message. On the lowest floor, beside no package: the proxy's routes
+and the reports' routes (/metrics, /stats) both answer with them."""
 
 from __future__ import annotations
 
