@@ -178,6 +178,8 @@ class Adaptive(Strict):
 class Tenancy(Strict):
     by: Literal["api_key", "header", "none"] = "api_key"
     header: str = "x-tenant"
+    credentials: list[str] = Field(default=[], description="more headers that carry an API key, beside "
+                                   "authorization, api-key and x-api-key (by: api_key)")
 
 
 class Classifier(Strict):

@@ -106,5 +106,5 @@ async def parse(request: Request, endpoint: str, policy: Policy) -> Exchange | R
     return Exchange(endpoint=endpoint, path=request.url.path, body=body, canon=canon, headers=headers,
                     tenant=tenant_of(request, policy), stream=stream,
                     include_usage=stream and bool(options.get("include_usage")),
-                    control=cache_control(request.headers.get("cache-control", "")),
+                    control=cache_control(request.headers.get("cache-control", ""), request.headers.get("pragma", "")),
                     category_header=request.headers.get("x-catcache-category"))
