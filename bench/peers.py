@@ -39,7 +39,7 @@ def grade(queries: list[dict], sources: Sequence[int | None], grader: Grader) ->
     """Overall hit rate and false-hit rate from, per query, the index of the query it was served from,
     graded as bench.replay grades (verify/labels.py)."""
     repeatable = hits = false = correct = 0
-    for query, source, servable in zip(queries, sources, grader.servable(queries)):
+    for query, source, servable in zip(queries, sources, workload.servable(grader, queries)):
         repeatable += servable
         if source is not None:
             hits += 1

@@ -2,9 +2,7 @@
 
 from __future__ import annotations
 
-import argparse
 import asyncio
-import os
 import sys
 from pathlib import Path
 
@@ -19,45 +17,32 @@ from catcache.reports.stats import Window, seconds
 from catcache.store.connect import connect
 
 
-def add_parser(subparsers: argparse._SubParsersAction) -> None:
-    report = subparsers.add_parser(
-        "report", help="hit rates and what the cache saved, per category",
-        description="Hit rates, near misses and what the cache saved, per category, from the counters "
-                    "every proxy keeps in Redis.")
-    report.add_argument("--since", default="24h", help="window ending now: 90m, 24h, 7d (default 24h)")
-    report.add_argument("--redis", default=os.environ.get("CATCACHE_REDIS"),
-                        help="redis:// (or redis+cluster://) URL the proxies use; without it, the embedded Redis of --data-dir")
-    report.add_argument("--data-dir", default=os.environ.get("CATCACHE_DATA_DIR"),
-                        help="data dir of a stopped `catcache serve` (default: the serve default)")
-    report.add_argument("--format", choices=["table", "html", "json"], default="table")
-    report.add_argument("--out", type=Path, help="write here instead of standard output")
-    report.set_defaults(run=run)
-
-
-def run(args: argparse.Namespace) -> int:
+def run(since: str = "24h", redis_url: str | None = None, data_dir: str | None = None,
+        output_format: str = "table", out: Path | None = None) -> int:
+    """`catcache report`: print or write the window's report."""
     try:
-        seconds(args.since)
+        seconds(since)
     except ValueError as exc:
         print(f"catcache report: --since: {exc}", file=sys.stderr)
         return 2
     try:
-        window = load(args.redis, args.data_dir, args.since)
+        window = load(redis_url, data_dir, since)
     except (RuntimeError, RedisError, OSError) as exc:
         print(f"catcache report: {exc}", file=sys.stderr)
         return 1
-    if args.format == "table" and args.out:
-        with args.out.open("w") as out:
-            Console(file=out, width=140).print(table(window, args.since))
+    if output_format == "table" and out:
+        with out.open("w") as file:
+            Console(file=file, width=140).print(table(window, since))
         return 0
-    if args.format == "table":
+    if output_format == "table":
         console = Console()
         if not console.is_terminal:  # piped: the whole table, not one squeezed to 80 columns
             console = Console(width=140)
-        console.print(table(window, args.since))
+        console.print(table(window, since))
         return 0
-    text = html_page(window, args.since) if args.format == "html" else json_text(window, args.since)
-    if args.out:
-        args.out.write_text(text)
+    text = html_page(window, since) if output_format == "html" else json_text(window, since)
+    if out:
+        out.write_text(text)
     else:
         sys.stdout.write(text)
     return 0
