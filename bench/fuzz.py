@@ -20,8 +20,8 @@ from pathlib import Path
 from bench import output
 from catcache.proxy.app import Settings, create_app
 from catcache.store.embedded import EmbeddedRedis
-from tests.fuzzing import Fuzzer, fuzzing_target
-from tests.hostile import HostileBackend
+from catcache.testing.fuzz import Fuzzer, fuzzing_target
+from catcache.testing.hostile import HostileBackend
 
 POLICIES = Path(__file__).resolve().parent.parent / "tests" / "data" / "policies-e2e.yaml"
 TOKEN = "bench-fuzz-admin-token"

@@ -28,7 +28,7 @@ import orjson
 from bench import output, stack
 from catcache.proxy.app import Settings, create_app
 from catcache.store.embedded import EmbeddedRedis
-from tests.fuzzing import fuzzing_target
+from catcache.testing.fuzz import fuzzing_target
 
 LIMIT = 16 * 1024 * 1024
 QUESTION = {"model": "test-model", "messages": [{"role": "user", "content": "What is the capital of France?"}]}

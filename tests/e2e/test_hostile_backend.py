@@ -17,10 +17,10 @@ import pytest
 
 from catcache.proxy.app import Settings
 
-from .hostile import HostileBackend
-from .inprocess import InProcess, in_process
+from catcache.testing.hostile import HostileBackend
+from catcache.testing.inprocess import InProcess, in_process
 
-POLICIES = Path(__file__).parent / "data" / "policies-e2e.yaml"
+POLICIES = Path(__file__).parents[1] / "data" / "policies-e2e.yaml"
 BROKEN = ("reset", "close", "half", "garbage", "short")
 
 

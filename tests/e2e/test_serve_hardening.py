@@ -12,7 +12,7 @@ import openai
 import orjson
 import pytest
 
-from .util import ProxyProcess
+from catcache.testing import ProxyProcess
 
 TOKEN = "admin-token-for-serve-hardening"
 CLIENT_TIMEOUT_S = 1.0

@@ -1,4 +1,4 @@
-"""The whole-proxy fuzzer (tests/fuzzing.py), bounded for the default suite: a few thousand
+"""The whole-proxy fuzzer (catcache.testing.fuzz), bounded for the default suite: a few thousand
 requests with mutated headers and bodies against a backend that misbehaves on purpose. The long
 run is `python -m bench.fuzz --requests 20000` (bench/README.md, section 13)."""
 
@@ -8,15 +8,14 @@ import asyncio
 import os
 from pathlib import Path
 
-import pytest
 
 from catcache.proxy.app import Settings, create_app
 from catcache.store.embedded import EmbeddedRedis
 
-from .fuzzing import Fuzzer, fuzzing_target
-from .hostile import BEHAVIOURS, HostileBackend
+from catcache.testing.fuzz import Fuzzer, fuzzing_target
+from catcache.testing.hostile import BEHAVIOURS, HostileBackend
 
-POLICIES = Path(__file__).parent / "data" / "policies-e2e.yaml"
+POLICIES = Path(__file__).parents[1] / "data" / "policies-e2e.yaml"
 TOKEN = "admin-token-for-the-fuzzer"
 REQUESTS = int(os.environ.get("CATCACHE_FUZZ_REQUESTS", "2000"))
 LIMIT = 256 * 1024

@@ -28,7 +28,7 @@ from fastapi import FastAPI
 
 from catcache.proxy.protocol import http_protocol
 
-from .hostile import BEHAVIOURS
+from catcache.testing.hostile import BEHAVIOURS
 
 KEYS = ["sk-fuzz-a", "sk-fuzz-b", "sk-fuzz-ü", "sk-fuzz-d", ""]
 QUESTIONS = ["What is the capital of France?", "What is 2³?", "What is 23?", "Explain TCP in one line.",

@@ -26,9 +26,9 @@ import yaml
 
 from catcache.proxy.app import Settings, create_app
 
-from .fuzzing import ServedApp
+from catcache.testing.fuzz import ServedApp
 
-POLICIES = Path(__file__).parent / "data" / "policies-e2e.yaml"
+POLICIES = Path(__file__).parents[1] / "data" / "policies-e2e.yaml"
 TOKEN = "admin-token-for-isolation"
 Who = dict[str, str]
 
