@@ -202,6 +202,8 @@ class Policy(Strict):
     adaptive: Adaptive = Adaptive()
     reports: Reports = Reports()
     categories: dict[str, Category] = Field(default_factory=lambda: {"default": Category()})
+    finish_reasons: list[str] = Field(default=["stop", "tool_calls"], description="the finish_reason every "
+                                      "choice of an answer must have for it to be stored (not length, content_filter)")
 
     @model_validator(mode="after")
     def _references_resolve(self) -> "Policy":

@@ -74,8 +74,11 @@ async def forward(state: ProxyState, exchange: Exchange, outcome: Outcome, keep:
 
 async def relay(state: ProxyState, exchange: Exchange, backend: BackendClient, upstream: httpx.Response,
                 started: float, outcome: Outcome, keep: Keep | None) -> Response:
-    """The backend's answer, streamed as it arrives or read whole, recorded and kept if `keep`."""
-    if upstream.status_code < 300 and exchange.stream:
+    """The backend's answer, streamed as it arrives or read whole, recorded and kept if `keep`.
+    A stream is relayed as one only if the backend sent one: a 200 JSON body (an error some
+    servers send with 200) goes to the client whole, as it came."""
+    event_stream = upstream.headers.get("content-type", "").startswith("text/event-stream")
+    if upstream.status_code < 300 and exchange.stream and event_stream:
         events = _relay_events(state, exchange, upstream, started, outcome, keep)
         return StreamingResponse(events, status_code=upstream.status_code, media_type="text/event-stream",
                                  headers=outcomes.headers(exchange, outcome, exchange.doc_id if keep else None))
@@ -88,13 +91,14 @@ async def relay(state: ProxyState, exchange: Exchange, backend: BackendClient, u
     latency = (time.perf_counter() - started) * 1000
     ok = upstream.status_code < 300
     response = json_object(content) if ok else None
+    stored = False
     if keep is not None:
         if response is not None:
-            await keep.store(response, latency)
-        keep.land(response)
+            stored = await keep.store(response, latency, upstream.headers)
+        keep.land(None)  # a no-op once the answer has landed
     outcomes.record(state, exchange, outcome if ok else Outcome.ERROR, latency, response and response.get("usage"))
     headers = forwardable(upstream.headers, drop={"content-encoding"}) | outcomes.headers(
-        exchange, outcome, exchange.doc_id if keep and response is not None else None)
+        exchange, outcome, exchange.doc_id if stored else None)  # the key only of an entry that exists
     return Response(content, status_code=upstream.status_code, headers=headers)
 
 
@@ -118,10 +122,11 @@ async def _relay_events(state: ProxyState, exchange: Exchange, upstream: httpx.R
             while b"\n\n" in pending:
                 event, pending = pending.split(b"\n\n", 1)
                 if _fold(assembler, event) and keep is not None:
-                    await keep.store(assembler.response(), (time.perf_counter() - started) * 1000)
-                    keep.land(assembler.response())
+                    await keep.store(assembler.response(), (time.perf_counter() - started) * 1000, upstream.headers)
                 if _client_wants(exchange, event):
                     yield event + b"\n\n"
+        if not assembler.done:  # the body ended cleanly, the stream did not: it was cut off all the same
+            raise httpx.RemoteProtocolError("the backend's event stream ended without [DONE]")
     except httpx.HTTPError as exc:
         log.warning("backend stream broke off: %r", exc)
         raise  # break the client's stream off too: a clean end would pass a truncated answer as whole

@@ -162,3 +162,42 @@ def orjson_error(body: bytes) -> dict:
     error = orjson.loads(body)["error"]
     assert set(error) == {"message", "type", "param", "code"}
     return error
+
+
+# -- only complete, successful answers are stored (finding 8) ---------------------------------
+
+def ask_twice(proxy: InProcess, api_key: str, behaviour: str, stream: bool) -> tuple[httpx.Response, httpx.Response]:
+    body = {"model": "m", "messages": [{"role": "user", "content": f"store? {behaviour} {stream} {api_key}"}],
+            "stream": stream}
+    headers = {"x-hostile": behaviour, "authorization": f"Bearer {api_key}"}
+    first = proxy.run(proxy.http.post("/v1/chat/completions", json=body, headers=headers))
+    second = proxy.run(proxy.http.post("/v1/chat/completions", json=body, headers={**headers, "x-hostile": "ok"}))
+    return first, second
+
+
+@pytest.mark.parametrize("stream", [False, True])
+@pytest.mark.parametrize("behaviour", ["length", "error200", "no-store", "private"])
+def test_an_incomplete_or_unkeepable_answer_is_relayed_not_stored(proxy, api_key, behaviour, stream) -> None:
+    first, second = ask_twice(proxy, api_key, behaviour, stream)
+    assert first.status_code == 200 and first.headers["x-catcache"] == "miss"
+    assert "x-catcache-key" not in first.headers or stream, "a key for an entry that was never stored"
+    assert second.headers["x-catcache"] == "miss", f"a {behaviour} answer was stored and served again"
+    if behaviour == "error200":
+        assert first.json()["error"]["message"] == "overloaded"  # relayed as the backend sent it, stream or not
+    assert set(in_flight(proxy).values()) == {0}
+
+
+@pytest.mark.parametrize("stream", [False, True])
+def test_a_complete_answer_is_stored_and_its_key_sent(proxy, api_key, stream) -> None:
+    first, second = ask_twice(proxy, api_key, "ok", stream)
+    assert first.headers["x-catcache"] == "miss" and len(first.headers["x-catcache-key"]) == 64
+    assert second.headers["x-catcache"] == "hit-exact"
+
+
+def test_a_stream_that_ends_without_done_is_cut_off_for_the_client(proxy, api_key) -> None:
+    """The backend closes a close-delimited body after one event: a clean end of HTTP, not of the
+    stream, so the client's stream must break off rather than end as if whole."""
+    body = {"model": "m", "messages": [{"role": "user", "content": f"cut {api_key}"}], "stream": True}
+    with pytest.raises(httpx.TransportError):
+        proxy.run(proxy.http.post("/v1/chat/completions", json=body, headers={"x-hostile": "cut-stream"}))
+    assert set(in_flight(proxy).values()) == {0}

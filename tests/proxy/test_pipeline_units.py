@@ -98,3 +98,23 @@ def test_tenancy_modes():
     assert team != tenant_of(_request(("x-team", "red")), by_header)
     assert tenant_of(_request(("authorization", "Bearer sk-1")), by_header) == ANONYMOUS
     assert tenant_of(_request(("authorization", "Bearer sk-1")), parse_policy("tenancy: {by: none}\n", "p")) is None
+
+
+def test_only_complete_successful_answers_are_storable():
+    import httpx
+
+    from catcache.proxy.storing import storable
+
+    def answer(*reasons):
+        return {"choices": [{"index": i, "message": {"content": "x"}, "finish_reason": r} for i, r in enumerate(reasons)]}
+
+    allowed = ["stop", "tool_calls"]
+    assert storable(answer("stop"), None, allowed) and storable(answer("tool_calls", "stop"), httpx.Headers(), allowed)
+    for reasons in (("length",), ("stop", "length"), ("content_filter",), (None,)):
+        assert not storable(answer(*reasons), None, allowed), reasons
+    assert storable(answer("length"), None, ["stop", "length"])  # the policy may allow more
+    assert not storable({"choices": []}, None, allowed) and not storable({}, None, allowed)
+    assert not storable({**answer("stop"), "error": {"message": "overloaded"}}, None, allowed)
+    for control in ("no-store", "private", "No-Store;", "max-age=0, private=\"x\""):
+        assert not storable(answer("stop"), httpx.Headers({"cache-control": control}), allowed), control
+    assert storable(answer("stop"), httpx.Headers({"cache-control": "max-age=60, public"}), allowed)
