@@ -5,7 +5,9 @@ front of the test backend (its own process). A heartbeat on the proxy's event lo
 5 ms and records how late it woke: the longest lateness is the longest the loop was blocked.
 One client asks a cached question over and over (exact hits, one at a time); in the second
 half of the run a second client sends large requests one after another: an 8 MB JavaScript code
-block, 100,001 one-word messages (6.3 MB), 8 MB of prose. Side by side, in one run: the hit's
+block, 100,001 one-word messages (6.3 MB), 8 MB of prose (all three over the 1 MB that is
+cached, so they pass through unparsed), and 25,000 messages in 0.9 MB (cached, so parsed and put
+in canonical form, in a worker thread). Side by side, in one run: the hit's
 latency and the loop's longest stall without and with the large requests, and how often the
 Redis health guard marked Redis down (it never should: Redis is fine).
 
@@ -40,6 +42,8 @@ def large_bodies() -> list[tuple[str, bytes]]:
         ("8 MB JavaScript block", orjson.dumps({"model": "test-model", "messages": [{"role": "user", "content": js}]})),
         ("100,001 messages", orjson.dumps({"model": "test-model", "messages": [{"role": "user", "content": "hi"}] * 100_001})),
         ("8 MB prose", orjson.dumps({"model": "test-model", "messages": [{"role": "user", "content": "why " * 2_000_000}]})),
+        ("25,000 messages (0.9 MB: cached)", orjson.dumps({"model": "test-model", "messages": [
+            {"role": "user", "content": f"hi {i}"} for i in range(25_000)]})),
     ]
 
 

@@ -11,13 +11,11 @@ from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass
 from pathlib import Path
 
-import httpx
 from fastapi import FastAPI, Request
-from fastapi.responses import Response, StreamingResponse
+from fastapi.responses import Response
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.requests import ClientDisconnect
 
-from catcache.backends.client import OutsideBase, forwardable
 from catcache.backends.local import LocalModel
 from catcache.index.embedder import Embedder
 from catcache.index.semantic import SemanticIndex
@@ -26,11 +24,12 @@ from catcache.proxy.admin import router as admin_router
 from catcache.proxy.admin_auth import AdminAuth
 from catcache.proxy.feedback import router as feedback_router
 from catcache.proxy.limits import DEFAULT_MAX_BODY_BYTES, BodyLimit
+from catcache.proxy.forwarding import pass_through
 from catcache.proxy.pipeline import CachePipeline
 from catcache.proxy.state import ProxyState, build_live
 from catcache.reports.recorder import Recorder
 from catcache.reports.routes import router as reports_router
-from catcache.responses import backend_failed, json_response, openai_error
+from catcache.responses import json_response, openai_error
 from catcache.store.connect import connect
 from catcache.store.documents import DocumentStore
 from catcache.store.embedded import EmbeddedRedis
@@ -117,30 +116,6 @@ async def internal_error(request: Request, exc: Exception) -> Response:
     the log, where Starlette writes the traceback."""
     return openai_error(500, "catcache failed on this request; the details are in its log.",
                         type="server_error", code="internal_error")
-
-
-async def pass_through(state: ProxyState, request: Request) -> Response:
-    """Relay any other /v1 request unchanged: method, headers, body, status, streaming."""
-    backend, path = state.large(), request.scope["path"]  # decoded; target() quotes it again
-    try:
-        backend.target(path)
-    except OutsideBase:
-        return openai_error(404, "Unknown path: a pass-through path may not hold '.' or '..' segments.",
-                            code="unknown_path")
-    try:
-        upstream = await backend.open(request.method, path, headers=forwardable(request.headers),
-                                      content=await request.body(), query=request.url.query)
-    except httpx.HTTPError as exc:
-        return backend_failed(backend.name, exc)
-
-    async def relay() -> AsyncIterator[bytes]:
-        try:
-            async for chunk in upstream.aiter_raw():
-                yield chunk
-        finally:  # also when the backend breaks off or the client goes away: its slot is given back
-            await upstream.aclose()
-
-    return StreamingResponse(relay(), status_code=upstream.status_code, headers=forwardable(upstream.headers))
 
 
 @contextlib.asynccontextmanager

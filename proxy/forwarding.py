@@ -15,9 +15,10 @@ from collections.abc import AsyncIterator, Iterable
 
 import httpx
 import orjson
+from fastapi import Request
 from fastapi.responses import Response, StreamingResponse
 
-from catcache.backends.client import BackendClient, forwardable
+from catcache.backends.client import BackendClient, OutsideBase, forwardable
 from catcache.backends.replicas import affinity_key
 from catcache.proxy import outcomes
 from catcache.proxy.exchange import Exchange
@@ -25,7 +26,7 @@ from catcache.proxy.sse import DONE, StreamAssembler, event_payloads, replay_chu
 from catcache.proxy.state import ProxyState
 from catcache.proxy.storing import Keep
 from catcache.reports.record import Outcome
-from catcache.responses import backend_failed, json_response
+from catcache.responses import backend_failed, json_response, openai_error
 
 log = logging.getLogger("catcache.proxy")
 
@@ -162,6 +163,32 @@ def _client_wants(exchange: Exchange, event: bytes) -> bool:
             if not chunk.get("choices") and chunk.get("usage"):
                 return False
     return True
+
+
+async def pass_through(state: ProxyState, request: Request, outcome: Outcome | None = None) -> Response:
+    """Relay a request unchanged (method, headers, body, status, streaming): any other /v1 route,
+    and with `outcome` (bypass) a cacheable route's request too large to be worth caching."""
+    backend, path = state.large(), request.scope["path"]  # decoded; target() quotes it again
+    try:
+        backend.target(path)
+    except OutsideBase:
+        return openai_error(404, "Unknown path: a pass-through path may not hold '.' or '..' segments.",
+                            code="unknown_path")
+    try:
+        upstream = await backend.open(request.method, path, headers=forwardable(request.headers),
+                                      content=await request.body(), query=request.url.query)
+    except httpx.HTTPError as exc:
+        return backend_failed(backend.name, exc)
+
+    async def relay() -> AsyncIterator[bytes]:
+        try:
+            async for chunk in upstream.aiter_raw():
+                yield chunk
+        finally:  # also when the backend breaks off or the client goes away: its slot is given back
+            await upstream.aclose()
+
+    headers = forwardable(upstream.headers) | ({"x-catcache": outcome} if outcome is not None else {})
+    return StreamingResponse(relay(), status_code=upstream.status_code, headers=headers)
 
 
 def reply(exchange: Exchange, response: dict, headers: dict[str, str]) -> Response:

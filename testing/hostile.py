@@ -37,6 +37,7 @@ class HostileBackend:
         self.slow_s = slow_s
         self.seen: Counter[str] = Counter()  # behaviour -> requests answered with it
         self.last_headers: dict[bytes, bytes] = {}
+        self.last_body = b""
         self.paths: list[str] = []
         self._loop = asyncio.new_event_loop()
         self._server: asyncio.base_events.Server | None = None
@@ -79,7 +80,7 @@ class HostileBackend:
             self.paths.append(lines[0].split(b" ")[1].decode("latin-1"))
             headers = {k.strip().lower(): v.strip() for k, _, v in (line.partition(b":") for line in lines[1:] if line)}
             self.last_headers = headers
-            body = await reader.readexactly(int(headers.get(b"content-length", b"0")))
+            body = self.last_body = await reader.readexactly(int(headers.get(b"content-length", b"0")))
             request = json.loads(body) if body else {}
             wanted = headers.get(b"x-hostile", b"").decode()
             behaviour = wanted if wanted in BEHAVIOURS else self.random.choice(BEHAVIOURS)

@@ -201,3 +201,29 @@ def test_a_stream_that_ends_without_done_is_cut_off_for_the_client(proxy, api_ke
     with pytest.raises(httpx.TransportError):
         proxy.run(proxy.http.post("/v1/chat/completions", json=body, headers={"x-hostile": "cut-stream"}))
     assert set(in_flight(proxy).values()) == {0}
+
+
+# -- large requests stay off the event loop (finding 3) ---------------------------------------
+
+def test_a_request_over_the_cached_size_passes_through_byte_for_byte(proxy, hostile, api_key) -> None:
+    from catcache.proxy.pipeline import UNCACHED_BODY_BYTES
+
+    raw = orjson.dumps({"model": "m", "messages": [{"role": "user", "content": f"big {api_key} " + "x" * UNCACHED_BODY_BYTES}]})
+    raw = raw.replace(b'{"model"', b'{ "model"', 1)  # a spelling a re-serialised body would not keep
+    for _ in range(2):
+        response = proxy.run(proxy.http.post("/v1/chat/completions", content=raw, headers={
+            "x-hostile": "ok", "content-type": "application/json", "authorization": f"Bearer {api_key}"}))
+        assert response.status_code == 200 and response.headers["x-catcache"] == "bypass"
+    assert hostile.last_body == raw
+    assert set(in_flight(proxy).values()) == {0}
+
+
+def test_a_large_request_under_the_cached_size_is_cached(proxy, api_key) -> None:
+    """Between OFF_LOOP_BYTES and UNCACHED_BODY_BYTES a request is parsed in a worker thread, and cached."""
+    from catcache.proxy.exchange import OFF_LOOP_BYTES
+
+    body = {"model": "m", "messages": [{"role": "user", "content": f"m{i} {api_key}"} for i in range(OFF_LOOP_BYTES // 40)]}
+    assert len(orjson.dumps(body)) > OFF_LOOP_BYTES
+    outcomes = [proxy.run(proxy.http.post("/v1/chat/completions", json=body, headers={"x-hostile": "ok"})).headers["x-catcache"]
+                for _ in range(2)]
+    assert outcomes == ["miss", "hit-exact"]
