@@ -86,7 +86,7 @@ class HostileBackend:
             behaviour = wanted if wanted in BEHAVIOURS else self.random.choice(BEHAVIOURS)
             self.seen[behaviour] += 1
             await self._behave(behaviour, request if isinstance(request, dict) else {}, writer)
-        except (ConnectionError, asyncio.IncompleteReadError, asyncio.LimitOverrunError, ValueError):
+        except (ConnectionError, asyncio.IncompleteReadError, asyncio.LimitOverrunError, ValueError, RecursionError):
             pass
         finally:
             writer.close()

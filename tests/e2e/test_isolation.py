@@ -17,7 +17,7 @@ from __future__ import annotations
 import hashlib
 import uuid
 from collections.abc import Iterator
-from contextlib import ExitStack
+from contextlib import ExitStack, contextmanager
 from pathlib import Path
 
 import httpx
@@ -33,18 +33,25 @@ TOKEN = "admin-token-for-isolation"
 Who = dict[str, str]
 
 
-@pytest.fixture(scope="module")
-def proxies(backend, server_redis_url, tmp_path_factory) -> Iterator[dict[str, httpx.Client]]:
+@contextmanager
+def running_proxies(backend_url: str, redis_url: str, directory: Path) -> Iterator[dict[str, httpx.Client]]:
+    """A client of a running proxy per tenancy mode (also scripts/mutate.py's)."""
     base = yaml.safe_load(POLICIES.read_text())
     running = {}
     with ExitStack() as stack:
         for mode in ("api_key", "header", "none"):
             policy = dict(base, tenancy={"by": mode, "header": "x-tenant"})
-            path = tmp_path_factory.mktemp(f"isolation-{mode}") / "policies.yaml"
+            path = directory / f"policies-{mode}.yaml"
             path.write_text(yaml.safe_dump(policy))
             served = stack.enter_context(ServedApp(create_app(Settings(
-                backend=backend.base_url, policies=path, redis_url=server_redis_url, admin_token=TOKEN))))
+                backend=backend_url, policies=path, redis_url=redis_url, admin_token=TOKEN))))
             running[mode] = stack.enter_context(httpx.Client(base_url=served.url, timeout=60))
+        yield running
+
+
+@pytest.fixture(scope="module")
+def proxies(backend, server_redis_url, tmp_path_factory) -> Iterator[dict[str, httpx.Client]]:
+    with running_proxies(backend.base_url, server_redis_url, tmp_path_factory.mktemp("isolation")) as running:
         yield running
 
 
