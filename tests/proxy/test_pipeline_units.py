@@ -38,7 +38,8 @@ def test_cache_control_takes_semicolons_and_pragma(header, pragma, expected):
 
 def test_tenant_scoping_separates_keys_and_keeps_shared_ones():
     assert scoped("k", None) == "k"
-    assert scoped("k", "alice") != scoped("k", "bob") != "k"
+    alice, bob = scoped("k", "alice"), scoped("k", "bob")
+    assert alice != bob and alice != "k" and bob != "k"
 
 
 def test_a_reload_keeps_unchanged_backends_and_closes_replaced_ones_once_idle():
