@@ -48,6 +48,10 @@ EQUIVALENT: dict[str, str] = {
     "lookup._Lookup._semantic line 143: Or -> And":
         "searches the index of a category that is not cacheable too, but nothing is ever indexed under one: "
         "only a policy reload that turns `cacheable` off could leave entries there (not covered)",
+    "lookup._Lookup._semantic line 156: 0 -> 1": "the similarity reported on a miss (a header, the record), not what is served",
+    "lookup._Lookup._semantic line 170: Or -> And": "which refusal reason x-catcache-verdict reports",
+    "lookup._Lookup._semantic line 164: Gt -> GtE": "an age exactly equal to the TTL (float equality)",
+    "lookup._Lookup._semantic line 172: GtE -> Gt": "a similarity exactly equal to ic.low (float equality) joins the IC band",
 }
 
 

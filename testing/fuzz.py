@@ -274,7 +274,8 @@ class Fuzzer:
         except httpx.TransportError as exc:
             self.report.dropped[f"{type(exc).__name__} ({behaviour})"] += 1
             return
-        self._check(status, response.headers.get("content-type", ""), content, what)
+        streamed = path in ("/v1/chat/completions", "/v1/completions") and b'"stream":true' in body
+        self._check(status, response.headers.get("content-type", ""), content, what, streamed)
 
     def _cut(self, status: int, response: httpx.Response, what: str) -> None:
         """A body broken off: right when a backend broke a 200 stream (or any relayed body), or for
@@ -286,14 +287,15 @@ class Fuzzer:
         else:
             self.report.bad_shape.append(f"{status} body broken off: {what}")
 
-    def _check(self, status: int, media: str, content: bytes, what: str) -> None:
+    def _check(self, status: int, media: str, content: bytes, what: str, streamed: bool = False) -> None:
+        """`streamed`: the client asked catcache for a stream (a relayed body is the backend's own)."""
         if status >= 400:
             if status == 500 and not media.startswith("application/json"):
                 self.report.plain_500s.append(f"{content[:200]!r}: {what}")
                 return
             if not self._openai_error(media, content):
                 self.report.bad_shape.append(f"{status} {media} {content[:200]!r}: {what}")
-        elif status == 200 and media.startswith("text/event-stream") and b"data: [DONE]" not in content:
+        elif streamed and status == 200 and media.startswith("text/event-stream") and b"data: [DONE]" not in content:
             self.report.clean_truncations.append(f"{content[-200:]!r}: {what}")
 
     @staticmethod

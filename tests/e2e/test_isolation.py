@@ -216,3 +216,18 @@ def test_entries_of_a_shared_cache_reach_no_tenant(proxies) -> None:
         outcome, answer, _ = ask(proxies["api_key"], who, text)
         assert answer != everyones, f"{who} was served the shared cache's answer ({outcome})"
     assert ask(proxies["header"], {"x-tenant": "t-norway"}, text)[1] != everyones
+
+
+def test_a_neighbour_stored_under_a_longer_ttl_is_too_old_for_a_shorter_one(proxies) -> None:
+    """What is served, not only to whom: an entry stored under `default` (1 h) answers a `weather`
+    paraphrase (2 s) only while it is younger than weather's TTL."""
+    import time
+
+    proxy, who = proxies["api_key"], bearer(key())
+    text = f"Weather in Oslo on day {uuid.uuid4().hex[:6]}?"
+    outcome, stored, _ = ask(proxy, who | {"x-catcache-category": "default"}, text)
+    assert outcome == "miss"
+    assert ask(proxy, who, text.lower())[:2] == ("hit-semantic", stored)  # classified weather: a neighbour from default
+    time.sleep(2.5)
+    outcome, answer, _ = ask(proxy, who, text.lower())
+    assert answer != stored, "a neighbour older than the query's category's TTL was served"
