@@ -52,6 +52,7 @@ EQUIVALENT: dict[str, str] = {
     "lookup._Lookup._semantic line 170: Or -> And": "which refusal reason x-catcache-verdict reports",
     "lookup._Lookup._semantic line 164: Gt -> GtE": "an age exactly equal to the TTL (float equality)",
     "lookup._Lookup._semantic line 172: GtE -> Gt": "a similarity exactly equal to ic.low (float equality) joins the IC band",
+    "lookup.verify line 190: string 'none' misspelt": "the shortcut only: verifier `none` (NoVerifier) accepts every pair too",
 }
 
 
