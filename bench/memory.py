@@ -2,8 +2,9 @@
 
 A fresh `catcache serve` (its own embedded Redis, the shipped policy) in front of the test
 backend; clients send large adversarial bodies one after another, every one of them new: code
-blocks of 1-5 MB (half of them `Cache-Control: no-store`), 4 MB of prose, 30,000-message chats
-and bodies that are not JSON. Every `--sample-every` seconds it reads the proxy's RSS from
+blocks (half of them `Cache-Control: no-store`), prose, many-message chats and bodies that are
+not JSON, half of them over the 1 MB that is parsed and cached (1-5 MB, 4 MB, 30,000 messages,
+2 MB) and half under it (0.1-0.9 MB, 0.8 MB, 15,000 messages, 0.5 MB). Every `--sample-every` seconds it reads the proxy's RSS from
 /proc. The baseline is the first sample after the warm-up (a tenth of the run); the figure is
 the RSS at the end against it (the target: within 10%).
 
@@ -30,19 +31,22 @@ from bench.soak import rss_mb
 def adversarial(r: random.Random, i: int) -> tuple[str, bytes, dict[str, str]]:
     kind = r.choice(["code", "code-no-store", "prose", "messages", "not-json"])
     headers = {"content-type": "application/json", "authorization": f"Bearer sk-memory-{i % 7}"}
+    large = r.random() < 0.5  # over the 1 MB that is parsed and cached, or under it
     if kind.startswith("code"):
-        size = r.randint(1, 5) * 1024 * 1024
+        size = r.randint(1, 5) * 1024 * 1024 if large else r.randint(100, 900) * 1024
         line = f"function f{i}(a) {{ return a + {i}; }} // {r.random()}\n"
         body = {"model": "test-model", "messages": [{"role": "user", "content": "```js\n" + line * (size // len(line)) + "```"}]}
         if kind == "code-no-store":
             headers["cache-control"] = "no-store"
     elif kind == "prose":
-        body = {"model": "test-model", "messages": [{"role": "user", "content": f"question {i} " + "why " * 1_000_000}]}
+        words = 1_000_000 if large else 200_000
+        body = {"model": "test-model", "messages": [{"role": "user", "content": f"question {i} " + "why " * words}]}
     elif kind == "messages":
-        body = {"model": "test-model", "messages": [{"role": "user", "content": f"m{i} {k}"} for k in range(30_000)]}
+        count = 30_000 if large else 15_000
+        body = {"model": "test-model", "messages": [{"role": "user", "content": f"m{i} {k}"} for k in range(count)]}
     else:
-        return kind, r.randbytes(2 * 1024 * 1024), headers
-    return kind, orjson.dumps(body), headers
+        return kind, r.randbytes(2 * 1024 * 1024 if large else 512 * 1024), headers
+    return f"{kind} {'over' if large else 'under'} 1 MB", orjson.dumps(body), headers
 
 
 async def client(url: str, seed: int, until: float, outcomes: Counter[str]) -> None:

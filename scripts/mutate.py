@@ -53,6 +53,11 @@ EQUIVALENT: dict[str, str] = {
     "lookup._Lookup._semantic line 164: Gt -> GtE": "an age exactly equal to the TTL (float equality)",
     "lookup._Lookup._semantic line 172: GtE -> Gt": "a similarity exactly equal to ic.low (float equality) joins the IC band",
     "lookup.verify line 190: string 'none' misspelt": "the shortcut only: verifier `none` (NoVerifier) accepts every pair too",
+    "storing.storable line 50: drop clause `not isinstance(choices, list)`":
+        "choices that are not a list fail the next check anyway: none of their items is a dict with a finish_reason",
+    "storing.storable line 56: string ',' misspelt": "`;` becomes `,_`: the split on `,` still isolates each directive",
+    "storing.store line 65: Or -> And":
+        "store() runs after storable(), which has checked the choices, and a kept request always has its rules",
 }
 
 
