@@ -56,6 +56,7 @@ EQUIVALENT: dict[str, str] = {
     "storing.storable line 50: drop clause `not isinstance(choices, list)`":
         "choices that are not a list fail the next check anyway: none of their items is a dict with a finish_reason",
     "storing.storable line 56: string ',' misspelt": "`;` becomes `,_`: the split on `,` still isolates each directive",
+    "lookup._Lookup._semantic line 157: GtE -> Gt": "a similarity exactly equal to the threshold (float equality)",
     "storing.store line 65: Or -> And":
         "store() runs after storable(), which has checked the choices, and a kept request always has its rules",
 }

@@ -195,6 +195,28 @@ def test_feedback_reaches_only_the_entries_its_caller_could_be_served(proxies, m
     assert ask(proxy, alice, text)[0] == "miss", "the entry its tenant reported wrong was still served"
 
 
+@pytest.mark.parametrize("mode, alice, bob, category", [
+    ("none", bearer("sk-feedback-gina"), bearer("sk-feedback-hal"), {}),
+    ("none", {"api-key": "sk-feedback-ivy"}, {}, {}),
+    ("api_key", bearer("sk-feedback-jo"), bearer("sk-feedback-kim"), {"x-catcache-category": "public"}),
+    ("api_key", bearer("sk-feedback-lee"), {}, {"x-catcache-category": "public"}),
+])
+def test_feedback_reaches_an_entry_its_caller_could_be_served(proxies, mode, alice, bob, category) -> None:
+    """One cache for everyone (`tenancy.by: none`), or a shared category: anyone it is served to may report it."""
+    proxy = proxies[mode]
+    text = question("Fiji")
+    _, mine, entry = ask(proxy, alice | category, text)
+    assert ask(proxy, bob | category, text)[:2] == ("hit-exact", mine)
+    assert feedback(proxy, bob, entry) == 200
+    assert ask(proxy, alice | category, text)[0] == "miss", "the reported entry was still served"
+
+
+def test_an_unscoped_entry_of_a_category_that_is_not_shared_is_no_tenants_to_report(proxies) -> None:
+    _, _, entry = ask(proxies["none"], {}, question("Mali"))
+    for who in (bearer(key()), {}):
+        assert feedback(proxies["api_key"], who, entry) == 404
+
+
 def test_purge_by_tenant_removes_only_that_tenants_entries(proxies) -> None:
     proxy = proxies["api_key"]
     alice, bob = key(), key()
@@ -228,6 +250,9 @@ def test_a_neighbour_stored_under_a_longer_ttl_is_too_old_for_a_shorter_one(prox
     outcome, stored, _ = ask(proxy, who | {"x-catcache-category": "default"}, text)
     assert outcome == "miss"
     assert ask(proxy, who, text.lower())[:2] == ("hit-semantic", stored)  # classified weather: a neighbour from default
+    weather = f"Weather in Lima on day {uuid.uuid4().hex[:6]}?"
+    assert ask(proxy, who, weather)[0] == "miss"  # stored under weather's own 2 s
     time.sleep(2.5)
     outcome, answer, _ = ask(proxy, who, text.lower())
     assert answer != stored, "a neighbour older than the query's category's TTL was served"
+    assert ask(proxy, who, weather)[0] == "miss", "an entry outlived its category's TTL"
