@@ -4,7 +4,8 @@ and malformed HTTP answered in OpenAI's error shape.
 uvicorn has no such deadline: a connection that sends nothing, or a header line a minute, or a
 body a byte at a time, is held for as long as the client likes (a slowloris). This protocol
 closes a connection whose request (head and body) has not fully arrived `read_timeout` seconds
-after the connection opened or after its previous response ended. Once a request is in, the
+after the connection opened or after the request's first byte (between requests, uvicorn's
+keep-alive timeout closes an idle connection). Once a request is in, the
 answer may take as long as the backend does: streams are not cut.
 
 A request the HTTP parser refuses (a NUL in a header, a bad request line) gets uvicorn's 400,
@@ -32,14 +33,25 @@ class _Protocol(AutoHTTPProtocol):  # type: ignore[misc, valid-type]
         super().connection_made(transport)
         self._arm()
 
+    def data_received(self, data: bytes) -> None:
+        if self._deadline is None:  # the first bytes of the next request on a kept-alive connection
+            self._arm()
+        super().data_received(data)
+
     def on_response_complete(self) -> None:
         super().on_response_complete()
-        self._arm()
+        # Idle until the next request's first byte: uvicorn's keep-alive timeout governs that, and
+        # a deadline counted from here would close a connection its client is just reusing.
+        self._disarm()
 
     def connection_lost(self, exc: Exception | None) -> None:
+        self._disarm()
+        super().connection_lost(exc)
+
+    def _disarm(self) -> None:
         if self._deadline is not None:
             self._deadline.cancel()
-        super().connection_lost(exc)
+            self._deadline = None
 
     def send_400_response(self, msg: str) -> None:
         body = orjson.dumps({"error": {"message": msg, "type": "invalid_request_error", "param": None,
@@ -49,11 +61,11 @@ class _Protocol(AutoHTTPProtocol):  # type: ignore[misc, valid-type]
         self.transport.close()
 
     def _arm(self) -> None:
-        if self._deadline is not None:
-            self._deadline.cancel()
+        self._disarm()
         self._deadline = self.loop.call_later(self.read_timeout, self._check)
 
     def _check(self) -> None:
+        self._deadline = None
         cycle = self.cycle
         # No request head since the deadline was armed (none yet, or only the previous one, done),
         # or its body still coming in: the client is too slow.

@@ -57,6 +57,8 @@ EQUIVALENT: dict[str, str] = {
         "choices that are not a list fail the next check anyway: none of their items is a dict with a finish_reason",
     "storing.storable line 56: string ',' misspelt": "`;` becomes `,_`: the split on `,` still isolates each directive",
     "lookup._Lookup._semantic line 157: GtE -> Gt": "a similarity exactly equal to the threshold (float equality)",
+    "storing.store line 66: False -> True":
+        "unreachable: store() runs after storable(), which has checked the choices, and a kept request has its rules",
     "storing.store line 65: Or -> And":
         "store() runs after storable(), which has checked the choices, and a kept request always has its rules",
 }

@@ -137,7 +137,9 @@ class Fuzzer:
         queue: asyncio.Queue[int] = asyncio.Queue()
         for i in range(requests):
             queue.put_nowait(i)
-        limits = httpx.Limits(max_connections=concurrency, max_keepalive_connections=concurrency)
+        # Idle connections expire before uvicorn's keep-alive timeout (5 s) closes them, so a request
+        # never races the server's close on a connection it reuses.
+        limits = httpx.Limits(max_connections=concurrency, max_keepalive_connections=concurrency, keepalive_expiry=2.0)
         async with httpx.AsyncClient(base_url=self.url, timeout=30, limits=limits) as http:
             await asyncio.gather(*(self._worker(http, queue) for _ in range(concurrency)))
         self.report.seconds = time.perf_counter() - started
