@@ -49,6 +49,8 @@ def _add_serve(commands: argparse._SubParsersAction) -> None:
                             "(default: the policy's backends.large.timeout, 600)")
     serve.add_argument("--max-body-bytes", type=byte_size, default=_env("max_body_bytes", "8MB"),
                        help="largest request body; a larger one gets a 413 (default 8MB)")
+    serve.add_argument("--client-timeout", type=positive_seconds, default=_env("client_timeout", "30"),
+                       help="seconds a client may take to send a whole request; a slower one is disconnected (default 30)")
     serve.add_argument("--admin-token", default=_env("admin_token"),
                        help="bearer token that /admin/*, /stats and /metrics require (prefer CATCACHE_ADMIN_TOKEN: "
                             "a flag shows in the process list)")
@@ -98,6 +100,7 @@ def _serve(args: argparse.Namespace) -> int:
     from catcache.backends.local import LOCAL, LocalModel, uses_local
     from catcache.policy.loader import PolicyError, load_policy
     from catcache.proxy.app import Settings, create_app
+    from catcache.proxy.protocol import http_protocol
     from catcache.store.embedded import DataDirInUse, EmbeddedRedis, default_data_dir
 
     _log_to_stderr(args.log_level)
@@ -132,6 +135,7 @@ def _serve(args: argparse.Namespace) -> int:
                                   backend_timeout=args.backend_timeout, max_body_bytes=args.max_body_bytes,
                                   admin_token=args.admin_token or None))
         uvicorn.run(app, host=args.host, port=args.port, log_level=args.log_level, access_log=False,
+                    http=http_protocol(args.client_timeout),
                     loop="uvloop" if sys.platform != "win32" else "auto", timeout_graceful_shutdown=5)
     finally:
         for child in (embedded, local):

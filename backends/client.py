@@ -11,6 +11,7 @@ import asyncio
 import logging
 import os
 from collections.abc import AsyncIterator
+from urllib.parse import quote
 
 import httpx
 
@@ -34,6 +35,26 @@ def forwardable(headers: httpx.Headers | dict, drop: set[str] = frozenset()) -> 
 # Idle connections are dropped before the backend drops them: uvicorn (and so vLLM) closes them after 5 s,
 # and a request sent on one it is closing fails with a ReadError, a 502 for the client. httpx's default is 5 s.
 KEEPALIVE_S = 3.0
+
+
+# RFC 3986's pchar plus "/": what a path segment may hold unquoted.
+PATH_SAFE = "/:@!$&'()*+,;=-._~"
+
+
+class OutsideBase(ValueError):
+    """A pass-through path that would leave the backend's base URL once resolved."""
+
+
+def _wire(text: str) -> bytes:
+    """A header name or value as the bytes it came in as.
+
+    The ASGI server decodes header bytes as Latin-1, so encoding back to Latin-1 forwards a
+    client's `café` or UTF-8 API key byte for byte; httpx would encode a str as ASCII and fail.
+    Text from elsewhere (an API key from the environment) beyond Latin-1 goes as UTF-8."""
+    try:
+        return text.encode("latin-1")
+    except UnicodeEncodeError:
+        return text.encode()
 
 
 class _Released(httpx.AsyncByteStream):
@@ -74,16 +95,22 @@ class BackendClient:
                                        transport=transport(limits))
 
     def target(self, path: str, query: str = "", base_url: str | None = None) -> str:
-        """`/v1/chat/completions` -> the backend's base URL (which ends in /v1) + `/chat/completions`."""
-        suffix = path.removeprefix("/v1")
-        return f"{base_url or self.base_url}{suffix}" + (f"?{query}" if query else "")
+        """`/v1/chat/completions` -> the backend's base URL (which ends in /v1) + `/chat/completions`.
 
-    def headers(self, incoming: dict[str, str]) -> dict[str, str]:
+        `path` is the decoded request path; it is quoted again, so a `%3F` the client sent stays
+        part of the path, and one with a `.` or `..` segment raises OutsideBase: the backend would
+        resolve it, and `/v1/../control` would reach the backend's `/control`."""
+        suffix = path.removeprefix("/v1")
+        if not (suffix == "" or suffix.startswith("/")) or any(s in (".", "..") for s in suffix.split("/")):
+            raise OutsideBase(path)
+        return f"{base_url or self.base_url}{quote(suffix, safe=PATH_SAFE)}" + (f"?{query}" if query else "")
+
+    def headers(self, incoming: dict[str, str]) -> list[tuple[bytes, bytes]]:
         headers = dict(incoming)
         if self.config.api_key_env and os.environ.get(self.config.api_key_env):
             headers = {k: v for k, v in headers.items() if k.lower() != "authorization"}
             headers["authorization"] = f"Bearer {os.environ[self.config.api_key_env]}"
-        return headers
+        return [(_wire(k), _wire(v)) for k, v in headers.items()]
 
     async def open(self, method: str, path: str, *, headers: dict[str, str], content: bytes,
                    query: str = "", affinity: str | None = None) -> httpx.Response:

@@ -13,6 +13,7 @@ uvicorn (and vLLM) write a response in one go, so neither stall shows in front o
 
 from __future__ import annotations
 
+import contextlib
 import socket
 import ssl
 import typing
@@ -30,8 +31,11 @@ class _QuickAckStream(httpcore.AsyncNetworkStream):
         self._socket = stream.get_extra_info("socket")
 
     async def read(self, max_bytes: int, timeout: float | None = None) -> bytes:
-        if self._socket is not None:
-            self._socket.setsockopt(socket.IPPROTO_TCP, QUICKACK, 1)
+        if self._socket is not None and self._socket.fileno() >= 0:
+            # A socket the backend reset or closed may refuse the option: the read below then
+            # raises httpcore's ReadError (a 502 for the client), not a ValueError (a 500).
+            with contextlib.suppress(OSError):
+                self._socket.setsockopt(socket.IPPROTO_TCP, QUICKACK, 1)
         return await self._stream.read(max_bytes, timeout)
 
     async def write(self, buffer: bytes, timeout: float | None = None) -> None:

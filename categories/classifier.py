@@ -54,6 +54,9 @@ class Classifier:
     the header is the caller's choice of category, but a never-cache rule protects users' data, and
     a client library that sets one header on every request must not get personal queries cached.
     A header naming a never-cache category always wins, since it can only make caching stricter.
+    A cacheable category is chosen by the header only through a value its `match.header` lists:
+    the policy says which clients' choices it takes, so no client picks a category (and with it a
+    TTL, a threshold, sharing across tenants) that the policy did not offer to the header.
     """
 
     def __init__(self, policy: Policy, centroid_vectors: np.ndarray, centroid_categories: list[str]):
@@ -78,7 +81,8 @@ class Classifier:
         for tier in self._tiers:
             if traits.header:
                 for name in tier:
-                    if traits.header == name or traits.header in categories[name].match.header:
+                    if traits.header in categories[name].match.header or (
+                            traits.header == name and not categories[name].cacheable):
                         return Classification(name, 1.0, "header")
             for name in tier:
                 reason = self._rule_reason(categories[name].match, self._regexes[name], traits)

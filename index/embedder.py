@@ -95,6 +95,9 @@ class Embedder:
         self.name = name
         directory = model_path(name)
         self.max_tokens = max_tokens(directory)
+        # A word piece spans at most 100 characters (longer words are one [UNK]), so in white-space
+        # collapsed text (the proxy's queries) `max_tokens` tokens never reach past this.
+        self.max_chars = self.max_tokens * 101
         self._tokenizer = Tokenizer.from_file(str(directory / "tokenizer.json"))
         self._tokenizer.enable_truncation(max_length=self.max_tokens)
         self._tokenizer.enable_padding(pad_id=0, pad_token="[PAD]")  # to the longest text of the batch
@@ -136,6 +139,9 @@ class Embedder:
         return self._session.run(None, {name: feed[name] for name in INPUTS})[0]
 
     async def embed(self, text: str) -> np.ndarray:
+        """`text`'s vector, from its first `max_chars` characters: the model reads `max_tokens`
+        tokens only, and tokenising all of an 8 MB prompt would hold up every query batched with it."""
+        text = text[:self.max_chars]
         if self._closed:
             raise RuntimeError("the embedder is closed")
         future = asyncio.get_running_loop().create_future()

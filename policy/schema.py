@@ -231,6 +231,8 @@ class Speculation(Strict):
 class Tenancy(Strict):
     by: Literal["api_key", "header", "none"] = "api_key"
     header: str = "x-tenant"
+    credentials: list[str] = Field(default=[], description="more headers that carry an API key, beside "
+                                   "authorization, api-key and x-api-key (by: api_key)")
 
 
 class Classifier(Strict):
@@ -255,6 +257,8 @@ class Policy(Strict):
     reports: Reports = Reports()
     learning: Learning = Learning()
     categories: dict[str, Category] = Field(default_factory=lambda: {"default": Category()})
+    finish_reasons: list[str] = Field(default=["stop", "tool_calls"], description="the finish_reason every "
+                                      "choice of an answer must have for it to be stored (not length, content_filter)")
 
     @model_validator(mode="after")
     def _references_resolve(self) -> "Policy":

@@ -1,4 +1,4 @@
-"""A bearer token in front of the operator's routes: /admin/*, /stats and /metrics.
+"""A bearer token in front of the operator's routes: /admin/*, /stats, /metrics and /openapi.json.
 
 These routes reload policies, purge entries and tell per-tenant traffic, so once a token is
 configured they answer only to `Authorization: Bearer <token>` (compared in constant time). The
@@ -13,7 +13,7 @@ from starlette.types import ASGIApp, Receive, Scope, Send
 
 from catcache.responses import openai_error
 
-PROTECTED = ("/admin/", "/stats", "/metrics")
+PROTECTED = ("/admin/", "/stats", "/metrics", "/openapi.json")  # the schema maps the admin routes too
 
 
 def is_protected(path: str) -> bool:

@@ -11,13 +11,12 @@ from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass
 from pathlib import Path
 
-import httpx
 import numpy as np
 from fastapi import FastAPI, Request
-from fastapi.responses import Response, StreamingResponse
-from starlette.background import BackgroundTask
+from fastapi.responses import Response
+from starlette.exceptions import HTTPException as StarletteHTTPException
+from starlette.requests import ClientDisconnect
 
-from catcache.backends.client import forwardable
 from catcache.backends.local import LocalModel
 from catcache.index.embedder import Embedder
 from catcache.index.semantic import SemanticIndex
@@ -27,11 +26,12 @@ from catcache.proxy.admin_auth import AdminAuth
 from catcache.proxy.feedback import router as feedback_router
 from catcache.proxy.learner import Learner, ask_backend
 from catcache.proxy.limits import DEFAULT_MAX_BODY_BYTES, BodyLimit
+from catcache.proxy.forwarding import pass_through
 from catcache.proxy.pipeline import CachePipeline
 from catcache.proxy.state import ProxyState, build_live
 from catcache.reports.recorder import Recorder
 from catcache.reports.routes import router as reports_router
-from catcache.responses import backend_failed, json_response, openai_error
+from catcache.responses import json_response, openai_error
 from catcache.store.connect import connect
 from catcache.store.documents import DocumentStore
 from catcache.store.embedded import EmbeddedRedis
@@ -62,6 +62,9 @@ def create_app(settings: Settings) -> FastAPI:
     app = FastAPI(title="catcache", lifespan=lambda app: lifespan(app, settings), docs_url=None, redoc_url=None)
     app.add_middleware(BodyLimit, max_bytes=settings.max_body_bytes)
     app.add_middleware(AdminAuth, token=settings.admin_token)  # added last: runs first
+    app.add_exception_handler(StarletteHTTPException, http_error)
+    app.add_exception_handler(ClientDisconnect, client_went_away)
+    app.add_exception_handler(Exception, internal_error)
 
     @app.get("/healthz")
     async def healthz(request: Request) -> Response:
@@ -97,17 +100,25 @@ def create_app(settings: Settings) -> FastAPI:
     return app
 
 
-async def pass_through(state: ProxyState, request: Request) -> Response:
-    """Relay any other /v1 request unchanged: method, headers, body, status, streaming."""
-    backend = state.large()
-    try:
-        upstream = await backend.open(request.method, request.url.path, headers=forwardable(request.headers),
-                                      content=await request.body(), query=request.url.query)
-    except httpx.HTTPError as exc:
-        return backend_failed(backend.name, exc)
+async def http_error(request: Request, exc: StarletteHTTPException) -> Response:
+    """Routing's own errors (an unknown path, a method a route does not take) in OpenAI's shape."""
+    code = {404: "unknown_path", 405: "method_not_allowed"}.get(exc.status_code)
+    response = openai_error(exc.status_code, f"{exc.detail}: {request.method} {request.url.path}", code=code)
+    response.headers.update(exc.headers or {})
+    return response
 
-    return StreamingResponse(upstream.aiter_raw(), status_code=upstream.status_code,
-                             headers=forwardable(upstream.headers), background=BackgroundTask(upstream.aclose))
+
+async def client_went_away(request: Request, exc: ClientDisconnect) -> Response:
+    """The client hung up before its request was read: nobody to answer, nothing to log loudly."""
+    log.debug("client disconnected before its request was read: %s %s", request.method, request.url.path)
+    return Response(status_code=499)  # never sent: uvicorn drops what goes to a closed connection
+
+
+async def internal_error(request: Request, exc: Exception) -> Response:
+    """A bug's 500 is still JSON in OpenAI's shape; the details (which may quote a request) stay in
+    the log, where Starlette writes the traceback."""
+    return openai_error(500, "catcache failed on this request; the details are in its log.",
+                        type="server_error", code="internal_error")
 
 
 @contextlib.asynccontextmanager

@@ -34,7 +34,7 @@ class InvalidRequest(ValueError):
 class CanonicalRequest:
     endpoint: str          # "chat" or "completions"
     model: str
-    query_text: str        # last user turn (or the prompt), NFKC and white space collapsed
+    query_text: str        # last user turn (or the prompt), folded and white space collapsed
     canonical: bytes       # sorted, compact JSON of everything that changes the answer
     functional_key: str    # sha256 of endpoint and canonical (proxy/tenancy.scoped makes it a tenant's)
     scope_key: str         # sha256 of the same without the query's text
@@ -70,9 +70,15 @@ def canonicalise(endpoint: str, body: dict) -> CanonicalRequest:
         canonical=canonical,
         functional_key=functional_key(endpoint, canonical),
         scope_key=_digest(b"scope", endpoint, scope_bytes),
-        has_code=any(isinstance(p, Fenced) for p in split_fenced(query)) or looks_like_code(query),
+        has_code=_has_code(query),
         n=n,
     )
+
+
+def _has_code(query: str) -> bool:
+    if len(query) > MAX_ANALYSED_CHARS:
+        return "```" in query or "~~~" in query
+    return any(isinstance(p, Fenced) for p in split_fenced(query)) or looks_like_code(query)
 
 
 def functional_key(endpoint: str, canonical: bytes) -> str:
@@ -90,7 +96,7 @@ def _digest(kind: bytes, endpoint: str, payload: bytes) -> str:
 def _chat(body: dict) -> tuple[dict, dict, str]:
     raw = body.get("messages")
     canon = {k: _value(v, k) for k, v in body.items() if k not in DROPPED and k != "messages"}
-    canon["messages"] = messages = _messages(raw)
+    canon["messages"] = messages = _messages(raw, _CodeBudget())
     users = [i for i, m in enumerate(raw) if m["role"] == "user"]
     if not users:
         return canon, canon, ""
@@ -144,7 +150,7 @@ def _n(n: object) -> int:
     return n
 
 
-def _messages(messages: object) -> list[dict]:
+def _messages(messages: object, budget: _CodeBudget) -> list[dict]:
     if messages is None:
         raise InvalidRequest("'messages' is required.", "messages")
     if not isinstance(messages, list) or not messages:
@@ -161,16 +167,16 @@ def _messages(messages: object) -> list[dict]:
             raise InvalidRequest(f"{param}.content is required.", f"{param}.content")
         canon = {k: _value(v, f"{param}.{k}") for k, v in message.items() if k != "content"}
         if "content" in message:
-            canon["content"] = _content(content, f"{param}.content")
+            canon["content"] = _content(content, f"{param}.content", budget)
         out.append(canon)
     return out
 
 
-def _content(content: object, param: str) -> object:
+def _content(content: object, param: str, budget: _CodeBudget) -> object:
     if content is None:
         return None
     if isinstance(content, str):
-        return _text(content)
+        return _text(content, budget)
     if not isinstance(content, list):
         raise InvalidRequest(f"{param} must be a string, null or an array of parts.", param)
     parts = []
@@ -182,29 +188,72 @@ def _content(content: object, param: str) -> object:
         if part["type"] == "text":
             if not isinstance(part.get("text"), str):
                 raise InvalidRequest(f"{where}.text must be a string.", f"{where}.text")
-            canon["text"] = _text(part["text"])
+            canon["text"] = _text(part["text"], budget)
         parts.append(canon)  # image_url, input_audio...: kept as sent
     return parts
 
 
+# Texts longer than this are kept verbatim, unsplit and unguessed: splitting fences and guessing
+# code run pure Python and regular expressions over every line, seconds for an 8 MB text, and
+# verbatim is always sound (a missed hit, never a false one).
+MAX_ANALYSED_CHARS = 64 * 1024
+
+# Code normalised per request, in characters. Normalising is pure Python (a JavaScript lexer
+# does about 1 MB/s here), so an 8 MB request of code would hold the CPU for seconds; past the
+# budget, snippets are kept verbatim, which is always sound (a missed hit, never a false one).
+CODE_BUDGET_CHARS = 64 * 1024
+
+
+class _CodeBudget:
+    def __init__(self, chars: int = CODE_BUDGET_CHARS):
+        self.chars = chars
+
+    def normalise(self, code: str, language_tag: str | None) -> str:
+        if len(code) > self.chars:
+            return code
+        self.chars -= len(code)
+        return normalise_code(code, language_tag)
+
+
+# Compatibility forms that only change how a character looks: full- and half-width letters,
+# digits and punctuation, Arabic positional forms, vertical and small punctuation, no-break
+# spaces. The others NFKC would fold change what a text says, so they are kept: "2³" is not
+# "23", "½" is not "1⁄2", "①" is not "1", and bold 𝐯 (a vector) is not v.
+_SAME_MEANING_FORMS = ("<wide>", "<narrow>", "<noBreak>", "<initial>", "<medial>", "<final>",
+                       "<isolated>", "<vertical>", "<small>")
+_FOLDS = {cp: unicodedata.normalize("NFKC", chr(cp)) for cp in range(0x10000)  # all in the BMP
+          if unicodedata.decomposition(chr(cp)).startswith(_SAME_MEANING_FORMS)}
+
+
+def fold(text: str) -> str:
+    """Text spelt one way without changing what it says: canonical composition (NFC, so
+    precomposed and combining accents agree) and only the compatibility folds above."""
+    if text.isascii():
+        return text
+    return unicodedata.normalize("NFC", text.translate(_FOLDS))
+
+
 def _plain(text: str) -> str:
-    """Prose as compared: NFKC, runs of white space as one space, no space at the ends."""
-    return " ".join(unicodedata.normalize("NFKC", text).split())
+    """Prose as compared: `fold`ed, runs of white space as one space, no space at the ends."""
+    return " ".join(fold(text).split())
 
 
-def _text(text: str) -> str | list:
+def _text(text: str, budget: _CodeBudget) -> str | list | dict:
     """Message text: prose as `_plain`, code through codenorm. Code keeps its layout, so the two
     are kept apart (a list of prose strings and code objects) and neither can pass for the other.
+    A text over MAX_ANALYSED_CHARS is kept verbatim, marked as such (a dict, unlike the others).
     """
+    if len(text) > MAX_ANALYSED_CHARS:
+        return {"verbatim": text}
     pieces = split_fenced(text)
     if len(pieces) == 1 and isinstance(pieces[0], str) and not looks_like_code(pieces[0]):
         return _plain(text)
     out: list = []
     for piece in pieces:
         if isinstance(piece, Fenced):
-            out.append({"lang": language(piece.info), "code": normalise_code(piece.body, piece.info)})
+            out.append({"lang": language(piece.info), "code": budget.normalise(piece.body, piece.info)})
         elif looks_like_code(piece):  # unfenced code: its line breaks and indents may matter
-            out.append({"lang": None, "code": normalise_code(piece.strip("\r\n"), None)})
+            out.append({"lang": None, "code": budget.normalise(piece.strip("\r\n"), None)})
         elif prose := _plain(piece):
             out.append(prose)
     return out

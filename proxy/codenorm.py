@@ -98,9 +98,25 @@ def language(info: str | None) -> str | None:
     return _ALIASES.get(tag, tag)
 
 
-@functools.lru_cache(maxsize=1024)  # earlier turns come back with every request of a chat
+# Earlier turns come back with every request of a chat, so normal forms are remembered, but only
+# for snippets up to REMEMBERED_CODE_CHARS: what the cache holds is bounded by configuration
+# (512 entries of at most 8 K characters in and about as many out), never by what clients send.
+REMEMBERED_CODE_CHARS = 8192
+
+
 def normalise_code(code: str, language_tag: str | None) -> str:
     """A bare snippet in normal form; `language_tag` is a fence info string or None."""
+    if len(code) <= REMEMBERED_CODE_CHARS:
+        return _remembered_normal_form(code, language_tag)
+    return _normal_form(code, language_tag)
+
+
+@functools.lru_cache(maxsize=512)
+def _remembered_normal_form(code: str, language_tag: str | None) -> str:
+    return _normal_form(code, language_tag)
+
+
+def _normal_form(code: str, language_tag: str | None) -> str:
     code = code.replace("\r\n", "\n")
     lang = language(language_tag)
     if lang in (None, "python"):

@@ -15,9 +15,10 @@ from collections.abc import AsyncIterator, Iterable
 
 import httpx
 import orjson
+from fastapi import Request
 from fastapi.responses import Response, StreamingResponse
 
-from catcache.backends.client import BackendClient, forwardable
+from catcache.backends.client import BackendClient, OutsideBase, forwardable
 from catcache.backends.replicas import affinity_key
 from catcache.proxy import outcomes
 from catcache.proxy.exchange import Exchange
@@ -25,7 +26,7 @@ from catcache.proxy.sse import DONE, StreamAssembler, event_payloads, replay_chu
 from catcache.proxy.state import ProxyState
 from catcache.proxy.storing import Keep
 from catcache.reports.record import Outcome
-from catcache.responses import backend_failed, json_response
+from catcache.responses import backend_failed, json_response, openai_error
 
 log = logging.getLogger("catcache.proxy")
 
@@ -76,8 +77,11 @@ async def relay(state: ProxyState, exchange: Exchange, backend: BackendClient, u
                 started: float, outcome: Outcome, keep: Keep | None,
                 pieces: AsyncIterator[bytes] | None = None) -> Response:
     """The backend's answer, streamed as it arrives or read whole, recorded and kept if `keep`;
-    `pieces`: the stream's body when a part of it was already read (proxy/speculation.py)."""
-    if upstream.status_code < 300 and exchange.stream:
+    `pieces`: the stream's body when a part of it was already read (proxy/speculation.py).
+    A stream is relayed as one only if the backend sent one: a 200 JSON body (an error some
+    servers send with 200) goes to the client whole, as it came."""
+    event_stream = upstream.headers.get("content-type", "").startswith("text/event-stream")
+    if upstream.status_code < 300 and exchange.stream and event_stream:
         events = _relay_events(state, exchange, upstream, started, outcome, keep, pieces or upstream.aiter_bytes())
         return StreamingResponse(events, status_code=upstream.status_code, media_type="text/event-stream",
                                  headers=outcomes.headers(exchange, outcome, exchange.doc_id if keep else None))
@@ -90,13 +94,14 @@ async def relay(state: ProxyState, exchange: Exchange, backend: BackendClient, u
     latency = (time.perf_counter() - started) * 1000
     ok = upstream.status_code < 300
     response = json_object(content) if ok else None
+    stored = False
     if keep is not None:
         if response is not None:
-            await keep.store(response, latency)
-        keep.land(response)
+            stored = await keep.store(response, latency, upstream.headers)
+        keep.land(None)  # a no-op once the answer has landed
     outcomes.record(state, exchange, outcome if ok else Outcome.ERROR, latency, response and response.get("usage"))
     headers = forwardable(upstream.headers, drop={"content-encoding"}) | outcomes.headers(
-        exchange, outcome, exchange.doc_id if keep and response is not None else None)
+        exchange, outcome, exchange.doc_id if stored else None)  # the key only of an entry that exists
     return Response(content, status_code=upstream.status_code, headers=headers)
 
 
@@ -120,10 +125,11 @@ async def _relay_events(state: ProxyState, exchange: Exchange, upstream: httpx.R
             while b"\n\n" in pending:
                 event, pending = pending.split(b"\n\n", 1)
                 if _fold(assembler, event) and keep is not None:
-                    await keep.store(assembler.response(), (time.perf_counter() - started) * 1000)
-                    keep.land(assembler.response())
+                    await keep.store(assembler.response(), (time.perf_counter() - started) * 1000, upstream.headers)
                 if _client_wants(exchange, event):
                     yield event + b"\n\n"
+        if not assembler.done:  # the body ended cleanly, the stream did not: it was cut off all the same
+            raise httpx.RemoteProtocolError("the backend's event stream ended without [DONE]")
     except httpx.HTTPError as exc:
         log.warning("backend stream broke off: %r", exc)
         raise  # break the client's stream off too: a clean end would pass a truncated answer as whole
@@ -159,6 +165,32 @@ def _client_wants(exchange: Exchange, event: bytes) -> bool:
             if not chunk.get("choices") and chunk.get("usage"):
                 return False
     return True
+
+
+async def pass_through(state: ProxyState, request: Request, outcome: Outcome | None = None) -> Response:
+    """Relay a request unchanged (method, headers, body, status, streaming): any other /v1 route,
+    and with `outcome` (bypass) a cacheable route's request too large to be worth caching."""
+    backend, path = state.large(), request.scope["path"]  # decoded; target() quotes it again
+    try:
+        backend.target(path)
+    except OutsideBase:
+        return openai_error(404, "Unknown path: a pass-through path may not hold '.' or '..' segments.",
+                            code="unknown_path")
+    try:
+        upstream = await backend.open(request.method, path, headers=forwardable(request.headers),
+                                      content=await request.body(), query=request.url.query)
+    except httpx.HTTPError as exc:
+        return backend_failed(backend.name, exc)
+
+    async def relay() -> AsyncIterator[bytes]:
+        try:
+            async for chunk in upstream.aiter_raw():
+                yield chunk
+        finally:  # also when the backend breaks off or the client goes away: its slot is given back
+            await upstream.aclose()
+
+    headers = forwardable(upstream.headers) | ({"x-catcache": outcome} if outcome is not None else {})
+    return StreamingResponse(relay(), status_code=upstream.status_code, headers=headers)
 
 
 def reply(exchange: Exchange, response: dict, headers: dict[str, str]) -> Response:

@@ -22,7 +22,7 @@ from fastapi.responses import Response
 
 from catcache.proxy import outcomes
 from catcache.proxy.exchange import Exchange, parse
-from catcache.proxy.forwarding import forward, fresh_id, reply
+from catcache.proxy.forwarding import forward, fresh_id, pass_through, reply
 from catcache.proxy.incontext import in_context
 from catcache.proxy.learner import Check, answer_text
 from catcache.proxy.lookup import Tiers, look_up
@@ -34,6 +34,12 @@ from catcache.store.documents import Document
 from catcache.store.hits import HitCounter
 
 
+# Requests larger than this pass through uncached, byte for byte, without being parsed: parsing
+# and hashing megabytes costs the CPU every other client shares (JSON parsing holds the GIL, even in
+# a thread), and a prompt of megabytes is rarely asked twice. Bounded by configuration, like memory.
+UNCACHED_BODY_BYTES = 1024 * 1024
+
+
 class CachePipeline:
     def __init__(self, state: ProxyState):
         self.state = state
@@ -41,7 +47,10 @@ class CachePipeline:
         self.clock = RaceClock()  # whether speculation pays (proxy/speculation.py)
 
     async def handle(self, request: Request, endpoint: str) -> Response:
-        exchange = await parse(request, endpoint, self.state.policy)
+        raw = await request.body()
+        if len(raw) > UNCACHED_BODY_BYTES:
+            return await pass_through(self.state, request, Outcome.BYPASS)
+        exchange = await parse(request, endpoint, self.state.policy, raw)
         if isinstance(exchange, Response):
             return exchange
         speculation = Speculation.of(self.state, exchange, self.clock)

@@ -44,7 +44,7 @@ from catcache.proxy.exchange import Exchange, Found
 from catcache.proxy.forwarding import failed, relay, relayable, send
 from catcache.proxy.incontext import in_context
 from catcache.proxy.state import ProxyState
-from catcache.proxy.storing import Keep, store
+from catcache.proxy.storing import Keep, storable, store
 from catcache.proxy.tenancy import scoped
 from catcache.reports.record import Outcome
 
@@ -246,8 +246,14 @@ class LateKeep(Keep):
 
     looking: asyncio.Future | None = None
 
-    async def store(self, response: dict, latency_ms: float) -> None:
+    async def store(self, response: dict, latency_ms: float, backend_headers: httpx.Headers | None = None) -> bool:
+        """False: the answer is not stored yet (nor ever, if it is not storable), so no key is sent."""
+        if not storable(response, backend_headers, self.state.policy.finish_reasons):
+            self.land(None)
+            return False
+        self.land(response)
         _keep_alive(asyncio.ensure_future(self._store_when_found(response, latency_ms)))
+        return False
 
     async def _store_when_found(self, response: dict, latency_ms: float) -> None:
         assert self.looking is not None

@@ -6,6 +6,8 @@ from __future__ import annotations
 import logging
 from dataclasses import dataclass
 
+import httpx
+
 from catcache.proxy.exchange import Exchange
 from catcache.proxy.lookup import adaptive_relief
 from catcache.proxy.state import ProxyState
@@ -23,10 +25,19 @@ class Keep:
     exchange: Exchange
     flight: str | None = None
 
-    async def store(self, response: dict, latency_ms: float) -> None:
-        await store(self.state, self.exchange, response, latency_ms)
+    async def store(self, response: dict, latency_ms: float, backend_headers: httpx.Headers | None = None) -> bool:
+        """Store `response` if it is a complete answer the backend lets us keep, and hand it to the
+        requests waiting on this flight; True once it is stored. One that is not storable is
+        handed to no one: the waiters ask the backend themselves. A stored answer to a checked
+        request is judged against the neighbour's cached one (proxy/learner.py)."""
+        if not storable(response, backend_headers, self.state.policy.finish_reasons):
+            self.land(None)
+            return False
+        self.land(response)
+        stored = await store(self.state, self.exchange, response, latency_ms)
         if self.exchange.check is not None:
             self.state.learner.judge_later(self.exchange.check, response)
+        return stored
 
     def land(self, response: dict | None) -> None:
         """Hand the answer (None: the call failed) to the requests waiting on this flight."""
@@ -34,11 +45,29 @@ class Keep:
             self.state.flights.land(self.flight, response)
 
 
-async def store(state: ProxyState, exchange: Exchange, response: dict, latency_ms: float) -> None:
-    """Keep a good answer; a failure here is logged and never reaches the client."""
+def storable(response: dict, backend_headers: httpx.Headers | None, finish_reasons: list[str]) -> bool:
+    """Only a complete, successful answer is kept: choices that all ended for a reason the policy
+    lists (by default `stop` and `tool_calls`, not `length` or `content_filter`), no top-level
+    `error` (some servers answer 200 with one), and no `Cache-Control: no-store` or `private`
+    from the backend."""
+    choices = response.get("choices")
+    if "error" in response or not isinstance(choices, list) or not choices:
+        return False
+    if not all(isinstance(c, dict) and c.get("finish_reason") in finish_reasons for c in choices):
+        return False
+    if backend_headers is not None:
+        directives = {d.strip().lower().split("=")[0] for d in
+                      backend_headers.get("cache-control", "").replace(";", ",").split(",")}
+        if directives & {"no-store", "private"}:
+            return False
+    return True
+
+
+async def store(state: ProxyState, exchange: Exchange, response: dict, latency_ms: float) -> bool:
+    """Keep a good answer; True once stored. A failure here is logged and never reaches the client."""
     rules, policy = exchange.rules, state.policy
     if rules is None or not response.get("choices"):
-        return
+        return False
     doc = Document(exchange.doc_id, exchange.endpoint, exchange.canon.model, exchange.category,
                    exchange.scope_key, exchange.canon.query_text, response, request=exchange.canon.canonical,
                    latency_ms=latency_ms, embedding=exchange.vector,
@@ -52,5 +81,8 @@ async def store(state: ProxyState, exchange: Exchange, response: dict, latency_m
             state.index.add(exchange.category, exchange.doc_id, exchange.scope_key, exchange.vector)
     except CacheUnavailable as exc:
         log.warning("could not store a response (%s); it was still served", exc)
+        return False
     except Exception:  # noqa: BLE001 - a failed store never breaks the response it keeps
         log.exception("could not store a response; it was still served")
+        return False
+    return True

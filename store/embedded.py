@@ -129,8 +129,8 @@ class EmbeddedRedis:
             self._supervisor.join(STOP_TIMEOUT)
             self._supervisor = None
         self._port = None
-        self.url_path.unlink(missing_ok=True)
-        if self._lock_fd is not None:
+        if self._lock_fd is not None:  # ours to withdraw only if we held the lock: a refused start did not
+            self.url_path.unlink(missing_ok=True)
             os.close(self._lock_fd)
             self._lock_fd = None
         atexit.unregister(self.stop)
@@ -236,7 +236,10 @@ def data_dir_redis(redis_url: str | None, data_dir: str | Path | None) -> Iterat
     if redis_url:
         yield redis_url
         return
-    server = EmbeddedRedis(Path(data_dir) if data_dir else default_data_dir())
+    directory = Path(data_dir) if data_dir else default_data_dir()
+    if not (directory / "redis").is_dir():  # never create one: a mistyped path would say "0 entries"
+        raise RuntimeError(f"no catcache data dir at {directory}; pass --data-dir DIR or --redis URL")
+    server = EmbeddedRedis(directory)
     try:
         url = server.start()
     except DataDirInUse as exc:

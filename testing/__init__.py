@@ -10,6 +10,9 @@ catcache tests itself (as Starlette ships `starlette.testclient`).
 - `catcache.testing.inprocess.in_process`: catcache's ASGI app in this process, with the official openai
   SDK as its client (imported on its own: it loads the whole proxy).
 - `catcache.testing.redis`, `.faults`, `.traffic`: a Redis Cluster, killable servers, and load.
+- `catcache.testing.hostile`: a raw-TCP backend that resets, half-closes, sends garbage, trickles,
+  cuts streams or answers `length`/`error`/`no-store`, as each request's `x-hostile` header asks;
+  `catcache.testing.fuzz`: the whole-proxy fuzzer run against it (tests/e2e/test_fuzz.py, bench.fuzz).
 """
 
 from .backend import TestBackend, group_replies

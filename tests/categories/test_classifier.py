@@ -112,9 +112,12 @@ def test_never_cache_model_beats_an_earlier_regex(rules: Classifier) -> None:
     assert found == Classification("private", 1.0, "model")
 
 
-def test_header_names_a_category_or_one_of_its_values(rules: Classifier, shipped: Classifier) -> None:
-    assert shipped.by_rules(traits("What is the weather in Paris today?", header="creative")) == \
-        Classification("creative", 1.0, "header")
+def test_header_picks_a_category_only_through_a_value_the_policy_lists(rules: Classifier, shipped: Classifier) -> None:
+    """A client may not pick a cacheable category (and so its TTL) by naming it: only the values a
+    category's `match.header` lists choose it (issue 21: `creative` by name turned 10 minutes into 30 days)."""
+    found = shipped.by_rules(traits("What is the weather in Paris today?", header="creative"))
+    assert found is None or found.reason != "header"
+    assert rules.by_rules(traits("What is the weather?", header="chat")) == Classification("weather", 1.0, "regex")
     assert rules.by_rules(traits("What is the weather?", header="fast-lane")) == Classification("chat", 1.0, "header")
     assert rules.by_rules(traits("What is the weather?", header="no-such-category")) == \
         Classification("weather", 1.0, "regex")

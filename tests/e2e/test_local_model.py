@@ -18,8 +18,11 @@ from catcache.testing.proxy import DEFAULT_POLICIES
 MODEL_LOAD_S = 300.0  # reading and dequantising the GGUF: seconds on an idle CPU, minutes on a busy one
 
 
+# The answers here are cut at a few max_tokens, which the default `finish_reasons` (stop,
+# tool_calls) would not store; this policy stores them, so the near miss has a neighbour.
 POLICY = """
 version: 1
+finish_reasons: [stop, tool_calls, length]
 backends:
   large: {url: local}
   small: {url: local, role: small}

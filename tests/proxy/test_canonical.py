@@ -1,4 +1,5 @@
 import keyword
+import unicodedata
 import string
 
 import pytest
@@ -267,3 +268,101 @@ def test_assistant_content_may_be_null():
     canonicalise("chat", {"model": "m", "messages": [
         {"role": "user", "content": "hi"},
         {"role": "assistant", "content": None, "tool_calls": []}]})
+
+
+# -- exact keys are sound: folding never changes what a text says ---------------------------
+
+def _compatibility_forms(*tags: str) -> list[str]:
+    return [chr(cp) for cp in range(0x30000) if unicodedata.decomposition(chr(cp)).split(" ")[0] in tags
+            and not chr(cp).isspace()]
+
+
+# Forms whose NFKC fold changes the meaning: 2³ is not 23, ½ is not 1⁄2, ① is not 1, bold 𝐯
+# (a vector) is not v, ﬀ (a ligature) and ℃ are kept too: a missed hit is cheaper than a wrong one.
+MEANINGFUL = _compatibility_forms("<super>", "<sub>", "<fraction>", "<circle>", "<font>", "<compat>",
+                                  "<square>")
+# Forms that only change the look: full- and half-width, positional, vertical, small.
+LOOKS_ONLY = _compatibility_forms("<wide>", "<narrow>", "<initial>", "<medial>", "<final>", "<isolated>",
+                                  "<vertical>", "<small>", "<noBreak>")
+
+
+@pytest.mark.parametrize("a, b", [("What is 2³?", "What is 23?"), ("What is 10² + 1?", "What is 102 + 1?"),
+                                  ("Add ½ cup", "Add 1⁄2 cup"), ("x₁ + x₂", "x1 + x2"), ("① first", "1 first"),
+                                  ("H₂O", "H2O")])
+def test_texts_that_differ_in_meaning_have_different_keys(a, b):
+    one = {"model": "m", "messages": [{"role": "user", "content": a}]}
+    assert key(one) != key({**one, "messages": [{"role": "user", "content": b}]})
+
+
+@settings(max_examples=300, deadline=None)
+@given(chat(), st.data(), st.sampled_from(MEANINGFUL))
+def test_no_meaningful_compatibility_form_shares_a_key_with_its_fold(body, data, form):
+    """Any prose with a super/subscript, fraction, circled, font, ligature or square form in it
+    keys apart from the same prose with NFKC's fold of that form. (Not code: Python itself reads
+    identifiers through NFKC, so there `totªl` is `total`.)"""
+    i = data.draw(st.integers(0, len(body["messages"]) - 1))
+    text = body["messages"][i]["content"]
+    j = data.draw(st.integers(0, text.find("```") if "```" in text else len(text)))
+    messages = list(body["messages"])
+    variants = []
+    for spelt in (form, unicodedata.normalize("NFKC", form)):
+        messages[i] = {**messages[i], "content": text[:j] + spelt + text[j:]}
+        variants.append({**body, "messages": list(messages)})
+    assert key(variants[0]) != key(variants[1])
+
+
+@settings(max_examples=150, deadline=None)
+@given(chat(), st.data(), st.sampled_from(LOOKS_ONLY))
+def test_forms_that_only_change_the_look_still_fold(body, data, form):
+    i = data.draw(st.integers(0, len(body["messages"]) - 1))
+    if "```" in body["messages"][i]["content"]:
+        return  # code is kept as written
+    text = body["messages"][i]["content"]
+    j = data.draw(st.sampled_from([k for k, c in enumerate(text) if c == " "] or [len(text)]))
+    messages = list(body["messages"])
+    variants = []
+    for spelt in (form, unicodedata.normalize("NFKC", form)):
+        messages[i] = {**messages[i], "content": text[:j] + " " + spelt + " " + text[j:]}
+        variants.append({**body, "messages": list(messages)})
+    assert key(variants[0]) == key(variants[1])
+
+
+def test_combining_and_precomposed_accents_are_one_text():
+    one = {"model": "m", "messages": [{"role": "user", "content": "Qu'est-ce qu'un café ?"}]}
+    other = {"model": "m", "messages": [{"role": "user", "content": "Qu'est-ce qu'un cafe\u0301 ?"}]}
+    assert key(one) == key(other)
+
+
+def test_code_normalised_per_request_is_bounded(monkeypatch):
+    """An 8 MB request of code must not hold the CPU for seconds: past CODE_BUDGET_CHARS of code,
+    snippets are kept verbatim (sound: a missed hit, never a false one)."""
+    from catcache.proxy import canonical
+
+    normalised: list[int] = []
+    real = canonical.normalise_code
+    monkeypatch.setattr(canonical, "normalise_code", lambda code, tag: normalised.append(len(code)) or real(code, tag))
+    block = "```javascript\n" + "function f(a) {\n  return a + 1; // note\n}\n" * 400 + "```\n"
+    body = {"model": "m", "messages": [{"role": "user", "content": f"part {i}\n{block}"} for i in range(60)]}
+    first = canonicalise("chat", body)
+    assert 0 < sum(normalised) <= canonical.CODE_BUDGET_CHARS
+    changed = {**body, "messages": body["messages"][:-1] + [{"role": "user", "content": "part 59\n" + block.replace(
+        "a + 1", "a + 2")}]}
+    assert canonicalise("chat", changed).functional_key != first.functional_key  # verbatim still tells apart
+
+
+def test_texts_over_the_analysis_limit_are_kept_verbatim_unscanned(monkeypatch):
+    """Fence splitting and the code guess run Python and regular expressions over every line: an
+    8 MB text took seconds. Past MAX_ANALYSED_CHARS a text is neither split nor guessed."""
+    from catcache.proxy import canonical
+
+    scanned: list[int] = []
+    for name in ("split_fenced", "looks_like_code"):
+        real = getattr(canonical, name)
+        monkeypatch.setattr(canonical, name, lambda text, real=real: scanned.append(len(text)) or real(text))
+    big = "why " * (canonical.MAX_ANALYSED_CHARS // 2)
+    body = {"model": "m", "messages": [{"role": "user", "content": big}]}
+    canon = canonicalise("chat", body)
+    assert max(scanned, default=0) <= canonical.MAX_ANALYSED_CHARS
+    respaced = {**body, "messages": [{"role": "user", "content": big.replace("why ", "why  ", 1)}]}
+    assert canonicalise("chat", respaced).functional_key != canon.functional_key  # verbatim: sound, if stricter
+    assert canonicalise("chat", body).functional_key == canon.functional_key

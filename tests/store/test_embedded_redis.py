@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 import redis
 
-from catcache.store.embedded import DataDirInUse, EmbeddedRedis, default_data_dir
+from catcache.store.embedded import DataDirInUse, EmbeddedRedis, data_dir_redis, default_data_dir
 
 
 def test_starts_and_answers_ping(tmp_path: Path) -> None:
@@ -32,6 +32,28 @@ def test_second_instance_on_the_same_dir_is_refused(tmp_path: Path) -> None:
             EmbeddedRedis(tmp_path).start()
     assert refused.value.pid == os.getpid()
     assert str(tmp_path) in str(refused.value) and str(os.getpid()) in str(refused.value)
+
+
+def test_a_refused_second_instance_leaves_the_running_ones_url(tmp_path: Path) -> None:
+    """The refused one is stopped (as `catcache serve` does); the running one's published URL
+    stays, so `catcache purge|report --data-dir` still find its Redis."""
+    with EmbeddedRedis(tmp_path) as running:
+        second = EmbeddedRedis(tmp_path)
+        with pytest.raises(DataDirInUse):
+            second.start()
+        second.stop()
+        assert running.url_path.read_text().strip() == running.url
+        with data_dir_redis(None, tmp_path) as url:
+            assert url == running.url
+
+
+def test_purge_on_a_missing_data_dir_fails_and_creates_nothing(tmp_path: Path) -> None:
+    missing = tmp_path / "no-such-dir"
+    done = subprocess.run([sys.executable, "-m", "catcache", "purge", "--all", "--data-dir", str(missing)],
+                          capture_output=True, text=True, timeout=120)
+    assert done.returncode == 1 and "no catcache data dir" in done.stderr, done.stderr
+    assert "purged" not in done.stdout
+    assert not missing.exists()
 
 
 def test_stop_ends_the_child_and_frees_the_dir(tmp_path: Path) -> None:

@@ -108,5 +108,8 @@ def test_calibrate_end_to_end(tmp_path, capsys, uniform):
     assert "overall" in shown and "false-hit rate" in shown
     assert (ROOT / "policies.yaml").read_text().count("#") == out.read_text().count("#")
     thresholds = {n: c.threshold for n, c in policy.categories.items() if c.cacheable}
+    shipped = {n: c.threshold for n, c in load_policy(ROOT / "policies.yaml").categories.items() if c.cacheable}
+    assert set(thresholds) == set(shipped) and all(0 < t <= 1 for t in thresholds.values())
+    assert thresholds != shipped, "calibration wrote the thresholds it was given"
     if uniform:
         assert len({t for n, t in thresholds.items() if not policy.categories[n].ic}) == 1
