@@ -126,30 +126,45 @@ def main() -> None:
     parser.add_argument("--restart-entries", type=int, default=100_000)
     parser.add_argument("--memory-entries", type=int, default=10_000)
     parser.add_argument("--misses", type=int, default=200, help="fresh questions per system for the miss overhead")
-    parser.add_argument("--parts", default="hits,latency,overhead,probes,memory,restart")
+    parser.add_argument("--parts", default="hits,overhead,probes,memory,restart",
+                        help="hits (and latency); overhead and probes need hits; memory; restart")
     parser.add_argument("--name", default="peers")
     args = parser.parse_args()
     parts = set(args.parts.split(","))
-    load_before = os.getloadavg()
-    print(f"load average {load_before}", flush=True)
-    result: dict = {"limit": args.limit, "load_average_start": [round(x, 2) for x in load_before]}
-    streams = args.streams.split(",")
+    result: dict = {"limit": args.limit, "load_average": {"start": load_average()}}
     vectors = Vectors()
+    if parts & {"hits", "overhead", "probes"}:
+        result.update(side_by_side(args, parts, vectors))
+        result["load_average"]["after_hits"] = load_average()
+    if "memory" in parts:
+        result["memory"] = peer_costs.memory(args.memory_entries, vectors.live)
+    if "restart" in parts:
+        result["restart"] = peer_costs.restart(args.restart_entries)
+    result["load_average"]["end"] = load_average()
+    output.save(args.name, result)
+
+
+def load_average() -> list[float]:
+    return [round(x, 2) for x in os.getloadavg()]
+
+
+def side_by_side(args: argparse.Namespace, parts: set[str], vectors: Vectors) -> dict:
+    """Hit rates and latencies on every stream; then the miss overhead and the probes, if asked for."""
+    result: dict = {}
     with ExitStack() as running:
         tmp = Path(running.enter_context(tempfile.TemporaryDirectory(prefix="peers-")))
         redis = running.enter_context(search_redis(tmp / "redis"))
         backend_url = running.enter_context(stack.backend(0, 0))
         embed_url = running.enter_context(stack.test_server("bench.embedding_server"))
         hits: dict[str, dict] = {}
-        loaded = {name: load(args.workloads, name, args.limit) for name in streams}
-        latency_stream = streams[0]
+        loaded = {name: load(args.workloads, name, args.limit) for name in args.streams.split(",")}
+        latency_stream = next(iter(loaded))
         latency: dict[str, dict] = {}
         for name, (queries, grader) in loaded.items():
-            print(f"{name}: {len(queries)} queries", flush=True)
+            print(f"{name}: {len(queries)} queries, load average {load_average()}", flush=True)
             vectors.prepare([q["text"] for q in queries])
-            makers = peer_makers(vectors.lookup, redis.url, len(queries))
             row: dict = {"queries": len(queries), "bound": BOUNDS.get(name, 0.02)}
-            for peer, (make, default) in makers.items():
+            for peer, (make, default) in peer_makers(vectors.lookup, redis.url, len(queries)).items():
                 print(f" {peer} sweep", flush=True)
                 runs = sweep(make, queries, grader, sorted({*args.sweep, default}))
                 row[peer] = {"sweep": runs, "best": best_under(runs, row["bound"]),
@@ -169,17 +184,13 @@ def main() -> None:
             litellm_runs(args.litellm, backend_url, embed_url, redis.url, loaded, hits, latency_stream)
         result.update(streams=hits, library_latency=latency)
         if "overhead" in parts:
+            print(f"miss overhead, load average {load_average()}", flush=True)
             result["miss_overhead"] = peer_costs.miss_overhead(backend_url, embed_url, redis.url, args.litellm,
                                                                args.policies, args.misses, loaded)
         if "probes" in parts:
             result["probes"] = peer_probes.run_all(backend_url, embed_url, redis.url, args.litellm, args.policies,
                                                    vectors.live, hits)
-    if "memory" in parts:
-        result["memory"] = peer_costs.memory(args.memory_entries, vectors.live)
-    if "restart" in parts:
-        result["restart"] = peer_costs.restart(args.restart_entries)
-    result["load_average_end"] = [round(x, 2) for x in os.getloadavg()]
-    output.save(args.name, result)
+    return result
 
 
 def peer_makers(embed: Callable[[str], np.ndarray], redis_url: str, capacity: int) -> dict:

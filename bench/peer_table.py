@@ -1,0 +1,155 @@
+"""The side-by-side table of bench/README.md, section 2, from the JSON that bench.peers wrote.
+
+    python -m bench.peer_table bench/results/peers.json [bench/results/peers-install.json]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+from pathlib import Path
+
+SYSTEMS = ("catcache", "RedisVL", "LiteLLM", "GPTCache")
+TITLES = {"comqa-dev": "ComQA", "qqp-dev": "QQP"}
+
+
+def pct(value: float | None) -> str:
+    return "-" if value is None else f"{100 * value:.1f}%"
+
+
+def hits_cell(run: dict | None, cosine: bool = True) -> str:
+    if not run:
+        return "none within the bound"
+    where = f", cos ≥ {run['cosine']:g}" if cosine and "cosine" in run else ""
+    return f"**{pct(run['hit_rate'])}** ({pct(run['false_hit_rate'])} false{where})"
+
+
+def ms(p: dict | None) -> str:
+    if not p or p.get("p50") is None:
+        return "-"
+    return f"{p['p50']:.1f} / {p['p99']:.1f}"
+
+
+def stream_rows(streams: dict) -> list[list[str]]:
+    rows = []
+    for name, row in streams.items():
+        title = f"{TITLES.get(name, name)}: hit rate at ≤ {100 * row['bound']:g}% false hits ({row['queries']:,} queries)"
+        litellm = (row.get("LiteLLM") or {}).get("best")
+        rows.append([title, hits_cell(row["catcache"], False) + ", as shipped", hits_cell(row["RedisVL"]["best"]),
+                     hits_cell(litellm) + (", RedisVL's best" if litellm else "") if row.get("LiteLLM") else "-",
+                     hits_cell(row["GPTCache"]["best"])])
+    for name, row in streams.items():
+        title = f"{TITLES.get(name, name)}: false-hit rate at the documented default"
+        litellm = (row.get("LiteLLM") or {}).get("default")
+        cells = [f"{pct(row['catcache']['false_hit_rate'])} (shipped policy; hit rate {pct(row['catcache']['hit_rate'])})"]
+        for peer, label in (("RedisVL", "distance 0.1"), ("GPTCache", "similarity 0.8")):
+            run = row[peer]["default"]
+            cells.append(f"{pct(run['false_hit_rate'])} ({label} = cos ≥ {run['cosine']:g}; "
+                         f"hit rate {pct(run['hit_rate'])})")
+        cells.insert(2, f"{pct(litellm['false_hit_rate'])} (docs' example 0.8, no default; hit rate "
+                        f"{pct(litellm['hit_rate'])})" if litellm else "-")
+        rows.append([title, *cells])
+    return rows
+
+
+def latency_rows(document: dict) -> list[list[str]]:
+    first = next(iter(document["streams"].values()))
+    library = document.get("library_latency", {})
+    catcache = first["catcache"]
+    litellm = (first.get("LiteLLM") or {}).get("best") or {}
+    semantic = [ms(catcache["latency"]["semantic_hit"]), ms(library.get("RedisVL", {}).get("replay", {})
+                                                           .get("semantic_hit")),
+                ms(litellm.get("latency", {}).get("semantic_hit")),
+                ms(library.get("GPTCache", {}).get("replay", {}).get("semantic_hit"))]
+    exact = [ms(catcache["exact_repeat"]), ms(library.get("RedisVL", {}).get("exact_repeat")),
+             ms(litellm.get("exact_repeat")), ms(library.get("GPTCache", {}).get("exact_repeat"))]
+    rows = [["semantic hit, p50 / p99 ms (own path)", *semantic],
+            ["exact repeat, p50 / p99 ms (own path)", *exact]]
+    overhead = document.get("miss_overhead")
+    if overhead:
+        miss = overhead.get("catcache", {})
+        off = overhead.get("LiteLLM, cache off")
+        on = overhead.get("LiteLLM, redis-semantic")
+        rows.append(["latency added to a miss, p50 ms (paired, vs the backend direct at "
+                     f"{overhead['backend direct']['p50']:.1f} ms)",
+                     f"+{miss['added_p50']:.1f}", "- (a library: check + store, below)",
+                     f"+{off['added_p50']:.1f} cache off, +{on['added_p50']:.1f} redis-semantic" if off and on else "-",
+                     "- (a library)"])
+        store = [library.get(p, {}) for p in ("RedisVL", "GPTCache")]
+        rows.append(["a library's own cost of a miss, p50 ms: check + store", "-",
+                     *(f"{s['replay']['miss']['p50'] + s['store_ms']['p50']:.1f}" if s else "-" for s in store[:1]),
+                     "-", *(f"{s['replay']['miss']['p50'] + s['store_ms']['p50']:.1f}" if s else "-"
+                            for s in store[1:])])
+    return rows
+
+
+def cost_rows(document: dict, install: dict | None) -> list[list[str]]:
+    rows = []
+    memory = document.get("memory")
+    if memory:
+        c, r, g = memory["catcache"], memory["RedisVL"], memory["GPTCache"]
+        rows.append([f"memory per entry, bytes ({memory['entries']:,} entries, {memory['answer_chars']:,}-char answers)",
+                     f"{c['total']:,} (Redis {c['redis']:,} + index {c['index_rss']:,})", f"{r['total']:,} (Redis)",
+                     "as RedisVL (its store)", f"{g['rss']:,} in RAM + {g['disk']:,} on disk"])
+    restart = document.get("restart")
+    if restart:
+        rows.append([f"restart with {restart['entries']:,} entries (synthetic vectors), s",
+                     f"{restart['catcache']['ready_s']:.1f} (index snapshot) + proxy start",
+                     f"{restart['RedisVL']['ready_s']:.1f} (Redis reload + re-index)",
+                     f"{restart['RedisVL']['ready_s']:.1f} + proxy start",
+                     f"{restart['GPTCache']['ready_s']:.1f} (SQLite + hnswlib file)"])
+    cold = [next(iter(document["streams"].values()))["catcache"].get("cold_start_s")]
+    litellm = (next(iter(document["streams"].values())).get("LiteLLM") or {}).get("default") or {}
+    rows.append(["proxy start to ready, empty cache, s", f"{cold[0]}", "- (a library)",
+                 f"{litellm.get('cold_start_s', '-')}", "- (a library)"])
+    if install:
+        systems = install["systems"]
+        cell = {s: f"{systems[s]['bytes'] / 1e6:,.0f} MB" if systems.get(s, {}).get("ok") else "-"
+                for s in ("catcache", "RedisVL", "LiteLLM proxy", "GPTCache")}
+        rows.append(["install size, fresh venv (`pip install`, `du`)", cell["catcache"], cell["RedisVL"],
+                     cell["LiteLLM proxy"], cell["GPTCache"]])
+    return rows
+
+
+def probe_rows(probes: dict) -> list[list[str]]:
+    names = {"multi_turn": ("same question after different earlier turns", "safe"),
+             "tenants": ("two API keys", "isolated"), "stream": ("streamed answer stored and replayed", "replayed"),
+             "feedback": ("wrong hit reported and evicted", "evicted")}
+    rows = []
+    for row, (title, key) in names.items():
+        cells = []
+        for system in SYSTEMS:
+            found = probes.get(system, {}).get(row)
+            if found is None:
+                cells.append("not probed")
+                continue
+            cells.append({True: "yes", False: "**no**", None: "n/a"}[found[key]])
+        rows.append([title, *cells])
+    return rows
+
+
+def probe_notes(probes: dict) -> list[str]:
+    """What each probe saw, one line per system and probe, for the list under the table."""
+    return [f"- {system}, {row}: {' '.join(found['seen'].split())}" for system in SYSTEMS
+            for row, found in probes.get(system, {}).items() if isinstance(found, dict)]
+
+
+def markdown(document: dict, install: dict | None) -> str:
+    rows = [*stream_rows(document["streams"]), *latency_rows(document), *cost_rows(document, install),
+            *probe_rows(document.get("probes", {}))]
+    lines = ["| | " + " | ".join(SYSTEMS) + " |", "|---|" + "---|" * len(SYSTEMS)]
+    lines += ["| " + " | ".join(cell.replace("|", "/") for cell in row) + " |" for row in rows]
+    return "\n".join([*lines, "", *probe_notes(document.get("probes", {}))])
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("results", type=Path)
+    parser.add_argument("install", type=Path, nargs="?")
+    args = parser.parse_args()
+    install = json.loads(args.install.read_text()) if args.install else None
+    print(markdown(json.loads(args.results.read_text()), install))
+
+
+if __name__ == "__main__":
+    main()
