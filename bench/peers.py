@@ -19,6 +19,7 @@ bench/peer_install.py. Results: bench/results/peers.json; the table: bench/READM
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import tempfile
 import time
@@ -124,11 +125,14 @@ def main() -> None:
                         help="cosine thresholds swept for RedisVL and GPTCache")
     parser.add_argument("--policies", type=Path, default=stack.DEFAULT_POLICIES)
     parser.add_argument("--restart-entries", type=int, default=100_000)
+    parser.add_argument("--restart-systems", default="catcache,RedisVL,GPTCache")
     parser.add_argument("--memory-entries", type=int, default=10_000)
     parser.add_argument("--misses", type=int, default=200, help="fresh questions per system for the miss overhead")
     parser.add_argument("--parts", default="hits,overhead,probes,memory,restart",
                         help="hits (and latency); overhead and probes need hits; memory; restart")
     parser.add_argument("--name", default="peers")
+    parser.add_argument("--update", action="store_true",
+                        help="lay this run's parts over the results file's (e.g. one restart system again)")
     args = parser.parse_args()
     parts = set(args.parts.split(","))
     result: dict = {"limit": args.limit, "load_average": {"start": load_average()}}
@@ -139,9 +143,21 @@ def main() -> None:
     if "memory" in parts:
         result["memory"] = peer_costs.memory(args.memory_entries, vectors.live)
     if "restart" in parts:
-        result["restart"] = peer_costs.restart(args.restart_entries)
+        result["restart"] = peer_costs.restart(args.restart_entries, set(args.restart_systems.split(",")))
     result["load_average"]["end"] = load_average()
-    output.save(args.name, result)
+    output.save(args.name, updated(args.name, result) if args.update else result)
+
+
+def updated(name: str, result: dict) -> dict:
+    """The earlier results file `name` with the parts of `result` laid over it, one level deep."""
+    earlier = output.RESULTS / f"{name}.json"
+    document = json.loads(earlier.read_text()) if earlier.exists() else {}
+    for key, value in result.items():
+        if isinstance(value, dict) and isinstance(document.get(key), dict):
+            document[key] = {**document[key], **value}
+        else:
+            document[key] = value
+    return document
 
 
 def load_average() -> list[float]:
