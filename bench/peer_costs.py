@@ -9,9 +9,10 @@
   plus for catcache its in-process index and for GPTCache its process' RSS growth (the hnswlib
   index and SQLite's cache; the SQLite file on disk is reported apart).
 - Restart with synthetic vectors (random unit vectors: load and indexing costs depend on the count
-  and dimension, not on where the vectors come from): catcache's index from its snapshot
-  (bench/scale.py), RedisVL's Redis from its dump until RediSearch has indexed every entry,
-  GPTCache from its SQLite file and saved hnswlib index until the first `get` answers.
+  and dimension, not on where the vectors come from): catcache's Redis from its append-only file
+  and its index from the snapshot a shutdown saves, RedisVL's Redis from its dump until RediSearch
+  has indexed every entry, GPTCache from its SQLite file and saved hnswlib index until a `get`
+  answers. The three restart in turn, three rounds, after all were filled.
 """
 
 from __future__ import annotations
@@ -38,6 +39,8 @@ from bench.peer_litellm import proxy as litellm_proxy
 from bench.peer_redisvl import RedisVLPeer
 from bench.peer_replay import ask
 from bench.redis_search import SearchRedis
+from catcache.index.semantic import SemanticIndex
+from catcache.store.documents import DocumentStore
 from catcache.store.embedded import EmbeddedRedis
 
 
@@ -122,93 +125,127 @@ def memory(entries: int, embed: Callable[[str], np.ndarray]) -> dict:
     return result
 
 
-def restart(entries: int, systems: set[str]) -> dict:
-    result: dict = {"entries": entries, "vectors": "synthetic unit vectors, 384 dimensions"}
+def restart(entries: int, systems: set[str], rounds: int = 3) -> dict:
+    """Fill each system with `entries`, then restart them in turn, `rounds` times; medians.
+
+    The fills take minutes (each builds an HNSW or FLAT index of `entries`); the restarts take
+    seconds and run back to back, so they see the same load."""
+    result: dict = {"entries": entries, "vectors": "synthetic unit vectors, 384 dimensions", "rounds": rounds}
     with tempfile.TemporaryDirectory(prefix="peers-restart-") as tmp:
+        restarts: dict[str, Callable[[], dict]] = {}
         if "RedisVL" in systems:
-            result["RedisVL"] = redisvl_restart(Path(tmp) / "redisvl", entries)
+            restarts["RedisVL"], result["RedisVL"] = redisvl_filled(Path(tmp) / "redisvl", entries)
         if "GPTCache" in systems:
-            result["GPTCache"] = gptcache_restart(Path(tmp) / "gptcache", entries)
+            restarts["GPTCache"], result["GPTCache"] = gptcache_filled(Path(tmp) / "gptcache", entries)
         if "catcache" in systems:
-            reload_s = asyncio.run(catcache_redis_reload(Path(tmp) / "catcache", entries))
-            measured = asyncio.run(scale.rebuild_s(entries))
-            # A restarted proxy starts its Redis (the append-only file replayed), then loads the
-            # index snapshot and replays the events after it: one after the other.
-            result["catcache"] = {"ready_s": round(reload_s + measured["restart_s"], 1),
-                                  "redis_reload_s": round(reload_s, 1), "index_s": measured["restart_s"], **measured}
+            restarts["catcache"], result["catcache"] = asyncio.run(catcache_filled(Path(tmp) / "catcache", entries))
+        print(f"  filled {result}", flush=True)
+        timings: dict[str, list[dict]] = {name: [] for name in restarts}
+        for _ in range(rounds):
+            for name, again in restarts.items():
+                gc.collect()
+                timings[name].append(again())
+        for name, runs in timings.items():
+            result[name]["runs"] = runs
+            result[name]["ready_s"] = round(statistics.median(r["ready_s"] for r in runs), 2)
     print(f"  restart {result}", flush=True)
     return result
 
 
-async def catcache_redis_reload(folder: Path, entries: int) -> float:
-    """Seconds for catcache's embedded Redis to come back with `entries` documents in its append-only file."""
-    server = EmbeddedRedis(folder)
-    server.start()
-    client = Redis.from_url(server.url)
-    await synthetic.fill_redis(client, entries, "factual")
-    await client.aclose()
-    server.stop()
-    started = time.perf_counter()
-    server.start()
-    reloaded = time.perf_counter() - started
-    server.stop()
-    return reloaded
-
-
-def redisvl_restart(folder: Path, entries: int) -> dict:
-    """Fill a SemanticCache, SAVE, restart redis-server: seconds until PING, and until fully indexed."""
+def redisvl_filled(folder: Path, entries: int) -> tuple[Callable[[], dict], dict]:
+    """A SemanticCache of `entries`, saved; and a restart of its redis-server: seconds until fully indexed."""
     server = SearchRedis(folder).start()
-    try:
-        cache = RedisVLPeer(0.9, lambda text: np.zeros(synthetic.DIM, np.float32), server.url)
-        started = time.perf_counter()
-        i = 0
-        for block in synthetic.unit_vectors(entries):
-            records = [{"prompt": f"synthetic query {i + k}", "response": synthetic.RESPONSE["choices"][0]["message"]
-                        ["content"], "prompt_vector": v.tobytes(), "entry_id": f"{i + k}",
-                        "inserted_at": time.time(), "updated_at": time.time()} for k, v in enumerate(block)]
-            cache.cache._index.load(records, id_field="entry_id")
-            i += len(block)
-        filled_s = time.perf_counter() - started
-        name = cache.cache.index.name
-        with redis.Redis.from_url(server.url) as client:
-            client.save()
-        server.stop()
+    cache = RedisVLPeer(0.9, lambda text: np.zeros(synthetic.DIM, np.float32), server.url)
+    started = time.perf_counter()
+    i = 0
+    for block in synthetic.unit_vectors(entries):
+        now = time.time()
+        records = [{"prompt": f"synthetic query {i + k}", "response": "A cached answer of a few words.",
+                    "prompt_vector": v.tobytes(), "entry_id": f"{i + k}", "inserted_at": now, "updated_at": now}
+                   for k, v in enumerate(block)]
+        cache.cache._index.load(records, id_field="entry_id")
+        i += len(block)
+    filled = {"fill_s": round(time.perf_counter() - started, 1)}
+    name = cache.cache.index.name
+    with redis.Redis.from_url(server.url) as client:
+        client.save()
+    server.stop()
+    filled["dump_bytes_per_entry"] = round((folder / "dump.rdb").stat().st_size / entries)
+    probe = next(synthetic.unit_vectors(1, seed=9))[0].tolist()
+
+    def again() -> dict:
         started = time.perf_counter()
         server.start()
         ping_s = time.perf_counter() - started
-        client = redis.Redis.from_url(server.url)
-        while True:
-            info = client.ft(name).info()
-            if float(info.get("percent_indexed", 1)) >= 1 and int(info["num_docs"]) >= entries:
-                break
-            time.sleep(0.05)
-        probe = next(synthetic.unit_vectors(1, seed=9))[0]
-        cache.cache.check(vector=probe.tolist(), distance_threshold=2.0)
-        ready_s = time.perf_counter() - started
-        client.close()
-        return {"fill_s": round(filled_s, 1), "ping_s": round(ping_s, 1), "ready_s": round(ready_s, 1),
-                "dump_bytes_per_entry": round((folder / "dump.rdb").stat().st_size / entries)}
-    finally:
-        server.stop()
+        try:
+            with redis.Redis.from_url(server.url) as client:
+                while True:
+                    info = client.ft(name).info()
+                    if float(info.get("percent_indexed", 1)) >= 1 and int(info["num_docs"]) >= entries:
+                        break
+                    time.sleep(0.05)
+            found = cache.cache.check(vector=probe, distance_threshold=2.0)
+            return {"ping_s": round(ping_s, 2), "ready_s": round(time.perf_counter() - started, 2),
+                    "served": bool(found)}
+        finally:
+            server.stop()
+
+    return again, filled
 
 
-def gptcache_restart(folder: Path, entries: int) -> dict:
-    """Fill GPTCache, close it (it saves its hnswlib index), open it again: seconds until a `get` answers."""
+async def catcache_filled(folder: Path, entries: int) -> tuple[Callable[[], dict], dict]:
+    """catcache's embedded Redis with `entries` documents and the index snapshot a shutdown saves; and
+    a restart as `catcache serve` does it: Redis from its append-only file, then the snapshot loaded
+    and checked against Redis' event stream (the process start and the model load are not in it)."""
+    server = EmbeddedRedis(folder)
+    server.start()
+    client = Redis.from_url(server.url)
+    started = time.perf_counter()
+    await synthetic.fill_redis(client, entries, "factual")
+    index = SemanticIndex(DocumentStore(client, "bench"), synthetic.DIM)
+    await index.rebuild()
+    snapshots = folder / "index"
+    await index.save_snapshot(snapshots)
+    filled = {"fill_s": round(time.perf_counter() - started, 1),
+              "snapshot_bytes_per_entry": round(sum(f.stat().st_size for f in snapshots.iterdir()) / entries)}
+    del index
+    await client.aclose()
+    server.stop()
+
+    async def start() -> dict:
+        started = time.perf_counter()
+        server.start()
+        redis_s = time.perf_counter() - started
+        client = Redis.from_url(server.url)
+        try:
+            restored = await SemanticIndex(DocumentStore(client, "restarted"), synthetic.DIM).start(snapshots)
+        finally:
+            await client.aclose()
+            server.stop()
+        return {"redis_s": round(redis_s, 2), "ready_s": round(time.perf_counter() - started, 2), "entries": restored}
+
+    return lambda: asyncio.run(start()), filled
+
+
+def gptcache_filled(folder: Path, entries: int) -> tuple[Callable[[], dict], dict]:
+    """GPTCache with `entries`, closed (it saves its hnswlib index); and a reopening: seconds until a get answers."""
     vectors = np.concatenate(list(synthetic.unit_vectors(entries)))
     known = {f"synthetic query {i}": v for i, v in enumerate(vectors)}
-    probe = "synthetic query 7"
     started = time.perf_counter()
     peer = GPTCachePeer(0.9, lambda text: known.get(text, vectors[0]), entries, folder=folder)
     peer.cache.data_manager.import_data(list(known), ["answer"] * entries, list(vectors), [None] * entries)
-    filled_s = time.perf_counter() - started
     peer.cache.data_manager.close()
     del peer
-    gc.collect()
-    started = time.perf_counter()
-    peer = GPTCachePeer(0.9, lambda text: known.get(text, vectors[0]), entries, folder=folder)
-    peer.empty = False
-    served = peer.lookup(probe)
-    ready_s = time.perf_counter() - started
-    peer.cache.data_manager.close()
-    return {"fill_s": round(filled_s, 1), "ready_s": round(ready_s, 1), "served": served is not None,
-            "disk_bytes_per_entry": round(sum(f.stat().st_size for f in folder.iterdir()) / entries)}
+    filled = {"fill_s": round(time.perf_counter() - started, 1),
+              "disk_bytes_per_entry": round(sum(f.stat().st_size for f in folder.iterdir()) / entries)}
+
+    def again() -> dict:
+        started = time.perf_counter()
+        peer = GPTCachePeer(0.9, lambda text: known.get(text, vectors[0]), entries, folder=folder)
+        peer.empty = False
+        served = peer.lookup("synthetic query 7")
+        ready_s = time.perf_counter() - started
+        peer.cache.data_manager.close()
+        return {"ready_s": round(ready_s, 2), "served": served is not None}
+
+    return again, filled
