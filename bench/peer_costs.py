@@ -167,7 +167,7 @@ def redisvl_filled(folder: Path, entries: int) -> tuple[Callable[[], dict], dict
         i += len(block)
     filled = {"fill_s": round(time.perf_counter() - started, 1)}
     name = cache.cache.index.name
-    with redis.Redis.from_url(server.url) as client:
+    with redis.Redis.from_url(server.url, socket_timeout=600) as client:
         client.save()
     server.stop()
     filled["dump_bytes_per_entry"] = round((folder / "dump.rdb").stat().st_size / entries)

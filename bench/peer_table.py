@@ -1,6 +1,7 @@
 """The side-by-side table of bench/README.md, section 2, from the JSON that bench.peers wrote.
 
-    python -m bench.peer_table bench/results/peers.json [bench/results/peers-install.json]
+    python -m bench.peer_table bench/results/peers.json [--restart bench/results/peers-restart.json]
+        [--install bench/results/peers-install.json]
 """
 
 from __future__ import annotations
@@ -38,6 +39,12 @@ def stream_rows(streams: dict) -> list[list[str]]:
         rows.append([title, hits_cell(row["catcache"], False) + ", as shipped", hits_cell(row["RedisVL"]["best"]),
                      hits_cell(litellm) + (", RedisVL's best" if litellm else "") if row.get("LiteLLM") else "-",
                      hits_cell(row["GPTCache"]["best"])])
+    for name, row in streams.items():
+        if "calibrated" not in row["RedisVL"]:
+            continue
+        title = f"{TITLES.get(name, name)}: threshold picked on the calibration half instead"
+        rows.append([title, "(as shipped: calibrated on that half)", hits_cell(row["RedisVL"]["calibrated"]),
+                     "(RedisVL's)", hits_cell(row["GPTCache"]["calibrated"])])
     for name, row in streams.items():
         title = f"{TITLES.get(name, name)}: false-hit rate at the documented default"
         litellm = (row.get("LiteLLM") or {}).get("default")
@@ -83,6 +90,14 @@ def latency_rows(document: dict) -> list[list[str]]:
     return rows
 
 
+def litellm_memory(document: dict) -> str:
+    runs = [r["LiteLLM"]["default"] for r in document["streams"].values() if (r.get("LiteLLM") or {}).get("default")]
+    if not runs:
+        return "-"
+    return (f"{runs[0]['redis_bytes_per_entry']:,} (Redis, RedisVL's store; measured in the replay, "
+            "with the test backend's short answers)")
+
+
 def cost_rows(document: dict, install: dict | None) -> list[list[str]]:
     rows = []
     memory = document.get("memory")
@@ -90,23 +105,24 @@ def cost_rows(document: dict, install: dict | None) -> list[list[str]]:
         c, r, g = memory["catcache"], memory["RedisVL"], memory["GPTCache"]
         rows.append([f"memory per entry, bytes ({memory['entries']:,} entries, {memory['answer_chars']:,}-char answers)",
                      f"{c['total']:,} (Redis {c['redis']:,} + index {c['index_rss']:,})", f"{r['total']:,} (Redis)",
-                     "as RedisVL (its store)", f"{g['rss']:,} in RAM + {g['disk']:,} on disk"])
+                     litellm_memory(document), f"{g['rss']:,} in RAM + {g['disk']:,} on disk"])
     restart = document.get("restart")
     if restart:
-        rows.append([f"restart with {restart['entries']:,} entries (synthetic vectors), s",
-                     f"{restart['catcache']['ready_s']:.1f} (index snapshot) + proxy start",
-                     f"{restart['RedisVL']['ready_s']:.1f} (Redis reload + re-index)",
-                     f"{restart['RedisVL']['ready_s']:.1f} + proxy start",
-                     f"{restart['GPTCache']['ready_s']:.1f} (SQLite + hnswlib file)"])
+        r = {name: restart[name]["ready_s"] for name in ("catcache", "RedisVL", "GPTCache")}
+        rows.append([f"restart with {restart['entries']:,} entries (synthetic vectors), s, median of {restart['rounds']}",
+                     f"{r['catcache']:.1f} (Redis + index snapshot) + proxy start",
+                     f"{r['RedisVL']:.1f} (Redis reload + re-index)", f"{r['RedisVL']:.1f} + proxy start",
+                     f"{r['GPTCache']:.1f} (SQLite + hnswlib file)"])
     cold = [next(iter(document["streams"].values()))["catcache"].get("cold_start_s")]
     litellm = (next(iter(document["streams"].values())).get("LiteLLM") or {}).get("default") or {}
     rows.append(["proxy start to ready, empty cache, s", f"{cold[0]}", "- (a library)",
                  f"{litellm.get('cold_start_s', '-')}", "- (a library)"])
     if install:
         systems = install["systems"]
-        cell = {s: f"{systems[s]['bytes'] / 1e6:,.0f} MB" if systems.get(s, {}).get("ok") else "-"
-                for s in ("catcache", "RedisVL", "LiteLLM proxy", "GPTCache")}
-        rows.append(["install size, fresh venv (`pip install`, `du`)", cell["catcache"], cell["RedisVL"],
+        cell = {s: f"{systems[s]['bytes'] / 1e6:,.0f} MB" if systems.get(s, {}).get("ok") else "-" for s in systems}
+        complete = cell.get("RedisVL + Redis 8 + MiniLM")
+        rows.append(["install size, fresh venv (`pip install`, `du`)", cell["catcache"],
+                     cell["RedisVL"] + (f" ({complete} with Redis 8 + RediSearch and MiniLM)" if complete else ""),
                      cell["LiteLLM proxy"], cell["GPTCache"]])
     return rows
 
@@ -145,10 +161,13 @@ def markdown(document: dict, install: dict | None) -> str:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("results", type=Path)
-    parser.add_argument("install", type=Path, nargs="?")
+    parser.add_argument("--restart", type=Path, help="the restart part's results, when run apart")
+    parser.add_argument("--install", type=Path, help="bench.peer_install's results")
     args = parser.parse_args()
-    install = json.loads(args.install.read_text()) if args.install else None
-    print(markdown(json.loads(args.results.read_text()), install))
+    document = json.loads(args.results.read_text())
+    if args.restart:
+        document["restart"] = json.loads(args.restart.read_text())["restart"]
+    print(markdown(document, json.loads(args.install.read_text()) if args.install else None))
 
 
 if __name__ == "__main__":

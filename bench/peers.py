@@ -28,9 +28,10 @@ from contextlib import ExitStack, contextmanager
 from pathlib import Path
 
 import numpy as np
+import redis
 
 from bench import output, peer_costs, peer_probes, stack
-from bench.heldout import HELDOUT, labeled_pairs, split_stream
+from bench.heldout import HELDOUT, TRAIN, labeled_pairs, split_stream
 from bench.peer_gptcache import DEFAULT_COSINE as GPTCACHE_DEFAULT
 from bench.peer_gptcache import GPTCachePeer
 from bench.peer_litellm import DOCS_EXAMPLE_SIMILARITY
@@ -49,10 +50,10 @@ EXACT_PROBES = 200
 MODEL = "test-model"
 
 
-def load(workloads: Path, name: str, limit: int | None) -> tuple[list[dict], Grader]:
-    """The measurement half of a workload, cut to `limit` queries, and its grading rule."""
-    queries = split_stream(workloads / name, HELDOUT)[:limit]
-    return queries, Grader.for_rows(queries, labeled_pairs(workloads / name, HELDOUT))
+def load(workloads: Path, name: str, limit: int | None, half: int = HELDOUT) -> tuple[list[dict], Grader]:
+    """One half of a workload (the measurement half unless told), cut to `limit` queries, and its grading rule."""
+    queries = split_stream(workloads / name, half)[:limit]
+    return queries, Grader.for_rows(queries, labeled_pairs(workloads / name, half))
 
 
 class Vectors:
@@ -106,11 +107,11 @@ def proxy_run(base_url: str, api_key: str, model: str, queries: list[dict], grad
               latency: bool = False) -> dict:
     """Replay through a proxy; with `latency`, also the latencies and an exact-repeat probe."""
     run = replay_proxy(base_url, api_key, model, queries)
-    result = grade(queries, run.sources, grader)
+    result = {**grade(queries, run.sources, grader), "sources": run.sources}
     if latency:
         lookup = proxy_lookup(base_url, api_key, model, set(run.answers))
         result.update(latency=run.latencies(queries), exact_repeat=exact_probe(lookup, queries, run, EXACT_PROBES))
-    print(f"  {result}", flush=True)
+    print(f"  { {k: v for k, v in result.items() if k != 'sources'} }", flush=True)
     return result
 
 
@@ -180,15 +181,22 @@ def side_by_side(args: argparse.Namespace, parts: set[str], vectors: Vectors) ->
             print(f"{name}: {len(queries)} queries, load average {load_average()}", flush=True)
             vectors.prepare([q["text"] for q in queries])
             row: dict = {"queries": len(queries), "bound": BOUNDS.get(name, 0.02)}
+            calibration, calibration_grader = load(args.workloads, name, args.limit, TRAIN)
+            vectors.prepare([q["text"] for q in calibration])
             for peer, (make, default) in peer_makers(vectors.lookup, redis.url, len(queries)).items():
                 print(f" {peer} sweep", flush=True)
                 runs = sweep(make, queries, grader, sorted({*args.sweep, default}))
+                # The threshold a user would pick without the answers: the best on the other half,
+                # as catcache's were calibrated.
+                picked = best_under(sweep(make, calibration, calibration_grader, args.sweep), row["bound"])
                 row[peer] = {"sweep": runs, "best": best_under(runs, row["bound"]),
-                             "default": next(r for r in runs if r["cosine"] == default)}
+                             "default": next(r for r in runs if r["cosine"] == default),
+                             "calibrated": picked and next(r for r in runs if r["cosine"] == picked["cosine"])}
             print(" catcache as shipped", flush=True)
             with timed_proxy(backend_url, args.policies) as (url, ready_s):
-                row["catcache"] = {"cold_start_s": round(ready_s, 1),
-                                   **proxy_run(url, "catcache-bench", MODEL, queries, grader, name == latency_stream)}
+                measured = proxy_run(url, "catcache-bench", MODEL, queries, grader, name == latency_stream)
+                measured.pop("sources")
+                row["catcache"] = {"cold_start_s": round(ready_s, 1), **measured}
             hits[name] = row
         queries, _ = loaded[latency_stream]
         for peer, (make, _) in peer_makers(vectors.live, redis.url, len(queries)).items():
@@ -223,6 +231,11 @@ def timed_proxy(backend_url: str, policies: Path) -> Iterator[tuple[str, float]]
         yield running.base_url, time.perf_counter() - started
 
 
+def used_memory(url: str) -> int:
+    with redis.Redis.from_url(url) as client:
+        return int(client.info("memory")["used_memory"])
+
+
 def litellm_runs(executable: Path, backend_url: str, embed_url: str, redis_url: str,
                  loaded: dict[str, tuple[list[dict], Grader]], hits: dict[str, dict], latency_stream: str) -> None:
     """LiteLLM's redis-semantic cache at its docs' example threshold and at RedisVL's best, per stream.
@@ -242,7 +255,10 @@ def litellm_runs(executable: Path, backend_url: str, embed_url: str, redis_url: 
             for name, roles in jobs.items():
                 print(f" LiteLLM {name} at {cosine:g} ({', '.join(roles)})", flush=True)
                 queries, grader = loaded[name]
+                before = used_memory(redis_url)
                 measured = proxy_run(url, key, name, queries, grader, name == latency_stream and "best" in roles)
+                stored = sum(1 for s in measured.pop("sources") if s is None)
+                measured["redis_bytes_per_entry"] = round((used_memory(redis_url) - before) / max(1, stored))
                 for role in roles:
                     hits[name]["LiteLLM"][role] = {"cosine": cosine, "cold_start_s": round(ready_s, 1), **measured}
 

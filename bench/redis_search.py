@@ -74,7 +74,7 @@ class SearchRedis:
 
     def restart(self) -> None:
         """SAVE, stop and start again on the same port from the dump."""
-        with redis.Redis.from_url(self.url) as client:
+        with redis.Redis.from_url(self.url, socket_timeout=600) as client:
             client.save()
         self.stop()
         self.start()
