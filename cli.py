@@ -1,4 +1,7 @@
-"""The `catcache` command: serve, policy check, calibrate, report, deploy, purge."""
+"""The `catcache` command: serve, policy check, calibrate, report, deploy, purge.
+
+This module owns the command line: it parses the flags and calls each package's plain function
+(`verify.calibrate.run`, `reports.report.run`, `deploy.render.run`, `store.purge.run`)."""
 
 from __future__ import annotations
 
@@ -10,23 +13,17 @@ from pathlib import Path
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="catcache", description=__doc__)
-    commands = parser.add_subparsers(dest="command", required=True)
-    _add_serve(commands)
-    _add_policy(commands)
-    for module in _feature_modules():
-        module.add_parser(commands)
-    args = parser.parse_args(argv)
+    args = parser().parse_args(argv)
     return args.run(args)
 
 
-def _feature_modules() -> list:
-    from catcache.deploy import render
-    from catcache.verify import calibrate
-    from catcache.reports import report
-    from catcache.store import purge
-
-    return [calibrate, report, render, purge]
+def parser() -> argparse.ArgumentParser:
+    """Every subcommand's flags; each sets `run`, which takes the parsed arguments."""
+    root = argparse.ArgumentParser(prog="catcache", description=__doc__.split("\n\n")[0])
+    commands = root.add_subparsers(dest="command", required=True)
+    for add in (_add_serve, _add_policy, _add_calibrate, _add_report, _add_deploy, _add_purge):
+        add(commands)
+    return root
 
 
 def _env(flag: str, default: str | None = None) -> str | None:
@@ -161,3 +158,88 @@ def _policy_check(args: argparse.Namespace) -> int:
         return 1
     print(f"{args.file}: ok ({len(policy.categories)} categories: {', '.join(policy.categories)})")
     return 0
+
+
+def _add_calibrate(commands: argparse._SubParsersAction) -> None:
+    from catcache.verify import calibrate
+
+    parser = commands.add_parser(
+        "calibrate", help="pick per-category thresholds from labeled pairs",
+        description=(calibrate.__doc__ or "").split("\n\n")[1].replace("\n", " "))
+    parser.add_argument("--pairs", type=Path, action="append", default=[],
+                        help='JSON lines: {"a": ..., "b": ..., "equivalent": true|false}; repeatable')
+    parser.add_argument("--stream", type=Path, action="append", default=[],
+                        help='JSON lines in arrival order: {"text": ..., "group": ..., "answer": ...}; each query '
+                             "is paired with its nearest earlier query and labeled by group (or agreeing answers); "
+                             "rows without answers next to a pairs.jsonl are labeled only where they form one of its "
+                             "pairs, as in the workloads; repeatable")
+    parser.add_argument("--target-precision", type=float, required=True,
+                        help="wanted share of correct answers among semantic hits, e.g. 0.98")
+    parser.add_argument("--policies", type=Path, default=Path("policies.yaml"), help="policy file to start from")
+    parser.add_argument("--out", type=Path, help="where to write the calibrated copy (default: <policies>.calibrated.yaml)")
+    parser.add_argument("--uniform", action="store_true", help="one threshold for every category, for comparison")
+    parser.add_argument("--trust-labels", action="store_true",
+                        help="count every 'different' label as a false hit (no label-error estimate)")
+    parser.add_argument("--ceiling", type=float, default=calibrate.CEILING,
+                        help=f"highest threshold to write (default {calibrate.CEILING}): above it the semantic tier "
+                             "would only see case and punctuation variants of a cached text")
+    parser.set_defaults(run=lambda args: calibrate.run(
+        args.pairs, args.stream, args.target_precision, args.policies, args.out, args.uniform, args.trust_labels,
+        args.ceiling))
+
+
+def _add_report(commands: argparse._SubParsersAction) -> None:
+    from catcache.reports import report
+
+    parser = commands.add_parser(
+        "report", help="hit rates and what the cache saved, per category",
+        description="Hit rates, near misses and what the cache saved, per category, from the counters "
+                    "every proxy keeps in Redis.")
+    parser.add_argument("--since", default="24h", help="window ending now: 90m, 24h, 7d (default 24h)")
+    parser.add_argument("--redis", default=_env("redis"),
+                        help="redis:// (or redis+cluster://) URL the proxies use; without it, the embedded Redis of --data-dir")
+    parser.add_argument("--data-dir", default=_env("data_dir"),
+                        help="data dir of a stopped `catcache serve` (default: the serve default)")
+    parser.add_argument("--format", choices=["table", "html", "json"], default="table")
+    parser.add_argument("--out", type=Path, help="write here instead of standard output")
+    parser.set_defaults(run=lambda args: report.run(args.since, args.redis, args.data_dir, args.format, args.out))
+
+
+def _add_deploy(commands: argparse._SubParsersAction) -> None:
+    from catcache.deploy import render
+
+    parser = commands.add_parser("deploy", help="render vllm serve command lines or Kubernetes manifests",
+                                 description=(render.__doc__ or "").split("\n\n")[0])
+    parser.add_argument("--policies", type=Path,
+                        help="policies.yaml (default: ./policies.yaml if present, else the built-in defaults)")
+    parser.add_argument("--format", choices=["shell", "k8s"], default="k8s")
+    parser.add_argument("--out", type=Path, help="write vllm-serve.sh or k8s.yaml into this directory (default: stdout)")
+    parser.add_argument("--image", default=render.CATCACHE_IMAGE, help="catcache container image (k8s)")
+    parser.add_argument("--vllm-image", default=render.VLLM_IMAGE, help="vLLM container image (k8s)")
+    parser.add_argument("--replicas", type=int, default=2, help="catcache proxy replicas at least (k8s)")
+    parser.add_argument("--max-replicas", type=int, help="catcache proxy replicas at most, for the autoscaler "
+                        "(k8s; default 4 x --replicas)")
+    parser.add_argument("--redis-shards", type=int, default=render.REDIS_SHARDS,
+                        help="Redis Cluster masters, each with one replica; 1 renders one Redis server (k8s)")
+    parser.set_defaults(run=lambda args: render.run(args.policies, args.format, args.out, args.image, args.vllm_image,
+                                                    args.replicas, args.max_replicas, args.redis_shards))
+
+
+def _add_purge(commands: argparse._SubParsersAction) -> None:
+    from catcache.store import purge
+
+    parser = commands.add_parser(
+        "purge", help="remove cached entries by category, tenant, age or key",
+        description="Remove cached entries from Redis; running proxies drop them from their indexes too "
+                    "(they follow Redis's event stream). Conditions given together must all hold.")
+    parser.add_argument("--category")
+    parser.add_argument("--tenant", help="tenant hash, as in the access log")
+    parser.add_argument("--older-than", help="age, e.g. 90m, 2d")
+    parser.add_argument("--key", help="an entry's id (the x-catcache-key response header)")
+    parser.add_argument("--all", action="store_true", help="every entry (alone)")
+    parser.add_argument("--redis", default=_env("redis"), help="redis:// URL the proxies use")
+    parser.add_argument("--data-dir", default=_env("data_dir"),
+                        help="data dir of a running or stopped `catcache serve` (default: the serve default)")
+    parser.set_defaults(run=lambda args: purge.run(
+        {"category": args.category, "tenant": args.tenant, "older_than": args.older_than, "key": args.key,
+         "all": args.all}, args.redis, args.data_dir))

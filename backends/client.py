@@ -37,11 +37,13 @@ KEEPALIVE_S = 3.0
 
 
 class _Released(httpx.AsyncByteStream):
-    """A response body that gives its replica's in-flight slot back when it is closed."""
+    """A response body that gives back, when it is closed, the in-flight slots its request took:
+    its replica's (the routing's load signal) and its backend's (the adaptive policy's). The one
+    place either count goes down once a response has arrived, whatever path closes it."""
 
-    def __init__(self, inner: httpx.AsyncByteStream, replica: Replica):
+    def __init__(self, inner: httpx.AsyncByteStream, replica: Replica, backend: BackendClient):
         self._inner = inner
-        self._replica: Replica | None = replica
+        self._slots: tuple[Replica, BackendClient] | None = (replica, backend)
 
     async def __aiter__(self) -> AsyncIterator[bytes]:
         async for chunk in self._inner:
@@ -51,9 +53,11 @@ class _Released(httpx.AsyncByteStream):
         try:
             await self._inner.aclose()
         finally:
-            if self._replica is not None:
-                self._replica.in_flight -= 1
-                self._replica = None
+            if self._slots is not None:
+                replica, backend = self._slots
+                replica.in_flight -= 1
+                backend.in_flight -= 1
+                self._slots = None
 
 
 class BackendClient:
@@ -85,9 +89,22 @@ class BackendClient:
                    query: str = "", affinity: str | None = None) -> httpx.Response:
         """Send and return as soon as the status line arrives; the caller reads and closes the body.
 
+        The request counts in `in_flight` from now until the body is closed (or the send fails).
         `affinity` names the request's prompt prefix (replicas.affinity_key); with several
         replicas, requests that share it go to the same one."""
         self._watch_health()
+        self.in_flight += 1
+        try:
+            response, replica = await self._send(method, path, headers, content, query, affinity)
+        except BaseException:
+            self.in_flight -= 1
+            raise
+        response.stream = _Released(response.stream, replica, self)
+        return response
+
+    async def _send(self, method: str, path: str, headers: dict[str, str], content: bytes, query: str,
+                    affinity: str | None) -> tuple[httpx.Response, Replica]:
+        """The first replica that takes the request; the replica's slot is taken until the body closes."""
         failure: httpx.HTTPError | None = None
         for replica in self.replicas.order(affinity):
             request = self._http.build_request(method, self.target(path, query, replica.url),
@@ -104,8 +121,7 @@ class BackendClient:
             except BaseException:
                 replica.in_flight -= 1
                 raise
-            response.stream = _Released(response.stream, replica)
-            return response
+            return response, replica
         assert failure is not None
         raise failure
 

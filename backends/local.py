@@ -15,14 +15,13 @@ import importlib.util
 import logging
 import subprocess
 import sys
-import time
 import zipfile
 from pathlib import Path
 
 import httpx
 
 from catcache.policy.schema import Backend, Policy
-from catcache.store.embedded import die_with_parent, free_port, stop_process
+from catcache.process import free_port, spawn, stop_process, wait_ready
 
 log = logging.getLogger("catcache.local")
 
@@ -112,9 +111,7 @@ class LocalModel:
         atexit.register(self.stop)
         args = [sys.executable, "-m", "catcache.backends.local_model", "--model", str(path), "--name", MODEL_NAME,
                 "--port", str(self._port), "--threads", str(self.threads)]
-        with open(self.log_path, "ab") as out:
-            self._process = subprocess.Popen(args, stdin=subprocess.DEVNULL, stdout=out, stderr=out,
-                                             preexec_fn=die_with_parent(), start_new_session=True)
+        self._process = spawn(args, self.log_path)
         if not self._wait_ready():
             status = self._process.poll()
             self.stop()
@@ -131,12 +128,12 @@ class LocalModel:
 
     def _wait_ready(self) -> bool:
         assert self._process is not None and self._port is not None
-        deadline = time.monotonic() + START_TIMEOUT
-        while time.monotonic() < deadline and self._process.poll() is None:
+        health = f"http://127.0.0.1:{self._port}/health"
+
+        def healthy() -> bool:
             try:
-                if httpx.get(f"http://127.0.0.1:{self._port}/health", timeout=1.0).status_code == 200:
-                    return True
+                return httpx.get(health, timeout=1.0).status_code == 200
             except httpx.HTTPError:
-                pass
-            time.sleep(0.2)
-        return False
+                return False
+
+        return wait_ready(self._process, healthy, START_TIMEOUT, interval=0.2)

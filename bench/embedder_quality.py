@@ -15,15 +15,15 @@ from __future__ import annotations
 
 import argparse
 import time
-from pathlib import Path
 
 import numpy as np
 
 from bench import output
 from bench.heldout import read_jsonl
+from bench.paths import add_workloads
+from bench.paths import workload as workload_folder
 from catcache.index.embedder import Embedder, model_path
 
-WORKLOADS = Path(__file__).parents[1] / "../shared/workloads"
 THRESHOLDS = (0.90, 0.92, 0.94, 0.95, 0.96, 0.97, 0.98, 0.99, 0.995)
 MODEL = "all-MiniLM-L6-v2"
 
@@ -82,11 +82,12 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--limit", type=int, help="only the first N texts of each stream")
     parser.add_argument("--latency-texts", type=int, default=300)
+    add_workloads(parser)
     args = parser.parse_args()
     encoders = {"torch fp32": TorchReference(), "onnx fp32": Embedder(MODEL), "onnx int8": Embedder(MODEL + ":int8")}
     result: dict[str, dict] = {}
     for workload in ("comqa-dev", "qqp-dev"):
-        texts = [q["text"] for q in read_jsonl(WORKLOADS / workload / "stream.jsonl")][: args.limit]
+        texts = [q["text"] for q in read_jsonl(workload_folder(args.workloads, workload) / "stream.jsonl")][: args.limit]
         vectors = {name: encoder.encode(texts) for name, encoder in encoders.items()}
         neighbours = {name: nearest_earlier(v) for name, v in vectors.items()}
         reference = vectors["torch fp32"]
@@ -94,7 +95,7 @@ def main() -> None:
             name: {"cosine_to_torch": output.percentiles((v * reference).sum(1), (0, 1, 50)),
                    "flips": flips(neighbours["torch fp32"], neighbours[name])}
             for name, v in vectors.items() if name != "torch fp32"}}
-    comqa = [q["text"] for q in read_jsonl(WORKLOADS / "comqa-dev" / "stream.jsonl")]
+    comqa = [q["text"] for q in read_jsonl(workload_folder(args.workloads, "comqa-dev") / "stream.jsonl")]
     result["latency_ms_one_text"] = latency(encoders, comqa[: args.latency_texts])
     for workload in ("comqa-dev", "qqp-dev"):
         runs = {k: v for k, v in result[workload].items() if k != "texts"}

@@ -18,6 +18,7 @@ from pathlib import Path
 
 import numpy as np
 
+from bench.paths import add_workloads, workload
 from catcache.verify.labels import Grader, neighbour_pairs, normalise
 
 TRAIN, HELDOUT = 0, 1
@@ -93,11 +94,6 @@ def labeled_pairs(workload: str | Path, half: int) -> list[dict]:
     return [p for p in pairs if halves.get(normalise(p["a"])) == halves.get(normalise(p["b"])) == half]
 
 
-def load_split(workload: str | Path) -> tuple[list[dict], list[dict]]:
-    """(half-0 training pairs, half-1 measured stream) of a workload folder."""
-    return labeled_pairs(workload, TRAIN), split_stream(workload, HELDOUT)
-
-
 def training_pairs(workload: str | Path, encode: Callable[[list[str]], np.ndarray]) -> list[dict]:
     """Half 0 of a workload as labeled pairs: its labeled pairs and its stream's graded neighbours."""
     folder = Path(workload)
@@ -109,11 +105,13 @@ def training_pairs(workload: str | Path, encode: Callable[[list[str]], np.ndarra
 def main() -> None:
     parser = argparse.ArgumentParser(description="Write a workload's calibration half (stream.jsonl and pairs.jsonl) "
                                                  "into a folder, for `catcache calibrate --stream FOLDER/stream.jsonl`.")
-    parser.add_argument("--workload", type=Path, default=Path(__file__).parents[1] / "../shared/workloads/comqa-dev")
+    parser.add_argument("--workload", default="comqa-dev", help="a workload's name or folder")
+    add_workloads(parser)
     parser.add_argument("--out", type=Path, required=True, help="a folder")
     args = parser.parse_args()
+    folder = workload(args.workloads, args.workload)
     args.out.mkdir(parents=True, exist_ok=True)
-    for name, rows in (("stream", split_stream(args.workload, TRAIN)), ("pairs", labeled_pairs(args.workload, TRAIN))):
+    for name, rows in (("stream", split_stream(folder, TRAIN)), ("pairs", labeled_pairs(folder, TRAIN))):
         (args.out / f"{name}.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows), encoding="utf-8")
         print(f"{len(rows)} half-{TRAIN} {name} rows -> {args.out / name}.jsonl")
 

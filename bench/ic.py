@@ -31,13 +31,13 @@ import numpy as np
 
 from bench.heldout import group_half, read_jsonl
 from bench.output import fmt, save, show
+from bench.paths import add_workloads, scratch, workload
 from catcache.backends.ic import in_context_request
 from catcache.backends.local import LocalModel
 from catcache.index.embedder import Embedder
-from catcache.verify.verifiers import load_verifier
 from catcache.store.documents import Document
+from catcache.verify.verifiers import load_verifier
 
-WORKLOAD = Path("/work/shared/workloads/comqa-dev/stream.jsonl")
 SYSTEM = "Answer the question in one short sentence."
 FLOOR = 0.80  # the share of IC answers that must be right among those the router keeps
 
@@ -140,16 +140,17 @@ def routed(items: list[dict], signal: str, cut: float) -> dict:
 
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--workload", type=Path, default=WORKLOAD)
+    parser.add_argument("--workload", default="comqa-dev", help="a workload's name or folder")
+    add_workloads(parser)
     parser.add_argument("--per-half", type=int, default=60, help="near misses answered per half (seeded sample)")
     parser.add_argument("--low", type=float, default=0.90, help="ic.low of the factual category")
     parser.add_argument("--threshold", type=float, default=0.995, help="the factual category's threshold")
     parser.add_argument("--k", type=int, default=3)
     parser.add_argument("--threads", type=int, default=1, help="torch threads of the bundled model")
-    parser.add_argument("--data-dir", type=Path, default=Path("/tmp/catcache-bench-ic"))
+    parser.add_argument("--data-dir", type=Path, default=scratch("catcache-bench-ic"))
     parser.add_argument("--seed", type=int, default=13)
     parser.add_argument("--out", type=Path, default=None)
-    parser.add_argument("--answers", type=Path, default=Path("/tmp/catcache-bench-ic/answers.jsonl"),
+    parser.add_argument("--answers", type=Path, default=scratch("catcache-bench-ic") / "answers.jsonl",
                         help="each graded near miss is appended here as it is done; --report reads it back")
     parser.add_argument("--report", action="store_true", help="only print the tables of an --answers file")
     args = parser.parse_args(argv)
@@ -157,7 +158,7 @@ def main(argv: list[str] | None = None) -> None:
         report(*read_answers(args.answers), args)
         return
 
-    rows = read_jsonl(args.workload)
+    rows = read_jsonl(workload(args.workloads, args.workload) / "stream.jsonl")
     args.answers.parent.mkdir(parents=True, exist_ok=True)
     args.answers.write_text("")
     embedder = Embedder()

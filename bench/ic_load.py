@@ -44,16 +44,15 @@ from pathlib import Path
 import httpx
 import numpy as np
 import yaml
-
 from openai import AsyncOpenAI
 
 from bench import output, replay, stack
 from bench.heldout import HELDOUT, labeled_pairs, split_stream
 from bench.ic import SYSTEM, correct, gold_sentence
+from bench.paths import add_workloads, scratch, workload
 from catcache.backends.local import MODEL_NAME, LocalModel
 from catcache.verify.labels import Grader
 
-WORKLOAD = Path(__file__).parents[1] / "../shared/workloads/comqa-dev"
 ARMS = {"off": (False, False, False), "ic": (True, False, False), "ic-capped": (True, True, False),
         "adaptive": (False, False, True), "ic-capped+adaptive": (True, True, True)}  # (IC, capped, adaptive)
 SAMPLING = {"max_tokens": 32, "temperature": 0, "logprobs": True}
@@ -190,7 +189,8 @@ def show(title: str, results: dict[str, dict]) -> None:
 
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--workload", type=Path, default=WORKLOAD)
+    parser.add_argument("--workload", default="comqa-dev", help="a workload's name or folder")
+    add_workloads(parser)
     parser.add_argument("--limit", type=int, default=600, help="the first N queries of the half")
     parser.add_argument("--half", type=int, choices=(0, 1), default=HELDOUT,
                         help="1 measures; 0, the calibration half, is where router cuts are chosen")
@@ -205,10 +205,11 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--small-full-at", type=int, default=1,
                         help="small_full_at of the capped arms: the bundled model runs one generation at a time")
     parser.add_argument("--policies", type=Path, default=stack.DEFAULT_POLICIES)
-    parser.add_argument("--data-dir", type=Path, default=Path("/tmp/catcache-bench-ic"),
+    parser.add_argument("--data-dir", type=Path, default=scratch("catcache-bench-ic"),
                         help="where the small model's GGUF is kept between runs")
     parser.add_argument("--name", default="ic_load", help="results file: bench/results/NAME.json")
     args = parser.parse_args(argv)
+    args.workload = workload(args.workloads, args.workload)
     arms = args.arms.split(",")
     unknown = [a for a in arms if a not in ARMS]
     if unknown:
@@ -224,7 +225,7 @@ def main(argv: list[str] | None = None) -> None:
     try:
         small_url = small.start()
         probe = probe_small(small_url, queries)
-        with stack.test_server("tests.backend", "--think-ms", str(args.think_ms), "--tokens-per-s",
+        with stack.test_server("catcache.testing.backend", "--think-ms", str(args.think_ms), "--tokens-per-s",
                                str(args.tokens_per_s), "--slots", str(args.slots), "--replies", out.name) as large:
             for name in arms:
                 ic, capped, adaptive = ARMS[name]

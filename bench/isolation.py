@@ -15,81 +15,16 @@ hit is a hit whose answer was generated for another tenant.
 from __future__ import annotations
 
 import argparse
-import asyncio
 import multiprocessing
-import random
-import re
 import tempfile
-import time
-from collections import Counter
-from dataclasses import dataclass, field
 from pathlib import Path
 
-import openai
 import yaml
 
 from bench import output, stack
+from catcache.testing.traffic import Tally, drive
 
 ROOT = Path(__file__).parents[1]
-GENERATED = {"miss", "bypass", "ic"}  # outcomes whose answer the backend made for this request
-QUESTIONS = [f"Question {i}: what is the story behind the {noun}?" for i, noun in enumerate(
-    "lighthouse violin glacier compass teapot volcano lantern harbor orchard comet bridge "
-    "windmill canyon typewriter telescope cathedral bicycle meteor anchor quilt".split())]
-NUMBER = re.compile(r"Answer #(\d+)")
-
-
-@dataclass
-class Tally:
-    answers: list[tuple[int, str, int]] = field(default_factory=list)  # (tenant, outcome, answer number)
-    errors: list[str] = field(default_factory=list)
-    seconds: float = 0.0
-
-    def outcomes(self) -> Counter:
-        return Counter(outcome for _, outcome, _ in self.answers)
-
-    def cross_tenant(self) -> list[tuple[int, str, int]]:
-        """Hits whose answer was generated for another tenant, or for no request seen at all."""
-        owner = {number: tenant for tenant, outcome, number in self.answers if outcome in GENERATED}
-        return [a for a in self.answers if a[1] not in GENERATED and owner.get(a[2]) != a[0]]
-
-
-async def ask(api: openai.AsyncOpenAI, question: str, stream: bool) -> tuple[str, str]:
-    raw = await api.chat.completions.with_raw_response.create(
-        model="test-model", messages=[{"role": "user", "content": question}], stream=stream)
-    parsed = raw.parse()
-    if stream:
-        text = "".join([c.choices[0].delta.content or "" async for c in parsed if c.choices])
-    else:
-        text = parsed.choices[0].message.content or ""
-    return raw.headers.get("x-catcache", ""), text
-
-
-async def drive(clients: list[openai.AsyncOpenAI], requests: int, concurrency: int, seed: int = 1) -> Tally:
-    """`requests` requests from len(clients) tenants, `concurrency` at a time: 70% exact repeats,
-    20% lower-case paraphrases, 10% streams, over the same questions for every tenant."""
-    rng = random.Random(seed)
-    plan = iter([(rng.randrange(len(clients)), rng.randrange(len(QUESTIONS)), rng.random())
-                 for _ in range(requests)])
-    tally = Tally()
-
-    async def worker() -> None:
-        for tenant, index, draw in plan:
-            question = QUESTIONS[index].lower() if 0.7 <= draw < 0.9 else QUESTIONS[index]
-            try:
-                outcome, text = await ask(clients[tenant], question, stream=draw >= 0.9)
-                found = NUMBER.search(text)
-                if found is None:
-                    raise ValueError(f"an answer the test backend did not make: {text[:80]!r}")
-                tally.answers.append((tenant, outcome, int(found.group(1))))
-            except (openai.OpenAIError, ValueError) as exc:
-                tally.errors.append(repr(exc))
-
-    started = time.perf_counter()
-    await asyncio.gather(*(worker() for _ in range(concurrency)))
-    tally.seconds = time.perf_counter() - started
-    return tally
-
-
 def pointed_policies(source: Path, backend_url: str, out: Path) -> Path:
     """`source` with every backend pointed at `backend_url`."""
     policy = yaml.safe_load(source.read_text())
@@ -103,7 +38,7 @@ def shard(redis_url: str, backend_url: str, policies: Path, tenants: int, reques
           seed: int) -> Tally:
     """One proxy's share: its own in-process app on the shared Redis and backend, all the tenants."""
     from catcache.proxy.app import Settings
-    from tests.inprocess import in_process
+    from catcache.testing.inprocess import in_process
 
     with in_process(Settings(backend=backend_url, redis_url=redis_url, policies=policies)) as proxy:
         clients = [proxy.openai(f"sk-tenant-{i:03d}") for i in range(tenants)]

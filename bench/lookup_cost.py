@@ -24,8 +24,8 @@ from redis.asyncio import Redis
 
 from bench import output, synthetic
 from bench.heldout import read_jsonl
+from bench.paths import add_workloads, workload
 from bench.stack import DEFAULT_POLICIES
-from bench.workload import QQP_DEV
 from catcache.categories.classifier import Classifier, RequestTraits
 from catcache.index.embedder import Embedder
 from catcache.index.hnsw import CategoryIndex
@@ -44,7 +44,7 @@ async def lookups(texts: list[str], vectors: np.ndarray, encode: Callable[[list[
     for text, precomputed in zip(texts, vectors):
         started = time.perf_counter()
         body = {"model": "test-model", "messages": [{"role": "user", "content": text}]}
-        canon = canonicalise("chat", body, "tenant-hash")
+        canon = canonicalise("chat", body)
         traits = RequestTraits(canon.model, "/v1/chat/completions", None, canon.query_text, canon.has_code)
         ruled = classifier.by_rules(traits)
         await store.get_many([canon.functional_key])
@@ -79,11 +79,13 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--entries", type=int, default=100_000)
     parser.add_argument("--queries", type=int, default=500)
-    parser.add_argument("--stream", type=Path, default=QQP_DEV / "stream.jsonl")
+    parser.add_argument("--stream", type=Path, help="a stream.jsonl (default: qqp-dev's)")
+    add_workloads(parser)
     parser.add_argument("--policies", type=Path, default=DEFAULT_POLICIES)
     parser.add_argument("--name", default="lookup_cost")
     args = parser.parse_args()
-    texts = [q["text"] for q in read_jsonl(args.stream)[: args.queries]]
+    stream = args.stream or workload(args.workloads, "qqp-dev") / "stream.jsonl"
+    texts = [q["text"] for q in read_jsonl(stream)[: args.queries]]
     result = asyncio.run(measure(args.entries, texts, args.policies))
     output.show(f"lookup cost of a miss at {args.entries} entries (ms)", ["lookup", "p50", "p99"], [
         ["without embedding", *result["without_embedding_ms"].values()],

@@ -3,7 +3,7 @@
     python -m bench.overhead [--queries 300] [--think-ms 0 --tokens-per-s 0] [--baseline DIR]
 
 One run, through the OpenAI SDK, in front of two backends in their own process: the uvicorn test
-backend and a plain `http.server` one (`tests.plain_backend`: no TCP_NODELAY, response head and
+backend and a plain `http.server` one (`catcache.testing.plain_backend`: no TCP_NODELAY, response head and
 body written apart, as many small servers do). With `--baseline DIR`, a second catcache run from
 the source folder DIR (an older checkout) stands beside this one in every round:
 - miss: each round sends one new query straight to the backend and another new query through
@@ -149,7 +149,7 @@ def main() -> None:
     parser.add_argument("--think-ms", type=float, default=0)
     parser.add_argument("--tokens-per-s", type=float, default=0)
     parser.add_argument("--servers", default="uvicorn,plain",
-                        help="backends to measure in front of: uvicorn (tests.backend), plain (tests.plain_backend); "
+                        help="backends to measure in front of: uvicorn (catcache.testing.backend), plain (catcache.testing.plain_backend); "
                              "hits per second are measured in front of the first only")
     parser.add_argument("--baseline", type=Path,
                         help="a catcache source folder (e.g. an older checkout) to run side by side as the baseline")

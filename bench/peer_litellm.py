@@ -21,8 +21,8 @@ from pathlib import Path
 
 import yaml
 
-from catcache.store.embedded import die_with_parent, free_port, stop_process
-from tests.util import wait_http
+from catcache.process import die_with_parent, free_port, stop_process
+from catcache.testing.proxy import wait_http
 
 DOCS_EXAMPLE_SIMILARITY = 0.8
 MODEL = "test-model"

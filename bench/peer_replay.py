@@ -20,7 +20,7 @@ from typing import Protocol
 
 from openai import OpenAI
 
-from bench import output
+from bench import output, workload
 from catcache.verify.labels import Grader
 
 ANSWER = re.compile(r"Answer #(\d+)")
@@ -114,7 +114,7 @@ def proxy_lookup(base_url: str, api_key: str, model: str, known: set[int | None]
 def grade(queries: Sequence[dict], sources: Sequence[int | None], grader: Grader) -> dict:
     """Hit rate (right hits / servable queries) and false-hit rate (wrong / graded hits)."""
     repeatable = hits = false = correct = 0
-    for query, source, servable in zip(queries, sources, grader.servable(list(queries))):
+    for query, source, servable in zip(queries, sources, workload.servable(grader, list(queries))):
         repeatable += servable
         if source is not None:
             hits += 1

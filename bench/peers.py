@@ -1,6 +1,6 @@
 """catcache side by side with RedisVL, LiteLLM and GPTCache: same streams, same MiniLM vectors, same backend.
 
-    python -m bench.peers --litellm VENV/bin/litellm [--limit 1000] [--workloads ../shared/workloads]
+    python -m bench.peers --litellm VENV/bin/litellm [--limit 1000] [--workloads DIR]
 
 - Streams: the measurement half of comqa-dev and of qqp-dev (bench/heldout.py), QQP graded on
   labeled pairs only; the first `--limit` queries of each, replayed in order, one at a time.
@@ -32,6 +32,7 @@ import redis
 
 from bench import output, peer_costs, peer_probes, stack
 from bench.heldout import HELDOUT, TRAIN, labeled_pairs, split_stream
+from bench.paths import add_workloads, workload
 from bench.peer_gptcache import DEFAULT_COSINE as GPTCACHE_DEFAULT
 from bench.peer_gptcache import GPTCachePeer
 from bench.peer_litellm import DOCS_EXAMPLE_SIMILARITY
@@ -42,18 +43,17 @@ from bench.peer_replay import Library, best_under, exact_probe, grade, proxy_loo
 from bench.redis_search import search_redis
 from catcache.verify.labels import Grader
 
-ROOT = Path(__file__).parents[1]
-WORKLOADS = ROOT / "../shared/workloads"
 BOUNDS = {"comqa-dev": 0.02, "qqp-dev": 0.03}  # the false-hit rate each hit rate is read at
 SWEEP = (0.80, 0.85, 0.88, 0.90, 0.92, 0.94, 0.95, 0.96, 0.97, 0.98, 0.99)
 EXACT_PROBES = 200
 MODEL = "test-model"
 
 
-def load(workloads: Path, name: str, limit: int | None, half: int = HELDOUT) -> tuple[list[dict], Grader]:
+def load(workloads: Path | None, name: str, limit: int | None, half: int = HELDOUT) -> tuple[list[dict], Grader]:
     """One half of a workload (the measurement half unless told), cut to `limit` queries, and its grading rule."""
-    queries = split_stream(workloads / name, half)[:limit]
-    return queries, Grader.for_rows(queries, labeled_pairs(workloads / name, half))
+    folder = workload(workloads, name)
+    queries = split_stream(folder, half)[:limit]
+    return queries, Grader.for_rows(queries, labeled_pairs(folder, half))
 
 
 class Vectors:
@@ -117,8 +117,8 @@ def proxy_run(base_url: str, api_key: str, model: str, queries: list[dict], grad
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--workloads", type=Path, default=WORKLOADS, help="the folder holding comqa-dev and qqp-dev")
-    parser.add_argument("--streams", default=",".join(BOUNDS), help="comma-separated workload names")
+    add_workloads(parser)
+    parser.add_argument("--streams", default=",".join(BOUNDS), help="comma-separated workload names or folders")
     parser.add_argument("--limit", type=int, default=1000, help="replay the first N queries of each stream")
     parser.add_argument("--litellm", type=Path, help="the `litellm` executable of a venv with litellm[proxy]; "
                                                      "without it LiteLLM is skipped")
@@ -180,7 +180,7 @@ def side_by_side(args: argparse.Namespace, parts: set[str], vectors: Vectors) ->
         for name, (queries, grader) in loaded.items():
             print(f"{name}: {len(queries)} queries, load average {load_average()}", flush=True)
             vectors.prepare([q["text"] for q in queries])
-            row: dict = {"queries": len(queries), "bound": BOUNDS.get(name, 0.02)}
+            row: dict = {"queries": len(queries), "bound": BOUNDS.get(Path(name).name, 0.02)}
             calibration, calibration_grader = load(args.workloads, name, args.limit, TRAIN)
             vectors.prepare([q["text"] for q in calibration])
             for peer, (make, default) in peer_makers(vectors.lookup, redis.url, len(queries)).items():

@@ -16,77 +16,16 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import itertools
 import tempfile
 import time
 from contextlib import ExitStack
 from pathlib import Path
 
-import httpx
-
 from bench import output, stack
 from bench.overhead import probes
 from catcache.store.embedded import EmbeddedRedis
-from tests.util import ProxyProcess
-
-POLL_S = 0.02
-
-
-async def store(http: httpx.AsyncClient, base_url: str, text: str) -> str:
-    """Send `text` as a new question; the answer it was given (and stored)."""
-    response = await http.post(f"{base_url}/chat/completions",
-                               json={"model": "test-model", "messages": [{"role": "user", "content": text}]})
-    response.raise_for_status()
-    assert response.headers["x-catcache"] == "miss", response.headers["x-catcache"]
-    return response.json()["choices"][0]["message"]["content"]
-
-
-async def is_hit(http: httpx.AsyncClient, base_url: str, text: str) -> bool:
-    """One lookup of `text` that stores nothing if it misses."""
-    body = {"model": "test-model", "stream": True, "messages": [{"role": "user", "content": text}]}
-    async with http.stream("POST", f"{base_url}/chat/completions", json=body,
-                           headers={"x-test-truncate": "1"}) as response:
-        return response.headers.get("x-catcache", "").startswith("hit")
-
-
-async def seconds_until_hit(http: httpx.AsyncClient, base_url: str, text: str, deadline_s: float) -> float | None:
-    """Seconds from now until `base_url` serves `text` from the cache; None past `deadline_s`."""
-    started = time.perf_counter()
-    while time.perf_counter() - started < deadline_s:
-        if await is_hit(http, base_url, text):
-            return time.perf_counter() - started
-        await asyncio.sleep(POLL_S)
-    return None
-
-
-async def propagation(urls: list[str], texts: list[str], deadline_s: float, api_key: str) -> list[float | None]:
-    """For each text: store it through one proxy (in turn), then the delay until every other serves it."""
-    delays: list[float | None] = []
-    async with httpx.AsyncClient(timeout=30, headers={"authorization": f"Bearer {api_key}"}) as http:
-        for n, text in enumerate(texts):
-            origin = urls[n % len(urls)]
-            await store(http, origin, text)
-            others = [url for url in urls if url != origin]
-            found = await asyncio.gather(*(seconds_until_hit(http, url, text.lower(), deadline_s) for url in others))
-            delays.extend(found)
-    return delays
-
-
-async def load(urls: list[str], concurrency: int, stop: asyncio.Event) -> int:
-    """New questions to every proxy in turn until `stop`; the number sent."""
-    sent = itertools.count()
-    async with httpx.AsyncClient(timeout=30, headers={"authorization": "Bearer sk-load"}) as http:
-        async def worker(offset: int) -> None:
-            for n in itertools.count(offset, concurrency):
-                if stop.is_set():
-                    return
-                body = {"model": "test-model",
-                        "messages": [{"role": "user", "content": f"Load question {n} {time.time_ns()}?"}]}
-                await http.post(f"{urls[n % len(urls)]}/chat/completions", json=body)
-                next(sent)
-
-        await asyncio.gather(*(worker(i) for i in range(concurrency)))
-    return next(sent)
+from catcache.testing.proxy import ProxyProcess
+from catcache.testing.traffic import load, propagation
 
 
 async def measure(urls: list[str], texts: list[str], concurrency: int) -> tuple[list[float | None], float]:

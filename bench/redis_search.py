@@ -16,7 +16,7 @@ from pathlib import Path
 
 import redis
 
-from catcache.store.embedded import die_with_parent, free_port, stop_process
+from catcache.process import die_with_parent, free_port, stop_process
 
 START_TIMEOUT = 300.0  # a restart replays the whole dump and re-indexes it
 

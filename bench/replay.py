@@ -129,7 +129,7 @@ def grade(queries: list[dict], answers: list[Answer], limits: dict[str, float],
                "miss", "ic", "bypass", "near_misses", "tokens_saved", "time_saved_s")
     rows: dict[str, dict] = defaultdict(lambda: defaultdict(float, dict.fromkeys(counted, 0.0)))
     latencies: dict[str, dict[str, list[float]]] = defaultdict(lambda: {"hit": [], "miss": []})
-    for i, (query, answer, repeatable) in enumerate(zip(queries, answers, grader.servable(queries))):
+    for i, (query, answer, repeatable) in enumerate(zip(queries, answers, workload.servable(grader, queries))):
         for name in (query.get("category", "-"), "overall"):
             row = rows[name]
             row["queries"] += 1

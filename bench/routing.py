@@ -31,7 +31,7 @@ import yaml
 
 from bench import output
 from bench.stack import DEFAULT_POLICIES, test_server
-from tests.util import ProxyProcess
+from catcache.testing.proxy import ProxyProcess
 
 MODES = ("round-robin", "prefix")
 
@@ -39,7 +39,7 @@ MODES = ("round-robin", "prefix")
 @contextmanager
 def replica(args: argparse.Namespace) -> Iterator[str]:
     """One test backend with a prefix cache, in its own process; yields its base URL."""
-    with test_server("tests.backend", "--think-ms", str(args.think_ms), "--prefix-ms", str(args.prefix_ms),
+    with test_server("catcache.testing.backend", "--think-ms", str(args.think_ms), "--prefix-ms", str(args.prefix_ms),
                            "--prefix-slots", str(args.slots)) as url:
         yield url
 

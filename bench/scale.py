@@ -26,7 +26,6 @@ import tempfile
 import time
 from pathlib import Path
 
-import numpy as np
 from redis.asyncio import Redis
 
 from bench import output, synthetic

@@ -15,19 +15,15 @@ from pathlib import Path
 
 import yaml
 
-from catcache.store.embedded import die_with_parent
-from tests.util import ProxyProcess, free_port, wait_http
+from catcache.process import die_with_parent
+from catcache.testing.proxy import DEFAULT_POLICIES, ProxyProcess, free_port, wait_http
 
-ROOT = Path(__file__).parents[1]
-DEFAULT_POLICIES = ROOT / "policies.yaml"
-
-
-SERVERS = {"uvicorn": "tests.backend", "plain": "tests.plain_backend"}
+SERVERS = {"uvicorn": "catcache.testing.backend", "plain": "catcache.testing.plain_backend"}
 
 
 @contextmanager
 def backend(think_ms: float, tokens_per_s: float, server: str = "uvicorn") -> Iterator[str]:
-    """`python -m tests.backend` (or `tests.plain_backend`) on a free port; yields its base URL (ending in /v1).
+    """`python -m catcache.testing.backend` (or `.plain_backend`) on a free port; yields its base URL (ending in /v1).
     The plain server has no token rate: it answers whole after `think_ms`."""
     rate = ["--tokens-per-s", str(tokens_per_s)] if server == "uvicorn" else []
     with test_server(SERVERS[server], "--think-ms", str(think_ms), *rate) as url:
@@ -40,7 +36,7 @@ def test_server(module: str, *args: str) -> Iterator[str]:
     port = free_port()
     process = subprocess.Popen(
         [sys.executable, "-m", module, "--port", str(port), *args],
-        cwd=ROOT, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, preexec_fn=die_with_parent(),
+        stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, preexec_fn=die_with_parent(),
     )
     try:
         wait_http(f"http://127.0.0.1:{port}/v1/models", process=process)

@@ -23,15 +23,17 @@ import shutil
 import time
 from pathlib import Path
 
-WORKLOADS = Path(__file__).parents[1] / "../shared/workloads"
+from bench.paths import add_workloads
+
 BASE_FILES = ("config.json", "tokenizer.json", "tokenizer_config.json", "vocab.txt", "special_tokens_map.json")
 
 
-def prepare(out: Path, dense_above: float = 0.70) -> None:
+def prepare(out: Path, workloads: Path | None = None, dense_above: float = 0.70) -> None:
     import numpy as np
     from safetensors.numpy import load_file, save_file
 
     from bench.heldout import HELDOUT, TRAIN, labeled_pairs, split_stream, training_pairs
+    from bench.paths import workload
     from catcache.index.embedder import Embedder, model_path
     from catcache.verify.labels import Grader, neighbour_pairs, normalise
 
@@ -40,7 +42,7 @@ def prepare(out: Path, dense_above: float = 0.70) -> None:
     train: dict[frozenset, dict] = {}
     heldout = []
     for name in ("comqa-dev", "qqp-dev"):
-        folder = WORKLOADS / name
+        folder = workload(workloads, name)
         for pair in training_pairs(folder, encode):
             train.setdefault(frozenset((normalise(pair["a"]), normalise(pair["b"]))), {**pair, "workload": name})
         stream = split_stream(folder, TRAIN)
@@ -189,6 +191,7 @@ def main() -> None:
     commands = parser.add_subparsers(dest="command", required=True)
     p = commands.add_parser("prepare")
     p.add_argument("--out", type=Path, required=True)
+    add_workloads(p)
     t = commands.add_parser("train")
     t.add_argument("folder", type=Path)
     t.add_argument("--layers", type=int, default=6)
@@ -202,7 +205,7 @@ def main() -> None:
     e.add_argument("--out", type=Path, default=Path(__file__).parent / "results" / "cross_encoder.json")
     args = parser.parse_args()
     if args.command == "prepare":
-        prepare(args.out)
+        prepare(args.out, args.workloads)
     elif args.command == "evaluate":
         evaluate(args.folder, args.scores, args.out)
     else:

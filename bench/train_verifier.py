@@ -18,10 +18,11 @@ import numpy as np
 from sklearn.ensemble import GradientBoostingClassifier
 
 from bench.heldout import training_pairs
+from bench.paths import add_workloads
+from bench.paths import workload as workload_folder
 from catcache.verify.pairdiff import FEATURES, features
 from catcache.verify.verifiers import PAIR_CLASSIFIER
 
-WORKLOADS = Path(__file__).parents[1] / "../shared/workloads"
 
 def examples(workloads: list[Path], encode) -> tuple[np.ndarray, np.ndarray]:
     """Feature rows and labels from half 0 of each workload (bench/heldout.py training_pairs)."""
@@ -56,14 +57,15 @@ def export(model: GradientBoostingClassifier) -> dict:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--workload", type=Path, action="append", default=[],
-                        help="a workload folder; repeatable (default: comqa-dev and qqp-dev)")
+    parser.add_argument("--workload", action="append", default=[],
+                        help="a workload's name or folder; repeatable (default: comqa-dev and qqp-dev)")
+    add_workloads(parser)
     parser.add_argument("--out", type=Path, default=PAIR_CLASSIFIER)
     args = parser.parse_args()
 
     from catcache.index.embedder import Embedder
 
-    workloads = args.workload or [WORKLOADS / "comqa-dev", WORKLOADS / "qqp-dev"]
+    workloads = [workload_folder(args.workloads, name) for name in args.workload or ["comqa-dev", "qqp-dev"]]
     x, y = examples(workloads, Embedder().encode)
     model = fit(x, y)
     args.out.parent.mkdir(parents=True, exist_ok=True)

@@ -28,10 +28,12 @@ from rich.console import Console
 from rich.table import Table
 
 from bench.heldout import HELDOUT, labeled_pairs, split_stream
+from bench.paths import add_workloads, workload
+from bench.workload import servable
 from catcache.categories.classifier import Classifier, RequestTraits
+from catcache.policy.loader import load_policy
 from catcache.verify.labels import Grader
 from catcache.verify.verifiers import Verifier, load_verifier
-from catcache.policy.loader import load_policy
 
 ROOT = Path(__file__).parents[1]
 
@@ -60,7 +62,7 @@ def prepare(stream: list[dict], policies: Path, grader: Grader) -> Replayed:
         classifier.classify(RequestTraits("gpt-4o-mini", "/v1/chat/completions", None, t, "```" in t), v).category
         for t, v in zip(texts, vectors)
     ]
-    return Replayed(stream, texts, grader.servable(stream), [q.get("category", "-") for q in stream], categories,
+    return Replayed(stream, texts, servable(grader, stream), [q.get("category", "-") for q in stream], categories,
                     vectors @ vectors.T)
 
 
@@ -166,13 +168,15 @@ def percentile(values: list[float], q: float) -> float:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--workload", type=Path, default=ROOT / "../shared/workloads/comqa-dev")
+    parser.add_argument("--workload", default="comqa-dev", help="a workload's name or folder")
+    add_workloads(parser)
     parser.add_argument("--policies", type=Path, default=ROOT / "policies.yaml")
     parser.add_argument("--out", type=Path, help="default: bench/results/verify_sweep-<workload>.json")
     parser.add_argument("--compare", type=Path, action="append", default=[], metavar="POLICIES",
                         help="also replay this policy file's thresholds (e.g. from catcache calibrate) next to "
                              "one uniform threshold at the same overall false-hit rate; repeatable")
     args = parser.parse_args()
+    args.workload = workload(args.workloads, args.workload)
 
     stream = split_stream(args.workload, HELDOUT)
     grader = Grader.for_rows(stream, labeled_pairs(args.workload, HELDOUT))

@@ -7,7 +7,6 @@ written by hand in a second place.
 
 from __future__ import annotations
 
-import argparse
 import math
 import re
 import shlex
@@ -368,47 +367,33 @@ def _service(name: str, port: int, *, component: str, port_name: str = "http") -
             "spec": {"selector": _selector(name), "ports": [{"name": port_name, "port": port, "targetPort": port}]}}
 
 
-def add_parser(subparsers: argparse._SubParsersAction) -> None:
-    deploy = subparsers.add_parser("deploy", help="render vllm serve command lines or Kubernetes manifests",
-                                   description=__doc__.split("\n\n")[0])
-    deploy.add_argument("--policies", type=Path,
-                        help="policies.yaml (default: ./policies.yaml if present, else the built-in defaults)")
-    deploy.add_argument("--format", choices=["shell", "k8s"], default="k8s")
-    deploy.add_argument("--out", type=Path, help="write vllm-serve.sh or k8s.yaml into this directory (default: stdout)")
-    deploy.add_argument("--image", default=CATCACHE_IMAGE, help="catcache container image (k8s)")
-    deploy.add_argument("--vllm-image", default=VLLM_IMAGE, help="vLLM container image (k8s)")
-    deploy.add_argument("--replicas", type=int, default=2, help="catcache proxy replicas at least (k8s)")
-    deploy.add_argument("--max-replicas", type=int, help="catcache proxy replicas at most, for the autoscaler "
-                        "(k8s; default 4 x --replicas)")
-    deploy.add_argument("--redis-shards", type=int, default=REDIS_SHARDS,
-                        help="Redis Cluster masters, each with one replica; 1 renders one Redis server (k8s)")
-    deploy.set_defaults(run=run)
-
-
-def run(args: argparse.Namespace) -> int:
+def run(policies: Path | None = None, output_format: str = "k8s", out: Path | None = None,
+        image: str = CATCACHE_IMAGE, vllm_image: str = VLLM_IMAGE, replicas: int = 2, max_replicas: int | None = None,
+        redis_shards: int = REDIS_SHARDS) -> int:
+    """`catcache deploy`: render the policy's vllm serve lines or manifests, to stdout or into `out`."""
     from catcache.policy.loader import PolicyError, load_policy
 
-    path = args.policies or (Path("policies.yaml") if Path("policies.yaml").is_file() else None)
+    path = policies or (Path("policies.yaml") if Path("policies.yaml").is_file() else None)
     try:
         policy = load_policy(path)
-        if args.format == "shell":
+        if output_format == "shell":
             text, filename = render_shell(policy), "vllm-serve.sh"
         else:
-            text = render_k8s(policy, image=args.image, vllm_image=args.vllm_image, replicas=args.replicas,
-                              max_replicas=args.max_replicas, redis_shards=args.redis_shards)
+            text = render_k8s(policy, image=image, vllm_image=vllm_image, replicas=replicas,
+                              max_replicas=max_replicas, redis_shards=redis_shards)
             filename = "k8s.yaml"
     except (PolicyError, ValueError) as exc:
         print(f"catcache deploy: {exc}", file=sys.stderr)
         return 2
     if not vllm_backends(policy):
         print("catcache deploy: no backend has a vllm: section; nothing to run vLLM for", file=sys.stderr)
-    if args.out is None:
+    if out is None:
         sys.stdout.write(text)
         return 0
-    args.out.mkdir(parents=True, exist_ok=True)
-    target = args.out / filename
+    out.mkdir(parents=True, exist_ok=True)
+    target = out / filename
     target.write_text(text, encoding="utf-8")
-    if args.format == "shell":
+    if output_format == "shell":
         target.chmod(0o755)
     print(f"wrote {target}", file=sys.stderr)
     return 0

@@ -6,7 +6,7 @@ import orjson
 from fastapi import APIRouter, Request
 from fastapi.responses import Response
 
-from catcache.proxy.responses import json_response, openai_error
+from catcache.responses import json_response, openai_error
 from catcache.store.health import CacheUnavailable
 from catcache.store.purge import from_fields, purge
 

@@ -11,7 +11,7 @@ import hmac
 
 from starlette.types import ASGIApp, Receive, Scope, Send
 
-from catcache.proxy.responses import openai_error
+from catcache.responses import openai_error
 
 PROTECTED = ("/admin/", "/stats", "/metrics")
 

@@ -25,11 +25,11 @@ from catcache.proxy.admin import router as admin_router
 from catcache.proxy.admin_auth import AdminAuth
 from catcache.proxy.feedback import router as feedback_router
 from catcache.proxy.limits import DEFAULT_MAX_BODY_BYTES, BodyLimit
-from catcache.proxy.responses import backend_failed, json_response, openai_error
 from catcache.proxy.pipeline import CachePipeline
 from catcache.proxy.state import ProxyState, build_live
 from catcache.reports.recorder import Recorder
 from catcache.reports.routes import router as reports_router
+from catcache.responses import backend_failed, json_response, openai_error
 from catcache.store.connect import connect
 from catcache.store.documents import DocumentStore
 from catcache.store.embedded import EmbeddedRedis
@@ -97,20 +97,14 @@ def create_app(settings: Settings) -> FastAPI:
 async def pass_through(state: ProxyState, request: Request) -> Response:
     """Relay any other /v1 request unchanged: method, headers, body, status, streaming."""
     backend = state.large()
-    backend.in_flight += 1
     try:
         upstream = await backend.open(request.method, request.url.path, headers=forwardable(request.headers),
                                       content=await request.body(), query=request.url.query)
     except httpx.HTTPError as exc:
-        backend.in_flight -= 1
         return backend_failed(backend.name, exc)
 
-    async def done() -> None:
-        await upstream.aclose()
-        backend.in_flight -= 1
-
     return StreamingResponse(upstream.aiter_raw(), status_code=upstream.status_code,
-                             headers=forwardable(upstream.headers), background=BackgroundTask(done))
+                             headers=forwardable(upstream.headers), background=BackgroundTask(upstream.aclose))
 
 
 @contextlib.asynccontextmanager

@@ -36,13 +36,13 @@ class CanonicalRequest:
     model: str
     query_text: str        # last user turn (or the prompt), NFKC and white space collapsed
     canonical: bytes       # sorted, compact JSON of everything that changes the answer
-    functional_key: str    # sha256 of endpoint, tenant and canonical
+    functional_key: str    # sha256 of endpoint and canonical (proxy/tenancy.scoped makes it a tenant's)
     scope_key: str         # sha256 of the same without the query's text
     has_code: bool         # the query has a fenced block or looks like code
     n: int                 # choices asked for
 
 
-def canonicalise(endpoint: str, body: dict, tenant: str | None) -> CanonicalRequest:
+def canonicalise(endpoint: str, body: dict) -> CanonicalRequest:
     """Validate a chat or completions body and put it in canonical form."""
     if endpoint not in ENDPOINTS:
         raise ValueError(f"unknown endpoint {endpoint!r}")
@@ -68,21 +68,22 @@ def canonicalise(endpoint: str, body: dict, tenant: str | None) -> CanonicalRequ
         model=model,
         query_text=_plain(query),
         canonical=canonical,
-        functional_key=functional_key(endpoint, canonical, tenant),
-        scope_key=_digest(b"scope", endpoint, tenant, scope_bytes),
+        functional_key=functional_key(endpoint, canonical),
+        scope_key=_digest(b"scope", endpoint, scope_bytes),
         has_code=any(isinstance(p, Fenced) for p in split_fenced(query)) or looks_like_code(query),
         n=n,
     )
 
 
-def functional_key(endpoint: str, canonical: bytes, tenant: str | None = None) -> str:
+def functional_key(endpoint: str, canonical: bytes) -> str:
     """The exact tier's key; also recomputed from a stored entry to tell whose entry it is."""
-    return _digest(b"functional", endpoint, tenant, canonical)
+    return _digest(b"functional", endpoint, canonical)
 
 
-def _digest(kind: bytes, endpoint: str, tenant: str | None, payload: bytes) -> str:
-    # The JSON head keeps tenant None apart from "" and cannot run into the payload.
-    head = orjson.dumps([endpoint, tenant])
+def _digest(kind: bytes, endpoint: str, payload: bytes) -> str:
+    # The JSON head cannot run into the payload. Its null once held a tenant (tenancy.scoped does
+    # that now); it stays so that keys already stored keep their value.
+    head = orjson.dumps([endpoint, None])
     return hashlib.sha256(kind + b"\n" + head + b"\n" + payload).hexdigest()
 
 

@@ -76,18 +76,6 @@ def _dedent(line: str, indent: str) -> str:
     return line[k:]
 
 
-def normalise_code_blocks(text: str) -> str:
-    """The text with each fenced block's body in normal form; prose and fence lines untouched."""
-    out = []
-    for piece in split_fenced(text):
-        if isinstance(piece, str):
-            out.append(piece)
-            continue
-        body = normalise_code(piece.body, piece.info)
-        out.append(piece.opening + body + ("\n" if body and piece.closing else "") + piece.closing)
-    return "".join(out)
-
-
 _ALIASES = {
     "py": "python", "python3": "python", "py3": "python",
     "js": "javascript", "mjs": "javascript", "cjs": "javascript", "node": "javascript",

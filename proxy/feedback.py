@@ -20,9 +20,9 @@ from fastapi.responses import Response
 
 from catcache.policy.schema import Policy
 from catcache.proxy.canonical import functional_key
-from catcache.proxy.pipeline import scoped, tenant_of
-from catcache.proxy.responses import json_response, openai_error
 from catcache.proxy.state import ProxyState
+from catcache.proxy.tenancy import scoped, tenant_of
+from catcache.responses import json_response, openai_error
 from catcache.store.documents import Document
 from catcache.store.health import CacheUnavailable
 
@@ -102,8 +102,8 @@ def reportable(doc: Document, key: str, tenant: str | None, policy: Policy) -> b
     own = functional_key(doc.endpoint, doc.request)
     if tenant is not None and key == scoped(own, tenant):
         return True
-    category = policy.categories.get(doc.category)
-    return key == own and (tenant is None or (category is not None and category.shared))
+    rules = policy.categories.get(doc.category)
+    return key == own and (tenant is None or (rules is not None and rules.shared))
 
 
 def verdict(correct: bool, *, served: bool) -> str:

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from catcache.proxy.responses import openai_error
+from catcache.responses import openai_error
 
 DEFAULT_MAX_BODY_BYTES = 8 * 1024 * 1024
 

@@ -27,7 +27,8 @@ log = logging.getLogger("catcache.policy")
 
 @dataclass
 class Live:
-    """The policy and the parts built from it, swapped together."""
+    """What is live now: the policy and the parts built from it (classifier, backend clients),
+    swapped together on a reload so a request sees one policy whole."""
 
     policy: Policy
     classifier: Classifier

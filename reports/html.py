@@ -7,6 +7,7 @@ from html import escape
 
 from catcache.reports import format as fmt
 from catcache.reports import plots
+from catcache.reports.record import Outcome
 from catcache.reports.stats import Window
 
 CSS = """
@@ -89,8 +90,8 @@ def _cards(total: dict) -> str:
     cards = [
         ("Requests", fmt.count(total["requests"]), "all categories", ""),
         ("Hit rate", fmt.pct(total["hit_rate"]),
-         f"exact {fmt.pct(rates['hit-exact'])} · semantic {fmt.pct(rates['hit-semantic'])}", " lead"),
-        ("In-context", fmt.pct(rates["ic"]), "answered by the small model", ""),
+         f"exact {fmt.pct(rates[Outcome.HIT_EXACT])} · semantic {fmt.pct(rates[Outcome.HIT_SEMANTIC])}", " lead"),
+        ("In-context", fmt.pct(rates[Outcome.IC]), "answered by the small model", ""),
         ("Tokens saved", fmt.count(total["tokens_saved"]), "served from the cache", ""),
         ("Latency saved", fmt.duration(total["latency_saved_ms"]), "backend time avoided", ""),
         ("Cost saved", fmt.usd(total["cost_saved_usd"]), f"{fmt.count(total['near_misses'])} near misses", ""),
@@ -112,8 +113,8 @@ def _table(summary: dict) -> str:
 
     def cells(row: dict) -> list[str]:
         rates = row["rates"]
-        return [fmt.count(row["requests"]), fmt.pct(row["hit_rate"]), fmt.pct(rates["hit-exact"]),
-                fmt.pct(rates["hit-semantic"]), fmt.pct(rates["ic"]), fmt.count(row["near_misses"]),
+        return [fmt.count(row["requests"]), fmt.pct(row["hit_rate"]), fmt.pct(rates[Outcome.HIT_EXACT]),
+                fmt.pct(rates[Outcome.HIT_SEMANTIC]), fmt.pct(rates[Outcome.IC]), fmt.count(row["near_misses"]),
                 fmt.judged(row["feedback"]),
                 fmt.count(row["tokens_saved"]), fmt.duration(row["latency_saved_ms"]), fmt.usd(row["cost_saved_usd"])]
 

@@ -15,12 +15,12 @@ from matplotlib.figure import Figure
 from matplotlib.ticker import FuncFormatter, PercentFormatter
 
 from catcache.reports import buckets
-from catcache.reports.record import OUTCOMES
-from catcache.reports.stats import HITS, MISSES, TOTAL, Window
+from catcache.reports.record import HITS, MISSES, OUTCOMES, Outcome
+from catcache.reports.stats import TOTAL, Window
 
 INK, MUTED, GRID = "#1f2937", "#6b7280", "#e5e7eb"
-OUTCOME_COLORS = {"hit-exact": "#047857", "hit-semantic": "#34d399", "ic": "#f59e0b", "miss": "#94a3b8",
-                  "bypass": "#cbd5e1", "error": "#ef4444"}
+OUTCOME_COLORS = {Outcome.HIT_EXACT: "#047857", Outcome.HIT_SEMANTIC: "#34d399", Outcome.IC: "#f59e0b",
+                  Outcome.MISS: "#94a3b8", Outcome.BYPASS: "#cbd5e1", Outcome.ERROR: "#ef4444"}
 CATEGORY_COLORS = ["#2563eb", "#db2777", "#16a34a", "#ea580c", "#7c3aed", "#0891b2", "#ca8a04", "#dc2626",
                    "#4b5563", "#65a30d"]
 SMOOTH_STEPS, MIN_REQUESTS = 3, 10  # hit rate over time: steps averaged, requests needed for a point
@@ -87,8 +87,8 @@ def outcome_mix(window: Window) -> str:
 
 def latency(window: Window) -> str:
     edges = np.array(buckets.lat_edges())
-    groups = [("hits", HITS, OUTCOME_COLORS["hit-exact"]), ("IC", ("ic",), OUTCOME_COLORS["ic"]),
-              ("misses", ("miss",), "#64748b")]
+    groups = [("hits", HITS, OUTCOME_COLORS[Outcome.HIT_EXACT]), ("IC", (Outcome.IC,), OUTCOME_COLORS[Outcome.IC]),
+              ("misses", (Outcome.MISS,), "#64748b")]
     with rc_context(STYLE):
         fig = Figure(figsize=(6, 3.2))
         ax = fig.add_subplot()
@@ -114,7 +114,7 @@ def latency(window: Window) -> str:
 
 def similarity(window: Window, colors: dict[str, str]) -> str:
     """Per category: similarities of semantic hits and of misses/IC, against the threshold."""
-    names = [n for n in window.categories if sum(window.histogram("sim", ("hit-semantic",) + MISSES, n))]
+    names = [n for n in window.categories if sum(window.histogram("sim", (Outcome.HIT_SEMANTIC,) + MISSES, n))]
     if not names:
         return ""
     edges = np.array(buckets.sim_edges())
@@ -134,16 +134,16 @@ def similarity(window: Window, colors: dict[str, str]) -> str:
 
 
 def _similarity_panel(ax: Axes, window: Window, name: str, edges: np.ndarray, color: str) -> None:
-    hits = np.array(window.histogram("sim", ("hit-semantic",), name))
+    hits = np.array(window.histogram("sim", (Outcome.HIT_SEMANTIC,), name))
     misses = np.array(window.histogram("sim", MISSES, name))
     ax.stairs(misses, edges, fill=True, color="#cbd5e1", label="misses and IC")
-    ax.stairs(hits, edges, fill=True, color=OUTCOME_COLORS["hit-semantic"], alpha=0.85, label="semantic hits")
+    ax.stairs(hits, edges, fill=True, color=OUTCOME_COLORS[Outcome.HIT_SEMANTIC], alpha=0.85, label="semantic hits")
     threshold = window.thresholds.get(f"{name}|threshold")
     if threshold is not None:
         ax.axvline(threshold, color=INK, linestyle="--", linewidth=1.2, label="threshold")
     low = window.thresholds.get(f"{name}|ic_low")
     if low is not None:
-        ax.axvline(low, color=OUTCOME_COLORS["ic"], linestyle=":", linewidth=1.4, label="IC band starts")
+        ax.axvline(low, color=OUTCOME_COLORS[Outcome.IC], linestyle=":", linewidth=1.4, label="IC band starts")
     ax.set_title(name, color=color)
     ax.set_xlim(edges[0], edges[-1])
     ax.grid(axis="x", visible=False)

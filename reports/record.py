@@ -2,10 +2,26 @@
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass, field
 import time
+from dataclasses import asdict, dataclass, field
+from enum import StrEnum
 
-OUTCOMES = ("hit-exact", "hit-semantic", "ic", "miss", "bypass", "error")
+
+class Outcome(StrEnum):
+    """How a request was answered: the `x-catcache` header, the metrics' label, the reports' column."""
+
+    HIT_EXACT = "hit-exact"          # the exact tier: the same request, canonicalised
+    HIT_SEMANTIC = "hit-semantic"    # the semantic tier: a verified paraphrase
+    IC = "ic"                        # the small backend, with cached neighbours as examples
+    MISS = "miss"                    # the large backend, answer stored
+    BYPASS = "bypass"                # the large backend, the cache left out (policy, no-store, Redis down)
+    ERROR = "error"                  # the backend failed or broke off
+
+
+HITS = (Outcome.HIT_EXACT, Outcome.HIT_SEMANTIC)
+MISSES = (Outcome.MISS, Outcome.IC)  # answered by a backend after a near neighbour may have been refused
+# Plain strings: JSON objects are keyed by them, and orjson takes no str subclass as a key.
+OUTCOMES = tuple(outcome.value for outcome in Outcome)
 # What an app said of an entry (POST /v1/cache/feedback) -> the counter that keeps it. An entry
 # served from the cache judges a hit; one never served judges the backend's answer.
 FEEDBACK = {"false-hit": "false_hits", "confirmed-hit": "confirmed_hits",
@@ -14,7 +30,7 @@ FEEDBACK = {"false-hit": "false_hits", "confirmed-hit": "confirmed_hits",
 
 @dataclass
 class RequestRecord:
-    outcome: str
+    outcome: Outcome
     category: str
     model: str = ""
     tenant: str | None = None

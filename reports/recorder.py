@@ -21,7 +21,7 @@ from redis.exceptions import RedisError
 from catcache.policy.schema import Policy
 from catcache.reports.buckets import Tally, lat_bin, sim_bin
 from catcache.reports.metrics import Metrics
-from catcache.reports.record import FEEDBACK, RequestRecord
+from catcache.reports.record import FEEDBACK, MISSES, RequestRecord
 
 access_log = logging.getLogger("catcache.access")
 log = logging.getLogger("catcache.reports")
@@ -138,7 +138,7 @@ def cost_usd(policy: Policy, record: RequestRecord) -> float:
 def is_near_miss(policy: Policy, record: RequestRecord) -> bool:
     """A miss the verifier refused, or one within NEAR_BAND below the threshold: where false hits
     would come from if the threshold were lowered."""
-    if record.outcome not in ("miss", "ic") or record.similarity is None:
+    if record.outcome not in MISSES or record.similarity is None:
         return False
     threshold = policy.category(record.category).threshold
     return record.verdict is not None or record.similarity >= threshold - NEAR_BAND

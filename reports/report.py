@@ -2,9 +2,7 @@
 
 from __future__ import annotations
 
-import argparse
 import asyncio
-import os
 import sys
 from pathlib import Path
 
@@ -14,49 +12,37 @@ from rich.console import Console
 from rich.table import Table
 
 from catcache.reports import format as fmt
+from catcache.reports.record import Outcome
 from catcache.reports.stats import Window, seconds
 from catcache.store.connect import connect
 
 
-def add_parser(subparsers: argparse._SubParsersAction) -> None:
-    report = subparsers.add_parser(
-        "report", help="hit rates and what the cache saved, per category",
-        description="Hit rates, near misses and what the cache saved, per category, from the counters "
-                    "every proxy keeps in Redis.")
-    report.add_argument("--since", default="24h", help="window ending now: 90m, 24h, 7d (default 24h)")
-    report.add_argument("--redis", default=os.environ.get("CATCACHE_REDIS"),
-                        help="redis:// (or redis+cluster://) URL the proxies use; without it, the embedded Redis of --data-dir")
-    report.add_argument("--data-dir", default=os.environ.get("CATCACHE_DATA_DIR"),
-                        help="data dir of a stopped `catcache serve` (default: the serve default)")
-    report.add_argument("--format", choices=["table", "html", "json"], default="table")
-    report.add_argument("--out", type=Path, help="write here instead of standard output")
-    report.set_defaults(run=run)
-
-
-def run(args: argparse.Namespace) -> int:
+def run(since: str = "24h", redis_url: str | None = None, data_dir: str | None = None,
+        output_format: str = "table", out: Path | None = None) -> int:
+    """`catcache report`: print or write the window's report."""
     try:
-        seconds(args.since)
+        seconds(since)
     except ValueError as exc:
         print(f"catcache report: --since: {exc}", file=sys.stderr)
         return 2
     try:
-        window = load(args.redis, args.data_dir, args.since)
+        window = load(redis_url, data_dir, since)
     except (RuntimeError, RedisError, OSError) as exc:
         print(f"catcache report: {exc}", file=sys.stderr)
         return 1
-    if args.format == "table" and args.out:
-        with args.out.open("w") as out:
-            Console(file=out, width=140).print(table(window, args.since))
+    if output_format == "table" and out:
+        with out.open("w") as file:
+            Console(file=file, width=140).print(table(window, since))
         return 0
-    if args.format == "table":
+    if output_format == "table":
         console = Console()
         if not console.is_terminal:  # piped: the whole table, not one squeezed to 80 columns
             console = Console(width=140)
-        console.print(table(window, args.since))
+        console.print(table(window, since))
         return 0
-    text = html_page(window, args.since) if args.format == "html" else json_text(window, args.since)
-    if args.out:
-        args.out.write_text(text)
+    text = html_page(window, since) if output_format == "html" else json_text(window, since)
+    if out:
+        out.write_text(text)
     else:
         sys.stdout.write(text)
     return 0
@@ -105,8 +91,8 @@ def table(window: Window, since: str) -> Table:
                  title_style="bold", header_style="bold", footer_style="bold")
     total = summary["total"]
     headers = [("Category", "all"), ("Requests", fmt.count(total["requests"])),
-               ("Hit rate", fmt.pct(total["hit_rate"])), ("Exact", fmt.pct(total["rates"]["hit-exact"])),
-               ("Semantic", fmt.pct(total["rates"]["hit-semantic"])), ("IC", fmt.pct(total["rates"]["ic"])),
+               ("Hit rate", fmt.pct(total["hit_rate"])), ("Exact", fmt.pct(total["rates"][Outcome.HIT_EXACT])),
+               ("Semantic", fmt.pct(total["rates"][Outcome.HIT_SEMANTIC])), ("IC", fmt.pct(total["rates"][Outcome.IC])),
                ("Near misses", fmt.count(total["near_misses"])),
                ("Reported ✗/✓", fmt.judged(total["feedback"])), ("Tokens saved", fmt.count(total["tokens_saved"])),
                ("Latency saved", fmt.duration(total["latency_saved_ms"])),
@@ -114,8 +100,8 @@ def table(window: Window, since: str) -> Table:
     for i, (name, footer) in enumerate(headers):
         grid.add_column(name, footer, justify="left" if i == 0 else "right", no_wrap=True)
     for name, row in summary["categories"].items():
-        grid.add_row(name, fmt.count(row["requests"]), fmt.pct(row["hit_rate"]), fmt.pct(row["rates"]["hit-exact"]),
-                     fmt.pct(row["rates"]["hit-semantic"]), fmt.pct(row["rates"]["ic"]), fmt.count(row["near_misses"]),
+        grid.add_row(name, fmt.count(row["requests"]), fmt.pct(row["hit_rate"]), fmt.pct(row["rates"][Outcome.HIT_EXACT]),
+                     fmt.pct(row["rates"][Outcome.HIT_SEMANTIC]), fmt.pct(row["rates"][Outcome.IC]), fmt.count(row["near_misses"]),
                      fmt.judged(row["feedback"]),
                      fmt.count(row["tokens_saved"]), fmt.duration(row["latency_saved_ms"]),
                      fmt.usd(row["cost_saved_usd"]))

@@ -10,9 +10,9 @@ from fastapi.responses import Response
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
 from catcache.backends.client import BackendClient
-from catcache.proxy.responses import json_response, openai_error
 from catcache.reports.metrics import Snapshot
 from catcache.reports.stats import Window
+from catcache.responses import json_response, openai_error
 from catcache.store.health import CacheUnavailable
 
 PROBE_TIMEOUT_S = 2.0

@@ -13,10 +13,8 @@ from redis.asyncio import Redis
 from catcache.policy.schema import parse_duration
 from catcache.reports import buckets
 from catcache.reports.buckets import FLOATS, SCALARS, Field
-from catcache.reports.record import FEEDBACK, OUTCOMES
+from catcache.reports.record import FEEDBACK, HITS, OUTCOMES, Outcome
 
-HITS = ("hit-exact", "hit-semantic")
-MISSES = ("miss", "ic")
 TOTAL = "*"
 
 
@@ -115,9 +113,9 @@ def summarize(outcomes: dict[str, dict[str, float]]) -> dict:
         "latency_saved_ms": total("backend_latency_ms", HITS),
         "cost_saved_usd": total("cost_usd", HITS),
         # IC answers spare the large backend a call each and cost the small model's tokens, examples included.
-        "ic_answers": int(total("requests", ("ic",))),
-        "ic_tokens": int(total("prompt_tokens", ("ic",)) + total("completion_tokens", ("ic",))),
-        "ic_cost_usd": total("cost_usd", ("ic",)),
+        "ic_answers": int(total("requests", (Outcome.IC,))),
+        "ic_tokens": int(total("prompt_tokens", (Outcome.IC,)) + total("completion_tokens", (Outcome.IC,))),
+        "ic_cost_usd": total("cost_usd", (Outcome.IC,)),
         "mean_latency_ms": {o: outcomes[o]["latency_ms"] / outcomes[o]["requests"]
                             for o in OUTCOMES if o in outcomes and outcomes[o]["requests"]},
         "outcomes": {o: {m: v if m in FLOATS else int(v) for m, v in outcomes[o].items()}

@@ -10,27 +10,25 @@ port from its append-only file, so the proxy's Redis URL stays valid and caching
 from __future__ import annotations
 
 import atexit
-import ctypes
 import fcntl
 import logging
 import os
 import shutil
-import signal
 import socket
 import subprocess
-import sys
 import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 from types import TracebackType
+
+from catcache.process import free_port, spawn, stop_process, wait_ready
 
 log = logging.getLogger("catcache.redis")
 START_TIMEOUT = 10.0
 STOP_TIMEOUT = 10.0
 RESTART_PAUSE_S = 0.5
-_PR_SET_PDEATHSIG = 1
 _PORT_ATTEMPTS = 3
 
 
@@ -52,24 +50,6 @@ def default_data_dir() -> Path:
     if not os.path.isabs(base):
         base = str(Path.home() / ".local" / "share")
     return Path(base) / "catcache"
-
-
-def die_with_parent() -> Callable[[], None] | None:
-    """A preexec_fn that has Linux send the child SIGTERM when its parent dies (None elsewhere).
-
-    The signal follows the *thread* that forked, so start children from a long-lived thread.
-    """
-    if sys.platform != "linux":
-        return None
-    libc = ctypes.CDLL(None, use_errno=True)  # loaded before fork: the child may only call into it
-    parent = os.getpid()
-
-    def preexec() -> None:
-        libc.prctl(_PR_SET_PDEATHSIG, signal.SIGTERM)
-        if os.getppid() != parent:  # the parent died before prctl took effect
-            os.kill(os.getpid(), signal.SIGTERM)
-
-    return preexec
 
 
 def redis_server_path() -> str:
@@ -216,6 +196,7 @@ class EmbeddedRedis:
                 self._stopping.wait(RESTART_PAUSE_S)
 
     def _spawn(self, port: int) -> subprocess.Popen[bytes]:
+        """redis-server on `port`; the data dir's lock travels with it, held until redis itself has exited."""
         args = [
             redis_server_path(),
             "--bind", "127.0.0.1",
@@ -227,47 +208,25 @@ class EmbeddedRedis:
             "--pidfile", str(self.pid_path),
             "--logfile", str(self.log_path),
         ]  # fmt: skip
-        with open(self.log_path, "ab") as log:
-            return subprocess.Popen(
-                args,
-                stdin=subprocess.DEVNULL,
-                stdout=log,
-                stderr=log,
-                # The lock travels with the server: it stays held until redis itself has exited.
-                pass_fds=(self._lock_fd,) if self._lock_fd is not None else (),
-                preexec_fn=die_with_parent(),
-                start_new_session=True,  # Ctrl-C reaches the proxy, which then stops redis in order
-            )
+        return spawn(args, self.log_path, pass_fds=(self._lock_fd,) if self._lock_fd is not None else ())
 
     def _wait_ready(self, process: subprocess.Popen[bytes]) -> bool:
         """True once PING answers PONG; False if the server exits or stays silent too long."""
         assert self._port is not None
-        deadline = time.monotonic() + START_TIMEOUT
-        while time.monotonic() < deadline and process.poll() is None:
-            reply = _ping(self._port)
-            if reply.startswith(b"+PONG"):
-                return True
+        port = self._port
+
+        def pong() -> bool | None:
+            reply = _ping(port)
             if reply.startswith(b"-LOADING"):  # replaying a large append-only file is progress
-                deadline = time.monotonic() + START_TIMEOUT
-            time.sleep(0.02)
-        return False
+                return None
+            return reply.startswith(b"+PONG")
+
+        return wait_ready(process, pong, START_TIMEOUT)
 
     def _terminate(self) -> None:
         with self._swap:
             process, self._process = self._process, None
         stop_process(process)
-
-
-def stop_process(process: subprocess.Popen | None) -> None:
-    """SIGTERM a child server, SIGKILL it if it has not exited within STOP_TIMEOUT."""
-    if process is None or process.poll() is not None:
-        return
-    process.terminate()
-    try:
-        process.wait(STOP_TIMEOUT)
-    except subprocess.TimeoutExpired:
-        process.kill()
-        process.wait()
 
 
 @contextmanager
@@ -325,12 +284,6 @@ def _alive(pid: int | None) -> bool:
     except PermissionError:
         pass
     return True
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
 
 
 def _ping(port: int) -> bytes:

@@ -7,17 +7,15 @@ one proxy's admin route, empties the semantic tier of all of them, not only the 
 
 from __future__ import annotations
 
-import argparse
 import asyncio
-import os
 import sys
 import time
 import uuid
 from dataclasses import dataclass
 
-from redis.asyncio import Redis
 from redis.exceptions import RedisError
 
+from catcache.store.connect import connect
 from catcache.store.documents import DocumentStore, category_key, doc_key
 
 BATCH = 500
@@ -95,34 +93,17 @@ def from_fields(fields: object) -> Purge:
                  everything=fields.get("all", False))
 
 
-def add_parser(subparsers: argparse._SubParsersAction) -> None:
-    command = subparsers.add_parser(
-        "purge", help="remove cached entries by category, tenant, age or key",
-        description="Remove cached entries from Redis; running proxies drop them from their indexes too "
-                    "(they follow Redis's event stream). Conditions given together must all hold.")
-    command.add_argument("--category")
-    command.add_argument("--tenant", help="tenant hash, as in the access log")
-    command.add_argument("--older-than", help="age, e.g. 90m, 2d")
-    command.add_argument("--key", help="an entry's id (the x-catcache-key response header)")
-    command.add_argument("--all", action="store_true", help="every entry (alone)")
-    command.add_argument("--redis", default=os.environ.get("CATCACHE_REDIS"), help="redis:// URL the proxies use")
-    command.add_argument("--data-dir", default=os.environ.get("CATCACHE_DATA_DIR"),
-                         help="data dir of a running or stopped `catcache serve` (default: the serve default)")
-    command.set_defaults(run=run)
-
-
-def run(args: argparse.Namespace) -> int:
+def run(fields: dict, redis_url: str | None = None, data_dir: str | None = None) -> int:
+    """`catcache purge`: `fields` as the admin route takes them, at `redis_url` or the data dir's Redis."""
     from catcache.store.embedded import data_dir_redis
 
-    fields = {"category": args.category, "tenant": args.tenant, "older_than": args.older_than, "key": args.key,
-              "all": args.all}
     try:
         what = from_fields(fields)
     except ValueError as exc:
         print(f"catcache purge: {exc}", file=sys.stderr)
         return 2
     try:
-        with data_dir_redis(args.redis, args.data_dir) as url:
+        with data_dir_redis(redis_url, data_dir) as url:
             removed = asyncio.run(_purge_at(url, what))
     except (RuntimeError, RedisError, OSError) as exc:
         print(f"catcache purge: {exc}", file=sys.stderr)
@@ -134,7 +115,7 @@ def run(args: argparse.Namespace) -> int:
 
 
 async def _purge_at(url: str, what: Purge) -> dict[str, list[str]]:
-    redis = Redis.from_url(url, socket_timeout=30.0, socket_connect_timeout=5.0)
+    redis = connect(url, socket_timeout=30.0, socket_connect_timeout=5.0)
     try:
         return await purge(DocumentStore(redis, origin=f"purge-{uuid.uuid4().hex}"), what)
     finally:

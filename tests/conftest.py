@@ -11,12 +11,16 @@ import pytest
 import redis
 
 from catcache.store.embedded import EmbeddedRedis
+from catcache.testing import ProxyProcess, TestBackend
+from catcache.testing.proxy import DEFAULT_POLICIES
+from catcache.testing.redis import RedisClusterServers, sync_client
 
-from .backend import TestBackend
-from .cluster import RedisClusterServers
-from .util import ProxyProcess, sync_client
 
-DEFAULT_POLICIES = Path(__file__).resolve().parent.parent / "policies.yaml"
+def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
+    """A run that collected no test (a moved path, a filter that matches nothing) is a mistake, not
+    a pass: it fails as one, so pytest's "no tests" status (5) never reaches CI."""
+    if exitstatus == pytest.ExitCode.NO_TESTS_COLLECTED:
+        session.exitstatus = pytest.ExitCode.TESTS_FAILED
 
 
 def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:

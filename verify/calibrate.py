@@ -23,7 +23,6 @@ and 5 of 46 pairs identical up to punctuation) stop pinning every category at th
 
 from __future__ import annotations
 
-import argparse
 import json
 import math
 import re
@@ -68,59 +67,37 @@ class Choice:
     note: str = ""
 
 
-def add_parser(subparsers: argparse._SubParsersAction) -> None:
-    parser = subparsers.add_parser(
-        "calibrate", help="pick per-category thresholds from labeled pairs",
-        description=__doc__.split("\n\n")[1].replace("\n", " "))
-    parser.add_argument("--pairs", type=Path, action="append", default=[],
-                        help='JSON lines: {"a": ..., "b": ..., "equivalent": true|false}; repeatable')
-    parser.add_argument("--stream", type=Path, action="append", default=[],
-                        help='JSON lines in arrival order: {"text": ..., "group": ..., "answer": ...}; each query '
-                             "is paired with its nearest earlier query and labeled by group (or agreeing answers); "
-                             "rows without answers next to a pairs.jsonl are labeled only where they form one of its "
-                             "pairs, as in the workloads; repeatable")
-    parser.add_argument("--target-precision", type=float, required=True,
-                        help="wanted share of correct answers among semantic hits, e.g. 0.98")
-    parser.add_argument("--policies", type=Path, default=Path("policies.yaml"), help="policy file to start from")
-    parser.add_argument("--out", type=Path, help="where to write the calibrated copy (default: <policies>.calibrated.yaml)")
-    parser.add_argument("--uniform", action="store_true", help="one threshold for every category, for comparison")
-    parser.add_argument("--trust-labels", action="store_true",
-                        help="count every 'different' label as a false hit (no label-error estimate)")
-    parser.add_argument("--ceiling", type=float, default=CEILING,
-                        help=f"highest threshold to write (default {CEILING}): above it the semantic tier "
-                             "would only see case and punctuation variants of a cached text")
-    parser.set_defaults(run=run)
-
-
-def run(args: argparse.Namespace) -> int:
-    if not 0.0 < args.target_precision <= 1.0:
+def run(pairs: list[Path], stream: list[Path], target_precision: float, policies: Path, out: Path | None = None,
+        uniform: bool = False, trust_labels: bool = False, ceiling: float = CEILING) -> int:
+    """`catcache calibrate`: write a copy of `policies` with thresholds chosen on the labeled data."""
+    if not 0.0 < target_precision <= 1.0:
         raise SystemExit("--target-precision must be in (0, 1]")
-    if not args.pairs and not args.stream:
+    if not pairs and not stream:
         raise SystemExit("give labeled pairs (--pairs) or a labeled stream (--stream), or both")
     from catcache.index.embedder import Embedder
 
-    policy = load_policy(args.policies)
+    policy = load_policy(policies)
     encode = Embedder(policy.embedding_model).encode
-    sources = {path: read_jsonl(path) for path in args.pairs}
-    for path in args.stream:
+    sources = {path: read_jsonl(path) for path in pairs}
+    for path in stream:
         rows = read_jsonl(path)
         beside = path.parent / "pairs.jsonl"
         grader = Grader.for_rows(rows, read_jsonl(beside) if beside.exists() else [])
         sources[path] = neighbour_pairs(rows, encode, grader)
     scored = []
-    for path, pairs in sources.items():
-        mine = score_pairs(policy, pairs, encode)
-        labeled = [s for s, pair in zip(mine, pairs) if normalise(pair["a"]) != normalise(pair["b"])]
-        noise = 0.0 if args.trust_labels else label_noise(labeled)
-        print(f"{path}: {len(pairs)} labeled pairs, label errors estimated at {noise:.1%}")
+    for path, labeled_pairs in sources.items():
+        mine = score_pairs(policy, labeled_pairs, encode)
+        labeled = [s for s, pair in zip(mine, labeled_pairs) if normalise(pair["a"]) != normalise(pair["b"])]
+        noise = 0.0 if trust_labels else label_noise(labeled)
+        print(f"{path}: {len(labeled_pairs)} labeled pairs, label errors estimated at {noise:.1%}")
         scored += [replace(s, label_noise=noise) for s in mine]
-    choices = calibrate(policy, scored, args.target_precision, args.ceiling, args.uniform)
-    out = args.out or args.policies.with_suffix(".calibrated.yaml")
-    text = write_thresholds(args.policies.read_text(encoding="utf-8"),
+    choices = calibrate(policy, scored, target_precision, ceiling, uniform)
+    out = out or policies.with_suffix(".calibrated.yaml")
+    text = write_thresholds(policies.read_text(encoding="utf-8"),
                             {c.category: c.threshold for c in choices if c.category != OVERALL})
     out.write_text(text, encoding="utf-8")
     load_policy(out)  # the copy must validate like any policy file
-    show(choices, args.target_precision, len(scored), out)
+    show(choices, target_precision, len(scored), out)
     return 0
 
 

@@ -46,6 +46,10 @@ class Grader:
                 self._partners.setdefault(a, set()).add(b)
                 self._partners.setdefault(b, set()).add(a)
 
+    def partners(self, text: str) -> set[str]:
+        """The normalised texts a labeled pair calls equivalent to `text` (normalised)."""
+        return self._partners.get(text, set())
+
     @classmethod
     def for_rows(cls, rows: list[dict], pairs: Iterable[dict] = ()) -> "Grader":
         """Rows with answers or without pairs are completely labeled; otherwise only the pairs grade."""
@@ -63,22 +67,6 @@ class Grader:
         if query["group"] == source["group"]:
             return True
         return "answer" in query and "answer" in source and answers_agree(query["answer"], source["answer"])
-
-    def servable(self, rows: list[dict]) -> list[bool]:
-        """For each row, whether an earlier row could have answered it right (the hit rate's denominator)."""
-        found, groups, answers, texts = [], set(), [], set()
-        for row in rows:
-            text = normalise(row["text"])
-            if self.partial:
-                found.append(text in texts or bool(self._partners.get(text, set()) & texts))
-            else:
-                found.append(row["group"] in groups or text in texts
-                             or ("answer" in row and any(answers_agree(row["answer"], a) for a in answers)))
-                groups.add(row["group"])
-                if "answer" in row:
-                    answers.append(row["answer"])
-            texts.add(text)
-        return found
 
 
 def neighbour_pairs(stream: list[dict], encode: Callable[[list[str]], np.ndarray], grader: Grader,

@@ -1,0 +1,110 @@
+"""One request as the pipeline carries it: what the client sent, parsed once, and what the cache
+tiers found for it (`Found`, made by proxy/lookup.py)."""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+
+import numpy as np
+import orjson
+from fastapi import Request
+from fastapi.responses import Response
+
+from catcache.backends.client import forwardable
+from catcache.policy.schema import Category, Policy
+from catcache.proxy.canonical import CanonicalRequest, InvalidRequest, canonicalise
+from catcache.proxy.tenancy import cache_control, tenant_of
+from catcache.reports.record import Outcome
+from catcache.responses import openai_error
+from catcache.store.documents import Document
+
+Band = list[tuple[float, str]]  # (similarity, entry id) of the neighbours inside the IC band
+
+
+@dataclass(frozen=True)
+class Found:
+    """What the cache tiers made of a request, before any backend is called."""
+
+    outcome: Outcome                     # HIT_EXACT, HIT_SEMANTIC, MISS or BYPASS
+    doc: Document | None = None          # the entry to serve, for a hit
+    band: Band = field(default_factory=list)
+    category: str = ""                   # "" until the request is classified
+    rules: Category | None = None        # the policy of `category`
+    doc_id: str = ""                     # the exact tier's key, the tenant's own unless the category is shared
+    scope_key: str = ""                  # the semantic tier's scope, scoped the same way
+    vector: np.ndarray | None = None     # the query's embedding, once computed
+    similarity: float | None = None      # the nearest neighbour's, or the served one's
+    verdict: str | None = None           # why a near neighbour was refused, if one was
+    stale: list[tuple[str, str]] = field(default_factory=list)  # (category, id): indexed, gone from Redis
+
+
+@dataclass
+class Exchange:
+    """What the pipeline knows about one request so far."""
+
+    endpoint: str                        # "chat" or "completions"
+    path: str
+    body: dict
+    canon: CanonicalRequest
+    headers: dict[str, str]              # the client's, as forwarded to a backend
+    tenant: str | None
+    stream: bool
+    include_usage: bool                  # the client asked for the usage chunk of a stream
+    control: str | None                  # Cache-Control: "no-store", "no-cache" or None
+    category_header: str | None = None   # x-catcache-category, the client's own classification
+    started: float = field(default_factory=time.perf_counter)
+    found: Found = field(default_factory=lambda: Found(Outcome.BYPASS))
+    verdict: str | None = None           # the tiers', then the IC router's, reason for passing a neighbour by
+
+    def learn(self, found: Found) -> None:
+        self.found, self.verdict = found, found.verdict
+
+    @property
+    def category(self) -> str:
+        return self.found.category
+
+    @property
+    def rules(self) -> Category | None:
+        return self.found.rules
+
+    @property
+    def doc_id(self) -> str:
+        return self.found.doc_id
+
+    @property
+    def scope_key(self) -> str:
+        return self.found.scope_key
+
+    @property
+    def vector(self) -> np.ndarray | None:
+        return self.found.vector
+
+    @property
+    def similarity(self) -> float | None:
+        return self.found.similarity
+
+    def elapsed_ms(self) -> float:
+        return (time.perf_counter() - self.started) * 1000
+
+
+async def parse(request: Request, endpoint: str, policy: Policy) -> Exchange | Response:
+    """The request as an Exchange, or the 400 that tells the client why it is not one."""
+    try:
+        body = orjson.loads(await request.body())
+    except orjson.JSONDecodeError as exc:
+        return openai_error(400, f"We could not parse the JSON body of your request: {exc}")
+    try:
+        canon = canonicalise(endpoint, body)
+    except InvalidRequest as exc:
+        return openai_error(400, str(exc), param=exc.param)
+    headers = forwardable(request.headers, drop={"accept-encoding"})
+    stream = body.get("stream") is True
+    options = body.get("stream_options") or {}
+    if not isinstance(options, dict):
+        return openai_error(400, "'stream_options' must be an object.", param="stream_options")
+    return Exchange(endpoint=endpoint, path=request.url.path, body=body, canon=canon, headers=headers,
+                    tenant=tenant_of(request, policy), stream=stream,
+                    include_usage=stream and bool(options.get("include_usage")),
+                    control=cache_control(request.headers.get("cache-control", "")),
+                    category_header=request.headers.get("x-catcache-category"))
