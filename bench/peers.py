@@ -12,7 +12,8 @@
 
 Each peer's hit rate is taken at its best threshold for the false-hit bound (2% ComQA, 3% QQP),
 found by a sweep (RedisVL, GPTCache; LiteLLM is RedisVL underneath, so it runs at RedisVL's
-best); catcache runs once, as shipped. The other columns: bench/peer_costs.py, bench/peer_probes.py,
+best, on the first `--litellm-limit` queries, with RedisVL replayed on those same queries beside
+it); catcache runs once, as shipped. The other columns: bench/peer_costs.py, bench/peer_probes.py,
 bench/peer_install.py. Results: bench/results/peers.json; the table: bench/README.md, section 2.
 """
 
@@ -122,6 +123,8 @@ def main() -> None:
     parser.add_argument("--limit", type=int, default=1000, help="replay the first N queries of each stream")
     parser.add_argument("--litellm", type=Path, help="the `litellm` executable of a venv with litellm[proxy]; "
                                                      "without it LiteLLM is skipped")
+    parser.add_argument("--litellm-limit", type=int, default=400,
+                        help="LiteLLM replays the first N queries of each stream (each takes minutes over HTTP)")
     parser.add_argument("--sweep", type=lambda s: [float(x) for x in s.split(",")], default=list(SWEEP),
                         help="cosine thresholds swept for RedisVL and GPTCache")
     parser.add_argument("--policies", type=Path, default=stack.DEFAULT_POLICIES)
@@ -205,7 +208,12 @@ def side_by_side(args: argparse.Namespace, parts: set[str], vectors: Vectors) ->
                 print(f" {peer} latency at cosine {best['cosine']:g}", flush=True)
                 latency[peer] = library_latency(make, best["cosine"], queries)
         if args.litellm:
-            litellm_runs(args.litellm, backend_url, embed_url, redis.url, loaded, hits, latency_stream)
+            prefixes = {name: (queries[:args.litellm_limit], grader) for name, (queries, grader) in loaded.items()}
+            litellm_runs(args.litellm, backend_url, embed_url, redis.url, prefixes, hits, latency_stream)
+            for name, (queries, grader) in prefixes.items():  # RedisVL on the same queries, for the check
+                make = peer_makers(vectors.lookup, redis.url, len(queries))["RedisVL"][0]
+                for run in hits[name]["LiteLLM"].values():
+                    run["RedisVL_same_queries"] = sweep(make, queries, grader, [run["cosine"]])[0]
         result.update(streams=hits, library_latency=latency)
         if "overhead" in parts:
             print(f"miss overhead, load average {load_average()}", flush=True)
