@@ -33,6 +33,11 @@ from bench.peer_replay import answer_number, ask
 
 EARLIER = ("Let's talk about Python.", "Let's talk about JavaScript.")
 QUESTION = "How do I reverse a list?"
+# A longer first turn where one word changes the answer: a joined-text embedding barely moves.
+LONG_EARLIER = tuple(f"We are planning a family trip next spring with two children aged six and nine, on a "
+                     f"modest budget, travelling by train, and we have decided to spend the whole week in {city}."
+                     for city in ("Paris", "Tokyo"))
+LONG_QUESTION = "What should we visit on the first day?"
 
 
 def conversation(earlier: str, question: str) -> list[dict]:
@@ -53,6 +58,12 @@ def probe_proxy(base_url: str, keys: tuple[str, str], feedback: Callable[[httpx.
     served = answer_number(a) == answer_number(b)
     result["multi_turn"] = {"safe": not served, "seen": "served the other conversation's answer" if served
                             else "answered afresh"}
+    question = f"{LONG_QUESTION} ({tag})"
+    a, _ = ask(first, MODEL, conversation(LONG_EARLIER[0], question))
+    b, _ = ask(first, MODEL, conversation(LONG_EARLIER[1], question))
+    served = answer_number(a) == answer_number(b)
+    result["multi_turn_long"] = {"safe": not served, "seen": "a trip to Tokyo was served the answer for Paris"
+                                 if served else "answered afresh"}
 
     question = f"What is the tallest mountain in Europe? ({tag})"
     a, _ = ask(first, MODEL, [{"role": "user", "content": question}])
@@ -118,6 +129,10 @@ def probe_redisvl(url: str, cosine: float, embed: Callable[[str], np.ndarray]) -
                               "SemanticCache shares it (filterable_fields can scope it, in the app's code)"},
                   "stream": {"replayed": None, "seen": "stores strings: the app joins a stream before store() "
                              "and re-streams a hit itself"}}
+        cache.store(conversation(LONG_EARLIER[0], LONG_QUESTION)[-1]["content"], "Paris")
+        served = cache.lookup(conversation(LONG_EARLIER[1], LONG_QUESTION)[-1]["content"])
+        result["multi_turn_long"] = {"safe": served is None, "seen": "as above: the Tokyo trip was served the "
+                                     "answer for Paris" if served else "answered afresh"}
         cache.store("Who painted the Mona Lisa?", "Leonardo")
         cache.lookup("Who painted the Mona Lisa?")
         cache.cache.drop(ids=[cache.last_id])
@@ -138,8 +153,12 @@ def probe_gptcache(cosine: float, embed: Callable[[str], np.ndarray]) -> dict:
         prompt = last_content  # GPTCache's default pre-processor: the last message's content
         cache.store(prompt({"messages": conversation(EARLIER[0], QUESTION)}), "answer in Python")
         served = cache.lookup(prompt({"messages": conversation(EARLIER[1], QUESTION)}))
+        cache.store(prompt({"messages": conversation(LONG_EARLIER[0], LONG_QUESTION)}), "Paris")
+        served_long = cache.lookup(prompt({"messages": conversation(LONG_EARLIER[1], LONG_QUESTION)}))
         result = {"multi_turn": {"safe": served is None, "seen": "its default last_content embeds the last message "
                                  "only: the other conversation was served" if served else "answered afresh"},
+                  "multi_turn_long": {"safe": served_long is None, "seen": "as above: the Tokyo trip was served "
+                                      "the answer for Paris" if served_long else "answered afresh"},
                   "tenants": {"isolated": None, "seen": "a library with no API keys: every caller of one Cache "
                               "shares it"}}
         try:

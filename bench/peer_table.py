@@ -135,6 +135,7 @@ def cost_rows(document: dict, install: dict | None) -> list[list[str]]:
 
 def probe_rows(probes: dict) -> list[list[str]]:
     names = {"multi_turn": ("same question after different earlier turns", "safe"),
+             "multi_turn_long": ("same, after a long first turn that differs in one word", "safe"),
              "tenants": ("two API keys", "isolated"), "stream": ("streamed answer stored and replayed", "replayed"),
              "feedback": ("wrong hit reported and evicted", "evicted")}
     rows = []
