@@ -144,6 +144,7 @@ def main() -> None:
     if parts & {"hits", "overhead", "probes"}:
         result.update(side_by_side(args, parts, vectors))
         result["load_average"]["after_hits"] = load_average()
+        output.save(args.name, updated(args.name, result) if args.update else result)  # kept if a later part fails
     if "memory" in parts:
         result["memory"] = peer_costs.memory(args.memory_entries, vectors.live)
     if "restart" in parts:
