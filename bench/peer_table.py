@@ -169,11 +169,13 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("results", type=Path)
     parser.add_argument("--restart", type=Path, help="the restart part's results, when run apart")
+    parser.add_argument("--memory", type=Path, help="the memory part's results, when run apart")
     parser.add_argument("--install", type=Path, help="bench.peer_install's results")
     args = parser.parse_args()
     document = json.loads(args.results.read_text())
-    if args.restart:
-        document["restart"] = json.loads(args.restart.read_text())["restart"]
+    for part in ("restart", "memory"):
+        if getattr(args, part):
+            document[part] = json.loads(getattr(args, part).read_text())[part]
     print(markdown(document, json.loads(args.install.read_text()) if args.install else None))
 
 
