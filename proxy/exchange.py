@@ -3,6 +3,7 @@ tiers found for it (`Found`, made by proxy/lookup.py)."""
 
 from __future__ import annotations
 
+import asyncio
 import time
 from dataclasses import dataclass, field
 
@@ -56,6 +57,7 @@ class Exchange:
     started: float = field(default_factory=time.perf_counter)
     found: Found = field(default_factory=lambda: Found(Outcome.BYPASS))
     verdict: str | None = None           # the tiers', then the IC router's, reason for passing a neighbour by
+    looking: asyncio.Future | None = None  # the lookup, when a speculative answer came before it ended
 
     def learn(self, found: Found) -> None:
         self.found, self.verdict = found, found.verdict

@@ -73,10 +73,12 @@ async def forward(state: ProxyState, exchange: Exchange, outcome: Outcome, keep:
 
 
 async def relay(state: ProxyState, exchange: Exchange, backend: BackendClient, upstream: httpx.Response,
-                started: float, outcome: Outcome, keep: Keep | None) -> Response:
-    """The backend's answer, streamed as it arrives or read whole, recorded and kept if `keep`."""
+                started: float, outcome: Outcome, keep: Keep | None,
+                pieces: AsyncIterator[bytes] | None = None) -> Response:
+    """The backend's answer, streamed as it arrives or read whole, recorded and kept if `keep`;
+    `pieces`: the stream's body when a part of it was already read (proxy/speculation.py)."""
     if upstream.status_code < 300 and exchange.stream:
-        events = _relay_events(state, exchange, upstream, started, outcome, keep)
+        events = _relay_events(state, exchange, upstream, started, outcome, keep, pieces or upstream.aiter_bytes())
         return StreamingResponse(events, status_code=upstream.status_code, media_type="text/event-stream",
                                  headers=outcomes.headers(exchange, outcome, exchange.doc_id if keep else None))
     try:
@@ -108,12 +110,12 @@ def failed(state: ProxyState, exchange: Exchange, backend: BackendClient, keep: 
 
 
 async def _relay_events(state: ProxyState, exchange: Exchange, upstream: httpx.Response, started: float,
-                        outcome: Outcome, keep: Keep | None) -> AsyncIterator[bytes]:
+                        outcome: Outcome, keep: Keep | None, pieces: AsyncIterator[bytes]) -> AsyncIterator[bytes]:
     """Pass each SSE event on as soon as it is complete, folding a copy for the cache."""
     assembler = StreamAssembler(exchange.endpoint)
     pending = b""
     try:
-        async for piece in upstream.aiter_bytes():
+        async for piece in pieces:
             pending += piece.replace(b"\r\n", b"\n")
             while b"\n\n" in pending:
                 event, pending = pending.split(b"\n\n", 1)

@@ -8,6 +8,7 @@ from __future__ import annotations
 import logging
 import time
 from dataclasses import dataclass, replace
+from collections.abc import Callable
 from typing import TYPE_CHECKING
 
 from catcache.categories.classifier import Classification, Classifier, RequestTraits
@@ -54,16 +55,21 @@ def adaptive_relief(policy: Policy, waiting: int) -> float:
     return min(1.0, waiting / policy.adaptive.queue_high)
 
 
-async def look_up(tiers: Tiers, exchange: Exchange, waiting: int) -> Found:
-    """What the tiers found for `exchange`; `waiting` is the large backend's load (adaptive policy)."""
-    return await _Lookup(tiers, exchange, waiting).run()
+ExactMissed = Callable[[str | None], None]  # told the category the rules gave, if any (proxy/speculation.py)
+
+
+async def look_up(tiers: Tiers, exchange: Exchange, waiting: int, exact_missed: ExactMissed | None = None) -> Found:
+    """What the tiers found for `exchange`; `waiting` is the large backend's load (adaptive policy).
+    `exact_missed` is called once the exact tier has missed, before the embedding."""
+    return await _Lookup(tiers, exchange, waiting, exact_missed).run()
 
 
 class _Lookup:
     """One request's way through the tiers; `found` grows as they learn more."""
 
-    def __init__(self, tiers: Tiers, exchange: Exchange, waiting: int):
+    def __init__(self, tiers: Tiers, exchange: Exchange, waiting: int, exact_missed: ExactMissed | None = None):
         self.tiers, self.exchange, self.policy = tiers, exchange, tiers.policy
+        self.exact_missed = exact_missed
         # How far thresholds are lowered under load: the adaptive policy's relief, as a similarity.
         self.threshold_step = adaptive_relief(self.policy, waiting) * self.policy.adaptive.max_threshold_step
         self.found = Found(Outcome.BYPASS)
@@ -95,6 +101,8 @@ class _Lookup:
             doc = await self._exact()
             if doc is not None:
                 return self._as(Outcome.HIT_EXACT, doc)
+        if self.exact_missed is not None:
+            self.exact_missed(ruled.category if ruled is not None else None)
         if canon.query_text:
             self.found = replace(self.found, vector=await tiers.embedder.embed(canon.query_text))
         self._classify(ruled or tiers.classifier.classify(traits, self.found.vector))

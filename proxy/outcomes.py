@@ -26,11 +26,22 @@ def headers(exchange: Exchange, outcome: Outcome, entry: str | None = None) -> d
 
 def record(state: ProxyState, exchange: Exchange, outcome: Outcome, backend_ms: float | None,
            usage: dict | None) -> None:
+    """Record the request; one answered before its lookup ended (proxy/speculation.py) is recorded
+    when the lookup has named its category."""
+    latency_ms = exchange.elapsed_ms()
+    if exchange.looking is not None and not exchange.looking.done():
+        exchange.looking.add_done_callback(lambda _: _write(state, exchange, outcome, backend_ms, usage, latency_ms))
+    else:
+        _write(state, exchange, outcome, backend_ms, usage, latency_ms)
+
+
+def _write(state: ProxyState, exchange: Exchange, outcome: Outcome, backend_ms: float | None,
+           usage: dict | None, latency_ms: float) -> None:
     usage = usage or {}
     small = state.live.backends.get(exchange.rules.ic.backend) if outcome == Outcome.IC else None
     model = (small and small.config.model) or exchange.canon.model  # an IC answer costs the small model's price
     state.recorder.record(RequestRecord(
         outcome=outcome, category=exchange.category or "-", model=model, tenant=exchange.tenant,
-        similarity=exchange.similarity, verdict=exchange.verdict, latency_ms=exchange.elapsed_ms(),
+        similarity=exchange.similarity, verdict=exchange.verdict, latency_ms=latency_ms,
         backend_latency_ms=backend_ms, prompt_tokens=int(usage.get("prompt_tokens") or 0),
         completion_tokens=int(usage.get("completion_tokens") or 0), endpoint=exchange.endpoint))

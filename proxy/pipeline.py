@@ -1,6 +1,8 @@
 """One cacheable request, start to finish:
 
 parse -> look up (rules, exact, embed, classify, semantic + verifier, IC band) ->
+    (where the policy lets, the large backend is asked as soon as the exact tier has missed, and
+     a hit found before its first byte closes that call: proxy/speculation.py)
     a hit: served from the cache;
     a bypass: the large backend, nothing stored;
     a near miss in the IC band: the small backend, when it is likely good and the large one busy;
@@ -22,6 +24,7 @@ from catcache.proxy.exchange import Exchange, parse
 from catcache.proxy.forwarding import forward, fresh_id, reply
 from catcache.proxy.incontext import in_context
 from catcache.proxy.lookup import Tiers, look_up
+from catcache.proxy.speculation import RaceClock, Speculation
 from catcache.proxy.state import ProxyState
 from catcache.proxy.storing import Keep
 from catcache.reports.record import Outcome
@@ -33,15 +36,25 @@ class CachePipeline:
     def __init__(self, state: ProxyState):
         self.state = state
         self.hits = HitCounter(state.store, state.guard)
+        self.clock = RaceClock()  # whether speculation pays (proxy/speculation.py)
 
     async def handle(self, request: Request, endpoint: str) -> Response:
         exchange = await parse(request, endpoint, self.state.policy)
         if isinstance(exchange, Response):
             return exchange
-        found = await look_up(Tiers.of(self.state), exchange, self.state.large().in_flight)
+        speculation = Speculation.of(self.state, exchange, self.clock)
+        lookup = look_up(Tiers.of(self.state), exchange, self.state.large().in_flight,
+                         speculation and speculation.start)
+        found = await (speculation.race(lookup) if speculation else lookup)
+        if isinstance(found, Response):
+            return found  # the speculative call's answer began first
         exchange.learn(found)
         for category, doc_id in found.stale:
             self.state.index.remove(category, [doc_id])
+        if speculation is not None and speculation.sent:
+            answer = await speculation.settle(found)
+            if answer is not None:
+                return answer
         if found.doc is not None:
             return self.serve(exchange, found.doc, found.outcome)
         if found.outcome == Outcome.BYPASS:

@@ -16,14 +16,15 @@ class SingleFlight:
     def __init__(self) -> None:
         self._flights: dict[str, asyncio.Future] = {}
 
-    def leader(self, key: str) -> asyncio.Future | None:
-        """None if the caller leads a new flight for `key`; else the leader's future to await."""
+    def leader(self, key: str, task: asyncio.Task | None = None) -> asyncio.Future | None:
+        """None if the caller leads a new flight for `key`; else the leader's future to await.
+        The flight is tied to `task`, by default the caller's."""
         flight = self._flights.get(key)
         if flight is not None:
             return flight
         flight = asyncio.get_running_loop().create_future()
         self._flights[key] = flight
-        task = asyncio.current_task()
+        task = task or asyncio.current_task()
         if task is not None:
             task.add_done_callback(lambda _: self._end(key, flight, None))
         return None

@@ -5,6 +5,7 @@ Keys (prefix `cc:{stats}:`):
   unix time // 60. Metrics are the scalar counters (`requests`, `prompt_tokens`, ...) and the
   histogram bins `sim:<i>` (similarity) and `lat:<i>` (client latency). Expires after the
   retention.
+  Speculative calls are counted under outcome `speculation` (record.SPECULATION).
   Apps' feedback is counted under outcome `feedback`, metrics `false_hits`, `confirmed_hits`,
   `wrong_answers` and `right_answers`, in the minute it was reported.
 - `cc:{stats}:minutes`: sorted set of the minutes that have a hash, so a reader fetches only those.
@@ -24,14 +25,14 @@ from redis.asyncio import Redis
 from redis.asyncio.client import Pipeline
 from redis.asyncio.cluster import ClusterPipeline
 
-from catcache.reports.record import FEEDBACK
+from catcache.reports.record import FEEDBACK, SPECULATION
 
 PREFIX = "cc:{stats}:"  # one hash tag: on a Redis Cluster a flush's MULTI/EXEC stays in one slot
 MINUTES = PREFIX + "minutes"
 THRESHOLDS = PREFIX + "thresholds"
 
 SCALARS = ("requests", "prompt_tokens", "completion_tokens", "latency_ms", "backend_latency_ms", "cost_usd",
-           "near_misses", *FEEDBACK.values())
+           "near_misses", *FEEDBACK.values(), *SPECULATION.values())
 FLOATS = frozenset({"latency_ms", "backend_latency_ms", "cost_usd"})  # HINCRBY refuses a float-valued field
 
 # Similarity bins: 50 of width 0.01 over [0.5, 1.0]; thresholds live in this range. Lower

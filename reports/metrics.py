@@ -34,6 +34,10 @@ class Metrics:
         self.feedback = Counter("catcache_feedback", "Entries apps reported through /v1/cache/feedback, by "
                                 "verdict: false-hit and confirmed-hit (served from the cache), wrong-answer "
                                 "and right-answer (never served)", ["category", "verdict"], registry=r)
+        self.speculation = Counter("catcache_speculation", "Speculative forwarding, by event: sent (a miss "
+                                   "sent before its lookup ended), cancelled (closed because a hit won), "
+                                   "cancelled_prompt_tokens (their prompts, estimated at 4 bytes a token)",
+                                   ["category", "event"], registry=r)
         self.latency = Histogram("catcache_request_duration_seconds", "Time the client waited, by outcome",
                                  ["outcome"], buckets=LATENCY_BUCKETS_S, registry=r)
         self.similarity = Histogram("catcache_similarity", "Nearest neighbour's similarity, by outcome",

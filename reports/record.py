@@ -27,6 +27,11 @@ OUTCOMES = tuple(outcome.value for outcome in Outcome)
 FEEDBACK = {"false-hit": "false_hits", "confirmed-hit": "confirmed_hits",
             "wrong-answer": "wrong_answers", "right-answer": "right_answers"}
 
+# What speculative forwarding (proxy/speculation.py) did -> the counter that keeps it: calls sent
+# before the lookup ended, those closed because a hit won, and those calls' prompt tokens (estimated).
+SPECULATION = {"sent": "speculated", "cancelled": "speculation_cancelled",
+               "cancelled_prompt_tokens": "speculation_cancelled_prompt_tokens"}
+
 
 @dataclass
 class RequestRecord:

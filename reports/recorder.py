@@ -21,7 +21,7 @@ from redis.exceptions import RedisError
 from catcache.policy.schema import Policy
 from catcache.reports.buckets import Tally, lat_bin, sim_bin
 from catcache.reports.metrics import Metrics
-from catcache.reports.record import FEEDBACK, MISSES, RequestRecord
+from catcache.reports.record import FEEDBACK, MISSES, SPECULATION, RequestRecord
 
 access_log = logging.getLogger("catcache.access")
 log = logging.getLogger("catcache.reports")
@@ -65,6 +65,14 @@ class Recorder:
         if self._redis is None:
             return
         self._pending.add(int(time.time() // 60), (category, "feedback", FEEDBACK[verdict]), 1)
+        self._start_flushing()
+
+    def speculation(self, category: str, event: str, amount: int = 1) -> None:
+        """Count what speculative forwarding did; `event` is a key of SPECULATION."""
+        self.metrics.speculation.labels(category, event).inc(amount)
+        if self._redis is None:
+            return
+        self._pending.add(int(time.time() // 60), (category, "speculation", SPECULATION[event]), amount)
         self._start_flushing()
 
     def _start_flushing(self) -> None:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import importlib.util
 import sys
 from pathlib import Path
 
@@ -20,6 +21,10 @@ from catcache.store.connect import connect
 def run(since: str = "24h", redis_url: str | None = None, data_dir: str | None = None,
         output_format: str = "table", out: Path | None = None) -> int:
     """`catcache report`: print or write the window's report."""
+    if output_format == "html" and importlib.util.find_spec("matplotlib") is None:
+        print("catcache report: the HTML page's plots need matplotlib, which the core install leaves out: "
+              "pip install 'catcache[report]'", file=sys.stderr)
+        return 2
     try:
         seconds(since)
     except ValueError as exc:

@@ -13,7 +13,7 @@ from redis.asyncio import Redis
 from catcache.policy.schema import parse_duration
 from catcache.reports import buckets
 from catcache.reports.buckets import FLOATS, SCALARS, Field
-from catcache.reports.record import FEEDBACK, HITS, OUTCOMES, Outcome
+from catcache.reports.record import FEEDBACK, HITS, OUTCOMES, SPECULATION, Outcome
 
 TOTAL = "*"
 
@@ -109,6 +109,8 @@ def summarize(outcomes: dict[str, dict[str, float]]) -> dict:
         "rates": {o: rate(outcomes[o]["requests"]) if o in outcomes else 0.0 for o in OUTCOMES},
         "near_misses": int(total("near_misses")),
         "feedback": {metric: int(total(metric, ("feedback",))) for metric in FEEDBACK.values()},
+        # Calls sent before the lookup ended, and the ones a hit made wasted work of (proxy/speculation.py).
+        "speculation": {key: int(total(metric, ("speculation",))) for key, metric in SPECULATION.items()},
         "tokens_saved": int(total("prompt_tokens", HITS) + total("completion_tokens", HITS)),
         "latency_saved_ms": total("backend_latency_ms", HITS),
         "cost_saved_usd": total("cost_usd", HITS),

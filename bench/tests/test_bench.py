@@ -97,10 +97,19 @@ def test_replay_against_a_running_proxy(running: tuple[str, str]) -> None:
 
 
 def test_overhead_measures_misses_hits_and_throughput(running: tuple[str, str]) -> None:
-    result = asyncio.run(overhead.measure(*running, n=3, total=6))["catcache"]
+    backend_url, proxy_url = running
+    result = asyncio.run(overhead.measure(backend_url, {"catcache": proxy_url}, n=3, total=6))["catcache"]
     assert result["miss"]["outcomes"] == {"miss": 3} and result["no_store"]["outcomes"] == {"bypass": 3}
     assert result["exact_hit"]["hits"] == 3 and result["semantic_hit"]["hits"] == 3
     assert [p["concurrency"] for p in result["throughput"]["exact"]] == list(overhead.CONCURRENCY)
+
+
+def test_overhead_under_load_counts_hits_misses_and_speculation(running: tuple[str, str]) -> None:
+    backend_url, proxy_url = running
+    result = asyncio.run(overhead.under_load(backend_url, {"catcache": proxy_url}, requests=4, concurrency=2,
+                                             hit_rate=0.5, rounds=1))["catcache"]
+    assert result["outcomes"] == {"hit-semantic": 2, "miss": 2}
+    assert result["sent"] == 0 and result["backend_calls_beyond_misses"] == 0, "the shipped policy never speculates"
 
 
 def test_scale_on_a_small_index() -> None:
