@@ -13,11 +13,10 @@ import sys
 from collections.abc import Iterator
 from pathlib import Path
 
-import numpy as np
 import pytest
 import yaml
 
-from bench import feedback, ic_load, lookup_cost, overhead, peers, profile, replay, scale, stack, workload
+from bench import feedback, ic_load, lookup_cost, overhead, profile, replay, scale, stack, workload
 from bench.heldout import read_jsonl
 from bench.output import RESULTS
 from catcache.verify.labels import Grader
@@ -127,23 +126,6 @@ def test_overhead_under_load_counts_hits_misses_and_speculation(running: tuple[s
     assert result["sent"] == 0 and result["backend_calls_beyond_misses"] == 0, "the shipped policy never speculates"
 
 
-def test_gptcache_replays_and_grades() -> None:
-    queries = read_jsonl(STREAM)
-    rng = np.random.default_rng(0)
-    by_text = {}
-    for q in queries:
-        by_text.setdefault(q["text"], rng.standard_normal(384).astype(np.float32))
-    vectors = np.stack([by_text[q["text"]] / np.linalg.norm(by_text[q["text"]]) for q in queries])
-    run = peers.gptcache_run(queries, vectors, 0.95, embed_ms=0.0)
-    assert run["hits"] == 2 and run["false"] == 0  # the two verbatim repeats
-
-
-def test_interpolation_at_equal_false_hit_rate() -> None:
-    sweep = [{"false_hit_rate": 0.0, "hit_rate": 0.2}, {"false_hit_rate": 0.1, "hit_rate": 0.6}]
-    assert peers.at_false_rate(sweep, 0.05) == 0.4
-    assert peers.at_false_rate(sweep, 0.2) is None
-
-
 def test_scale_on_a_small_index() -> None:
     result = scale.search_ms(200)
     assert result["search_ms"]["p50"] > 0 and result["bytes_per_entry"] >= 0
@@ -185,7 +167,6 @@ def test_feedback_reports_each_hit_and_a_wrong_one_is_evicted(running: tuple[str
 
 @pytest.mark.slow
 @pytest.mark.parametrize("command", [
-    ["bench.peers", "--stream", str(STREAM), "--uniform", "0.95", "--name", "tmp/test-peers"],
     ["bench.overhead", "--queries", "20", "--requests", "40", "--name", "tmp/test-overhead"],
     ["bench.scale", "--sizes", "1000", "--name", "tmp/test-scale"],
     ["bench.lookup_cost", "--entries", "1000", "--queries", "20", "--name", "tmp/test-lookup"],
