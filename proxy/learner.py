@@ -16,6 +16,7 @@ import time
 from collections import Counter, defaultdict
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 import numpy as np
 import orjson
@@ -26,6 +27,9 @@ from catcache.store.learned import LearnedState, evidence_key, split_key
 from catcache.verify import learning
 from catcache.verify.judge import AgreementJudge, Judge, LlmJudge
 from catcache.verify.learning import Decision, Estimate, Evidence, Rule
+
+if TYPE_CHECKING:  # the exchange carries a Check: a run-time import would be a circle
+    from catcache.proxy.exchange import Found
 
 log = logging.getLogger("catcache.learning")
 LOG_EVERY_S = 20.0  # a history point at least this often (20,000 points a category: 4.6 days)
@@ -40,6 +44,14 @@ class Check:
     similarity: float
     cached: str          # the neighbour's answer text
     why: str             # "near" (a near miss) or "explore" (a would-be hit checked)
+
+    @classmethod
+    def of(cls, found: Found, why: str) -> Check | None:
+        """The check of `found`'s nearest verified neighbour, if the lookup had one."""
+        if found.best is None:
+            return None
+        similarity, neighbour = found.best
+        return cls(found.category, found.cell, similarity, answer_text(neighbour.response), why)
 
 
 @dataclass(frozen=True)

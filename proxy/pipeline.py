@@ -24,7 +24,7 @@ from catcache.proxy import outcomes
 from catcache.proxy.exchange import Exchange, parse
 from catcache.proxy.forwarding import forward, fresh_id, pass_through, reply
 from catcache.proxy.incontext import in_context
-from catcache.proxy.learner import Check, answer_text
+from catcache.proxy.learner import Check
 from catcache.proxy.lookup import Tiers, look_up
 from catcache.proxy.speculation import RaceClock, Speculation
 from catcache.proxy.state import ProxyState
@@ -64,14 +64,13 @@ class CachePipeline:
             self.state.index.remove(category, [doc_id])
         learner = self.state.learner
         if found.best is not None:
-            similarity, neighbour = found.best
+            similarity = found.best[0]
             learner.ask(found.category, found.cell, similarity)
             if found.doc is None:  # a near miss: its fresh answer will say whether the neighbour's was right
-                exchange.check = Check(found.category, found.cell, similarity, answer_text(neighbour.response), "near")
+                exchange.check = Check.of(found, "near")
             elif found.outcome == Outcome.HIT_SEMANTIC and learner.explore(found.category):
                 # A would-be hit checked: a miss for this client, its fresh answer judged against the neighbour's.
-                exchange.check = Check(found.category, found.cell, similarity, answer_text(neighbour.response),
-                                       "explore")
+                exchange.check = Check.of(found, "explore")
                 found = replace(found, outcome=Outcome.MISS, doc=None, band=[])
                 exchange.learn(found)
                 exchange.verdict = f"explored: a would-be hit at {similarity:.4f}, answered by the backend to check it"

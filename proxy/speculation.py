@@ -43,6 +43,7 @@ from catcache.policy.schema import Category, Policy
 from catcache.proxy.exchange import Exchange, Found
 from catcache.proxy.forwarding import failed, relay, relayable, send
 from catcache.proxy.incontext import in_context
+from catcache.proxy.learner import Check
 from catcache.proxy.state import ProxyState
 from catcache.proxy.storing import Keep, storable, store
 from catcache.proxy.tenancy import scoped
@@ -263,6 +264,9 @@ class LateKeep(Keep):
             return
         if found.outcome == Outcome.MISS:
             await store(self.state, self.exchange, response, latency_ms)
+            check = Check.of(found, "near")  # the backend answered a near miss: judge it all the same
+            if check is not None:
+                self.state.learner.judge_later(check, response)
 
 
 def prompt_tokens(exchange: Exchange) -> int:

@@ -87,3 +87,38 @@ def test_a_checked_would_be_hit_is_judged_shared_and_purged(proxy_factory, answe
                             headers={"authorization": f"Bearer {TOKEN}"})
         assert purged.status_code == 200
         eventually(lambda: not learned(second, "code"))
+
+
+SPECULATING = """
+version: 1
+tenancy: {by: none}
+backends:
+  large: {url: http://127.0.0.1:9/v1, role: large}
+speculation: {max_in_flight: 8}
+learning:
+  enabled: true
+  min_observations: 1
+  exploration: {most: 0.0, least: 0.0}
+categories:
+  code:
+    match: {regex: ['(?i)\\bpython\\b']}
+    threshold: 0.98
+    speculate: always
+  default: {threshold: 0.96, speculate: always}
+"""
+NEAR = ["How do I reverse a list in Python?", "What is the best way to reverse a Python list?"]  # cosine 0.95
+
+
+def test_a_near_miss_answered_by_a_speculative_call_is_judged_too(proxy_factory, tmp_path: Path):
+    """The backend answers at once, so its answer begins before the lookup ends (proxy/speculation.py's
+    late keep): the near miss it answers is judged all the same."""
+    policies = tmp_path / "policies.yaml"
+    policies.write_text(SPECULATING)
+    with TestBackend(replies={q: "Use reversed(items) or items[::-1]." for q in NEAR}) as backend:
+        proxy = proxy_factory(policies=policies, backend_url=backend.base_url,
+                              env={"CATCACHE_ADMIN_TOKEN": TOKEN})
+        assert ask(proxy, NEAR[0])["x-catcache"] == "miss"
+        time.sleep(0.5)  # the first answer is stored in the background once its lookup ends
+        assert ask(proxy, NEAR[1])["x-catcache"] == "miss"
+        code = eventually(lambda: learned(proxy, "code").get("observations") and learned(proxy, "code"))
+        assert code["observations"] == 1 and code["observed_false"] == 0 and code["explored"] == 0
