@@ -39,11 +39,10 @@ def plot(history: History, colors: Mapping[str, str], style: Mapping[str, object
     """Two panels over time: each category's live threshold, and its estimated false-hit rate
     with the interval shaded."""
     from matplotlib import rc_context  # loaded for the page only, as reports/plots.py is
-    from matplotlib.dates import AutoDateLocator, ConciseDateFormatter
     from matplotlib.figure import Figure
     from matplotlib.ticker import PercentFormatter
 
-    from catcache.reports.plots import _svg  # one SVG writer for the page
+    from catcache.reports.plots import _svg, time_axis  # one SVG writer and time axis for the page
 
     with rc_context(dict(style)):
         fig = Figure(figsize=(10, 5.2))
@@ -63,9 +62,7 @@ def plot(history: History, colors: Mapping[str, str], style: Mapping[str, object
         bottom.set_title("Estimated false-hit rate of the hits served, with its interval")
         bottom.set_ylim(0, min(1.0, highest * 2))
         bottom.yaxis.set_major_formatter(PercentFormatter(1.0, decimals=1))
-        locator = AutoDateLocator()
-        bottom.xaxis.set_major_locator(locator)
-        bottom.xaxis.set_major_formatter(ConciseDateFormatter(locator))
+        time_axis(bottom)
         top.legend(loc="upper left", bbox_to_anchor=(1.0, 1.0))
         return _svg(fig)
 

@@ -56,11 +56,16 @@ def hit_rate_over_time(window: Window, colors: dict[str, str]) -> str:
         highest = np.nanmax([*total, *(r for rates in lines.values() for r in rates), 0.05])
         ax.set_ylim(0, min(1.0, math.ceil(highest * 11) / 10))
         ax.yaxis.set_major_formatter(PercentFormatter(1.0, decimals=0))
-        locator = AutoDateLocator()
-        ax.xaxis.set_major_locator(locator)
-        ax.xaxis.set_major_formatter(ConciseDateFormatter(locator))
+        time_axis(ax)
         ax.legend(loc="upper left", bbox_to_anchor=(1.0, 1.0))
         return _svg(fig)
+
+
+def time_axis(ax: Axes) -> None:
+    """Dates along `ax`'s x axis, labelled no more than the span needs."""
+    locator = AutoDateLocator()
+    ax.xaxis.set_major_locator(locator)
+    ax.xaxis.set_major_formatter(ConciseDateFormatter(locator))
 
 
 def outcome_mix(window: Window) -> str:
