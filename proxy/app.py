@@ -41,6 +41,7 @@ from catcache.store.learned import LearnedState
 log = logging.getLogger("catcache")
 SWEEP_EVERY_S = 60.0
 SNAPSHOT_EVERY_S = 300.0
+SHUTDOWN_GRACE_S = 20.0  # a stuck backend or Redis never holds a shutdown for good
 POLICY_POLL_S = 1.0
 
 
@@ -155,15 +156,10 @@ async def lifespan(app: FastAPI, settings: Settings) -> AsyncIterator[None]:
     finally:
         for task in tasks:
             task.cancel()
-        if settings.snapshots is not None:
-            await state.index.save_snapshot(settings.snapshots)
-        await app.state.pipeline.hits.close()
-        await state.recorder.close()
-        await state.learner.settled()
-        with contextlib.suppress(Exception):  # what this proxy counted last goes to Redis if it can
-            await state.learner.sync()
-        for client in state.live.backends.values():
-            await client.aclose()
+        try:
+            await asyncio.wait_for(settle(app, state, settings), SHUTDOWN_GRACE_S)
+        except TimeoutError:
+            log.warning("shutdown: what was pending did not settle within %.0f s; closing anyway", SHUTDOWN_GRACE_S)
         state.guard.close()
         embedder.close()
         await redis.aclose()
@@ -171,6 +167,20 @@ async def lifespan(app: FastAPI, settings: Settings) -> AsyncIterator[None]:
             settings.embedded.stop()
         if settings.local is not None:
             settings.local.stop()
+
+
+async def settle(app: FastAPI, state: ProxyState, settings: Settings) -> None:
+    """What a clean shutdown owes: the snapshot, the counters and judgements in hand, the backends'
+    connections closed."""
+    if settings.snapshots is not None:
+        await state.index.save_snapshot(settings.snapshots)
+    await app.state.pipeline.hits.close()
+    await state.recorder.close()
+    await state.learner.settled()
+    with contextlib.suppress(Exception):  # what this proxy counted last goes to Redis if it can
+        await state.learner.sync()
+    for client in state.live.backends.values():
+        await client.aclose()
 
 
 async def embed_all(embedder: Embedder, texts: list[str]) -> np.ndarray:
