@@ -75,30 +75,19 @@ def gold_sentence(answer: str) -> str:
     return f"The answer is {' or '.join(gold_texts(answer))}."
 
 
-def near_misses(rows: list[dict], vectors: np.ndarray, low: float, high: float, k: int) -> list[dict]:
+def near_misses(rows: list[dict], vectors: np.ndarray, low: float, high: float, k: int,
+                across: bool = False) -> list[dict]:
     """Rows whose nearest earlier row is in [low, high), with the band's k nearest as examples.
+    With `across`, only rows asked for the first time in their cluster: every neighbour is then
+    another cluster's question, so a right answer cannot be copied.
 
     Exact search over the earlier rows (a few thousand): the bench measures answers, not the index.
     """
-    found = []
-    for i in range(1, len(rows)):
-        sims = vectors[:i] @ vectors[i]
-        order = np.argsort(-sims)[:k]
-        best = float(sims[order[0]])
-        if low <= best < high:
-            band = [int(j) for j in order if sims[j] >= low]
-            found.append({"row": i, "similarity": best, "band": band, "band_sims": [float(sims[j]) for j in band]})
-    return found
-
-
-def near_misses_across(rows: list[dict], vectors: np.ndarray, low: float, high: float, k: int) -> list[dict]:
-    """Rows asked for the first time in their cluster whose nearest earlier row is in [low, high):
-    every neighbour is another cluster's question, so a right answer cannot be copied."""
     found, seen = [], {rows[0]["group"]}
     for i in range(1, len(rows)):
         first = rows[i]["group"] not in seen
         seen.add(rows[i]["group"])
-        if not first:
+        if across and not first:
             continue
         sims = vectors[:i] @ vectors[i]
         order = np.argsort(-sims)[:k]
@@ -203,8 +192,7 @@ def main(argv: list[str] | None = None) -> None:
             for half, name in halves:
                 mine = [r for r in rows if group_half(r["group"]) == half]
                 vectors = embedder.encode([r["text"] for r in mine])
-                misses = (near_misses_across if args.across else near_misses)(mine, vectors, args.low, args.threshold,
-                                                                               args.k)
+                misses = near_misses(mine, vectors, args.low, args.threshold, args.k, across=args.across)
                 counts[name] = len(misses)
                 _append(args.answers, {"half": name, "near_misses": len(misses)})
                 if args.across:
