@@ -16,6 +16,7 @@ from urllib.parse import quote
 import httpx
 
 from catcache.backends.replicas import Replica, ReplicaSet
+from catcache.backends.http11 import Http11Transport
 from catcache.backends.tcp import transport
 from catcache.policy.schema import Backend
 
@@ -62,9 +63,9 @@ class _Released(httpx.AsyncByteStream):
     its replica's (the routing's load signal) and its backend's (the adaptive policy's). The one
     place either count goes down once a response has arrived, whatever path closes it."""
 
-    def __init__(self, inner: httpx.AsyncByteStream, replica: Replica, backend: BackendClient):
+    def __init__(self, inner: httpx.AsyncByteStream, replica: Replica, backend: BackendClient | None):
         self._inner = inner
-        self._slots: tuple[Replica, BackendClient] | None = (replica, backend)
+        self._slots: tuple[Replica, BackendClient | None] | None = (replica, backend)
 
     async def __aiter__(self) -> AsyncIterator[bytes]:
         async for chunk in self._inner:
@@ -77,7 +78,8 @@ class _Released(httpx.AsyncByteStream):
             if self._slots is not None:
                 replica, backend = self._slots
                 replica.in_flight -= 1
-                backend.in_flight -= 1
+                if backend is not None:
+                    backend.in_flight -= 1
                 self._slots = None
 
 
@@ -92,7 +94,7 @@ class BackendClient:
         self._health: asyncio.Task | None = None
         limits = httpx.Limits(max_connections=512, max_keepalive_connections=128, keepalive_expiry=KEEPALIVE_S)
         self._http = httpx.AsyncClient(timeout=httpx.Timeout(config.timeout, connect=5.0),
-                                       transport=transport(limits))
+                                       transport=Http11Transport(limits, fallback=transport(limits)))
 
     def target(self, path: str, query: str = "", base_url: str | None = None) -> str:
         """`/v1/chat/completions` -> the backend's base URL (which ends in /v1) + `/chat/completions`.
@@ -113,20 +115,23 @@ class BackendClient:
         return [(_wire(k), _wire(v)) for k, v in headers.items()]
 
     async def open(self, method: str, path: str, *, headers: dict[str, str], content: bytes,
-                   query: str = "", affinity: str | None = None) -> httpx.Response:
+                   query: str = "", affinity: str | None = None, load: bool = True) -> httpx.Response:
         """Send and return as soon as the status line arrives; the caller reads and closes the body.
 
-        The request counts in `in_flight` from now until the body is closed (or the send fails).
-        `affinity` names the request's prompt prefix (replicas.affinity_key); with several
-        replicas, requests that share it go to the same one."""
+        The request counts in `in_flight` from now until the body is closed (or the send fails),
+        unless `load` is False: a probe (GET /models for /metrics) is not work the backend has in
+        hand, and counted it would hold speculation and the adaptive policy back while a monitor
+        scrapes. `affinity` names the request's prompt prefix (replicas.affinity_key); with
+        several replicas, requests that share it go to the same one."""
         self._watch_health()
-        self.in_flight += 1
+        counted = 1 if load else 0
+        self.in_flight += counted
         try:
             response, replica = await self._send(method, path, headers, content, query, affinity)
         except BaseException:
-            self.in_flight -= 1
+            self.in_flight -= counted
             raise
-        response.stream = _Released(response.stream, replica, self)
+        response.stream = _Released(response.stream, replica, self if load else None)
         return response
 
     async def _send(self, method: str, path: str, headers: dict[str, str], content: bytes, query: str,

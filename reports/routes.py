@@ -52,7 +52,7 @@ async def stats(request: Request, since: str = "1h") -> Response:
 async def answers(client: BackendClient) -> bool:
     """Whether the backend answers GET /models at all (an auth error still means it is up)."""
     try:
-        response = await asyncio.wait_for(client.open("GET", "/v1/models", headers={}, content=b""),
+        response = await asyncio.wait_for(client.open("GET", "/v1/models", headers={}, content=b"", load=False),
                                           PROBE_TIMEOUT_S)
     except (httpx.HTTPError, OSError, asyncio.TimeoutError):
         return False
