@@ -86,7 +86,7 @@ class CachePipeline:
             answer = await in_context(self.state, exchange, found.band)
             if answer is not None:
                 return answer
-        return await self.fetch(exchange)
+        return await self.fetch(exchange, speculation.joined if speculation is not None else None)
 
     def serve(self, exchange: Exchange, doc: Document, outcome: Outcome) -> Response:
         """A hit: the cached answer under a fresh id, counted in the background."""
@@ -97,10 +97,12 @@ class CachePipeline:
         outcomes.record(self.state, exchange, outcome, doc.latency_ms, response.get("usage"))
         return reply(exchange, response, outcomes.headers(exchange, outcome, doc.doc_id))
 
-    async def fetch(self, exchange: Exchange) -> Response:
+    async def fetch(self, exchange: Exchange, joined: asyncio.Future | None = None) -> Response:
         """A miss: the large backend's answer, stored; a request already being fetched waits for
-        that answer instead (and calls the backend itself only if that call failed)."""
-        flight = self.state.flights.leader(exchange.doc_id)
+        that answer instead (and calls the backend itself only if that call failed). `joined`: the
+        flight the request found when its exact tier missed (proxy/speculation.py), which may
+        have ended since, its answer not yet stored."""
+        flight = joined if joined is not None else self.state.flights.leader(exchange.doc_id)
         if flight is None:
             return await forward(self.state, exchange, Outcome.MISS, Keep(self.state, exchange, exchange.doc_id))
         response = await asyncio.shield(flight)  # None if the leader failed or went away

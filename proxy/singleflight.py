@@ -26,17 +26,29 @@ class SingleFlight:
         self._flights[key] = flight
         task = task or asyncio.current_task()
         if task is not None:
-            task.add_done_callback(lambda _: self._end(key, flight, None))
+            task.add_done_callback(lambda _: self._end(key, flight))
         return None
 
-    def land(self, key: str, result: dict | None) -> None:
-        """The leader's answer (None if it failed) for every waiter; the next request leads anew."""
+    def land(self, key: str, result: dict | None, held_until: asyncio.Future | None = None) -> None:
+        """The leader's answer (None if it failed) for every waiter; the next request leads anew,
+        or, with `held_until`, once that is done: a speculated answer is stored only when its
+        lookup ends (proxy/speculation.py), and until then an identical request takes this answer
+        instead of asking the backend again. Landing a flight that has landed changes nothing."""
         flight = self._flights.get(key)
-        if flight is not None:
-            self._end(key, flight, result)
+        if flight is None or flight.done():
+            return
+        flight.set_result(result)
+        if held_until is None or result is None:
+            self._drop(key, flight)
+        else:
+            held_until.add_done_callback(lambda _: self._drop(key, flight))
 
-    def _end(self, key: str, flight: asyncio.Future, result: dict | None) -> None:
+    def _end(self, key: str, flight: asyncio.Future) -> None:
+        """The leader's task ended: a flight it never landed fails."""
+        if not flight.done():
+            flight.set_result(None)
+            self._drop(key, flight)
+
+    def _drop(self, key: str, flight: asyncio.Future) -> None:
         if self._flights.get(key) is flight:
             del self._flights[key]
-        if not flight.done():
-            flight.set_result(result)

@@ -24,7 +24,9 @@ backend had room for.
 
 Single flight: the speculative call leads the flight of the request's exact key, scoped to the
 tenant unless the rules gave a shared category; an identical request meanwhile does not speculate,
-and waits for that flight if its own lookup misses.
+and waits for that flight if its own lookup misses. An answer relayed before its lookup ended is
+stored only once the lookup ends, so its flight stays open, answered, until then (`LateKeep`): an
+identical request in that window takes that answer, as it would take the stored entry.
 """
 
 from __future__ import annotations
@@ -112,6 +114,7 @@ class Speculation:
         self.call: asyncio.Task[Upstream] | None = None
         self.called = asyncio.get_running_loop().create_future()  # done once `call` is made: wakes `race`
         self.flight: str | None = None
+        self.joined: asyncio.Future | None = None  # an identical request's flight, found when the exact tier missed
         self.started = 0.0
         self.exact_missed: float | None = None  # when the exact tier missed: the lookup's half of the race
 
@@ -140,8 +143,9 @@ class Speculation:
             return
         shared = category is not None and policy.category(category).shared
         key = scoped(exchange.canon.functional_key, None if shared else exchange.tenant)
-        if self.state.flights.leader(key, self.owner) is not None:
-            return  # being fetched already: this request waits for that flight if its lookup misses
+        self.joined = self.state.flights.leader(key, self.owner)
+        if self.joined is not None:
+            return  # being fetched, or just answered and not yet stored: if its lookup misses, this request takes that answer
         self.flight, self.started = key, time.perf_counter()
         self.call = asyncio.ensure_future(self._first_byte())
         self.called.set_result(None)
@@ -163,8 +167,7 @@ class Speculation:
 
     async def race(self, lookup: Coroutine[Any, Any, Found]) -> Found | Response:
         """The lookup's `Found`, or the backend's answer if a good one began before the lookup ended."""
-        looking = asyncio.ensure_future(lookup)
-        looking.add_done_callback(self._learn)
+        looking = asyncio.ensure_future(self._looked(lookup))
         try:
             while not looking.done():
                 other = self.called if self.call is None else self.call
@@ -180,14 +183,19 @@ class Speculation:
         self.exchange.looking = looking  # outcomes.record waits for it to name the category
         return await self._relay(Outcome.MISS, LateKeep(self.state, self.exchange, self.flight, looking))
 
-    def _learn(self, looking: asyncio.Future) -> None:
-        """The lookup's end: what it found, and the speculative call counted under its category."""
-        if not looking.cancelled() and looking.exception() is None:
-            self.exchange.learn(looking.result())
+    async def _looked(self, lookup: Coroutine[Any, Any, Found]) -> Found:
+        """The lookup, what it found learnt before it counts as done, and the speculative call
+        counted under its category. Whoever waits for it (the record, the late store) reads the
+        exchange's category and keys: a done callback would set them only later on the loop."""
+        try:
+            found = await lookup
+            self.exchange.learn(found)
             if self.exact_missed is not None:
                 self.clock.looked((time.perf_counter() - self.exact_missed) * 1000)
-        if self.call is not None:
-            self.state.recorder.speculation(self.exchange.category or "-", "sent")
+            return found
+        finally:
+            if self.call is not None:
+                self.state.recorder.speculation(self.exchange.category or "-", "sent")
 
     def _answered(self) -> bool:
         """Whether the call has a good answer under way (a failure or an error status waits for the lookup)."""
@@ -252,8 +260,9 @@ class LateKeep(Keep):
         if not storable(response, backend_headers, self.state.policy.finish_reasons):
             self.land(None)
             return False
-        self.land(response)
-        _keep_alive(asyncio.ensure_future(self._store_when_found(response, latency_ms)))
+        storing = asyncio.ensure_future(self._store_when_found(response, latency_ms))
+        _keep_alive(storing)
+        self.land(response, held_until=storing)  # an identical request meanwhile takes it, as if it were stored
         return False
 
     async def _store_when_found(self, response: dict, latency_ms: float) -> None:

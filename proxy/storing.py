@@ -3,6 +3,7 @@ requests waiting on the same flight (proxy/singleflight.py)."""
 
 from __future__ import annotations
 
+import asyncio
 import logging
 from dataclasses import dataclass
 
@@ -39,10 +40,11 @@ class Keep:
             self.state.learner.judge_later(self.exchange.check, response)
         return stored
 
-    def land(self, response: dict | None) -> None:
-        """Hand the answer (None: the call failed) to the requests waiting on this flight."""
+    def land(self, response: dict | None, held_until: asyncio.Future | None = None) -> None:
+        """Hand the answer (None: the call failed) to the requests waiting on this flight, and to
+        those that come until `held_until` is done (SingleFlight.land)."""
         if self.flight is not None:
-            self.state.flights.land(self.flight, response)
+            self.state.flights.land(self.flight, response, held_until)
 
 
 def storable(response: dict, backend_headers: httpx.Headers | None, finish_reasons: list[str]) -> bool:

@@ -65,3 +65,30 @@ async def test_an_old_leaders_end_does_not_land_a_newer_flight():
     release_newer.set()
     assert await asyncio.wait_for(waiter, 1) == {"answer": "new"}
     await newer
+
+
+async def test_a_held_flight_answers_newcomers_until_its_answer_is_stored():
+    """A speculated answer is stored after its lookup ends: until then an identical request takes it."""
+    flights = SingleFlight()
+    stored = asyncio.get_running_loop().create_future()
+
+    async def lead():
+        assert flights.leader("k") is None
+        flights.land("k", {"answer": 1}, held_until=stored)
+
+    await asyncio.create_task(lead())  # the leader's request has ended
+    waiter = flights.leader("k")
+    assert waiter is not None and await waiter == {"answer": 1}
+    flights.land("k", None)
+    assert flights.leader("k") is waiter, "landing again changes nothing"
+    stored.set_result(None)
+    await asyncio.sleep(0)
+    assert flights.leader("k") is None, "once stored, the next request leads anew"
+
+
+async def test_a_failed_answer_is_never_held():
+    flights = SingleFlight()
+    stored = asyncio.get_running_loop().create_future()
+    assert flights.leader("k") is None
+    flights.land("k", None, held_until=stored)
+    assert flights.leader("k") is None
