@@ -176,7 +176,8 @@ def test_single_flight_sends_one_call_for_identical_misses(proxy, thinking, api_
 def test_never_is_not_speculated(proxy, thinking, api_key):
     headers, _ = chat(proxy, api_key, "Name a prime number above one hundred.", headers={"x-catcache-category": "careful"})
     assert headers["x-catcache"] == "miss" and speculation(proxy, "careful", "sent") == 0
-    headers, _ = chat(proxy, api_key, "Name a prime number above three hundred.", headers={"x-catcache-category": "public"})
+    # Far from the question above: a neighbour found before the backend's answer would be a hit.
+    headers, _ = chat(proxy, api_key, "Who designed the Eiffel Tower?", headers={"x-catcache-category": "public"})
     assert headers["x-catcache"] == "miss" and speculation(proxy, "public", "sent") >= 1
 
 
@@ -200,8 +201,6 @@ def in_flight(proxy) -> float:
     return float(re.search(r'catcache_backend_in_flight{backend="large"} (\S+)', httpx.get(f"{proxy.url}/metrics").text)[1])
 
 
-@pytest.mark.skip(reason="flaky: now and then one of the two slow questions is not speculated although only "
-                         "one call is in flight, or the third is a semantic hit; not understood yet (closing note)")
 def test_none_is_sent_while_the_backend_is_busy(proxy, thinking, api_key):
     eventually(lambda: in_flight(proxy) == 0, message=lambda: f"{in_flight(proxy)} calls left in flight")
     thinking.state.think_s = 2.0
