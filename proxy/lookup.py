@@ -8,7 +8,7 @@ from __future__ import annotations
 import logging
 import time
 from dataclasses import dataclass, replace
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from typing import TYPE_CHECKING
 
 from catcache.categories.classifier import Classification, Classifier, RequestTraits
@@ -59,12 +59,13 @@ def adaptive_relief(policy: Policy, waiting: int) -> float:
     return min(1.0, waiting / policy.adaptive.queue_high)
 
 
-ExactMissed = Callable[[str | None], None]  # told the category the rules gave, if any (proxy/speculation.py)
+# Told the category the rules gave, if any; the lookup goes on once it returns (proxy/speculation.py).
+ExactMissed = Callable[[str | None], Awaitable[None]]
 
 
 async def look_up(tiers: Tiers, exchange: Exchange, waiting: int, exact_missed: ExactMissed | None = None) -> Found:
     """What the tiers found for `exchange`; `waiting` is the large backend's load (adaptive policy).
-    `exact_missed` is called once the exact tier has missed, before the embedding."""
+    `exact_missed` is awaited once the exact tier has missed, before the embedding."""
     return await _Lookup(tiers, exchange, waiting, exact_missed).run()
 
 
@@ -106,7 +107,7 @@ class _Lookup:
             if doc is not None:
                 return self._as(Outcome.HIT_EXACT, doc)
         if self.exact_missed is not None:
-            self.exact_missed(ruled.category if ruled is not None else None)
+            await self.exact_missed(ruled.category if ruled is not None else None)
         if canon.query_text:
             self.found = replace(self.found, vector=await tiers.embedder.embed(canon.query_text))
         self._classify(ruled or tiers.classifier.classify(traits, self.found.vector))

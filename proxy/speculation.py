@@ -21,6 +21,10 @@ backend had room for.
   The speculative call counts in the large backend's load that the router reads.
 - `always` speculates whether it pays or not, and the large backend answers every speculated
   near miss.
+While the backend's first byte usually comes first (`RaceClock.backend_wins`: `always` against a
+fast backend, `auto`'s probes), the lookup waits for it before the embedding, at most as long as
+it usually takes: the miss is relayed without the forward pass taking the CPU beside it, and it
+is stored, with its vector, once the lookup ends.
 
 Single flight: the speculative call leads the flight of the request's exact key, scoped to the
 tenant unless the rules gave a shared category; an identical request meanwhile does not speculate,
@@ -77,10 +81,14 @@ class RaceClock:
     skipped: int = 0
 
     def pays(self) -> bool:
-        if self.lookup_ms is None or self.first_byte_ms is None or self.lookup_ms < self.first_byte_ms:
+        if not self.backend_wins():
             return True
         self.skipped = (self.skipped + 1) % PROBE_EVERY
         return self.skipped == 0
+
+    def backend_wins(self) -> bool:
+        """Whether the backend's first byte usually comes before the lookup's end."""
+        return self.lookup_ms is not None and self.first_byte_ms is not None and self.lookup_ms >= self.first_byte_ms
 
     def looked(self, ms: float) -> None:
         self.lookup_ms = _smoothed(self.lookup_ms, ms)
@@ -113,10 +121,11 @@ class Speculation:
         self.owner = asyncio.current_task()  # the request's task: a flight it leads ends with it
         self.call: asyncio.Task[Upstream] | None = None
         self.called = asyncio.get_running_loop().create_future()  # done once `call` is made: wakes `race`
+        self.relayed = asyncio.get_running_loop().create_future()  # done once `race` has relayed the call's answer
         self.flight: str | None = None
         self.joined: asyncio.Future | None = None  # an identical request's flight, found when the exact tier missed
         self.started = 0.0
-        self.exact_missed: float | None = None  # when the exact tier missed: the lookup's half of the race
+        self.exact_missed: float | None = None  # when the lookup went on past the exact tier: its half of the race
 
     @classmethod
     def of(cls, state: ProxyState, exchange: Exchange, clock: RaceClock) -> Speculation | None:
@@ -129,10 +138,23 @@ class Speculation:
     def sent(self) -> bool:
         return self.call is not None
 
-    def start(self, category: str | None) -> None:
-        """The lookup's `exact_missed`: send the request now, if the policy and the load allow."""
-        policy, exchange = self.state.policy, self.exchange
+    async def start(self, category: str | None) -> None:
+        """The lookup's `exact_missed`: send the request now, if the policy and the load allow.
+        When the backend's first byte usually comes before the lookup's end, the lookup waits for
+        it (at most as long as it usually takes) and for the answer to be relayed: a hit could not
+        have won that race, and the embedding, run beside the relay, takes the CPU the relay needs
+        on a small machine."""
+        self._send(category)
+        if self.call is not None and self.clock.backend_wins():
+            assert self.clock.first_byte_ms is not None
+            await asyncio.wait([self.call], timeout=self.clock.first_byte_ms / 1000)
+            if self.call.done() and self._answered():
+                await self.relayed  # `race` hands the answer to the client at once
         self.exact_missed = time.perf_counter()
+
+    def _send(self, category: str | None) -> None:
+        """Ask the large backend now, unless the policy, the load or a flight already under way forbid."""
+        policy, exchange = self.state.policy, self.exchange
         in_flight = self.state.large().in_flight
         if in_flight >= policy.speculation.max_in_flight:
             return
@@ -229,7 +251,11 @@ class Speculation:
             upstream, pieces = await self.call
         except httpx.HTTPError as exc:
             return failed(self.state, self.exchange, backend, keep, exc)
-        return await relay(self.state, self.exchange, backend, upstream, self.started, outcome, keep, pieces)
+        try:
+            return await relay(self.state, self.exchange, backend, upstream, self.started, outcome, keep, pieces)
+        finally:
+            if not self.relayed.done():
+                self.relayed.set_result(None)
 
     def cancel(self, count: bool = True) -> None:
         """Close the call (vLLM aborts a request whose connection closes); `count` it as waste."""

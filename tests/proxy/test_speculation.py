@@ -23,6 +23,14 @@ def test_a_lookup_slower_than_the_backend_stops_speculation_but_for_probes():
     assert clock.pays()
 
 
+def test_the_backend_wins_only_once_both_sides_are_measured_and_the_lookup_is_slower():
+    """While it does, a speculated lookup lets the backend's answer go first (Speculation.start)."""
+    assert not RaceClock().backend_wins()
+    assert not RaceClock(lookup_ms=50.0).backend_wins()
+    assert not RaceClock(lookup_ms=10.0, first_byte_ms=200.0).backend_wins()
+    assert RaceClock(lookup_ms=10.0, first_byte_ms=2.0).backend_wins()
+
+
 def test_a_call_a_hit_closed_never_lowers_the_first_byte_estimate():
     clock = RaceClock(first_byte_ms=300.0)
     clock.outlasted(20.0)
