@@ -9,6 +9,9 @@ Two stalls of about 40 ms each hit a proxy on a keep-alive connection to a plain
   a connection looks interactive. Re-arming TCP_QUICKACK before each read acknowledges at once
   (the flag does not stick, so one setsockopt at connect is not enough).
 uvicorn (and vLLM) write a response in one go, so neither stall shows in front of them.
+
+This is httpx's own transport so tuned; it carries what backends/http11.py leaves to it (TLS,
+HEAD, streamed request bodies), and http11 does the same for the plain-HTTP calls.
 """
 
 from __future__ import annotations
