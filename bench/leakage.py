@@ -61,6 +61,11 @@ class Quote:
     line: int
     kind: str  # "literal", "comment" or "data"
     text: str
+    last: int = 0  # the last line of lines joined into one quote; 0 for a line or a literal
+
+    @property
+    def where(self) -> str:
+        return f"{self.path}:{self.line}" + (f"-{self.last}" if self.last else "")
 
 
 @dataclass(frozen=True)
@@ -132,26 +137,29 @@ def halves(folder: Path) -> tuple[Half, Half]:
     return Half(texts(TRAIN)), Half(texts(HELDOUT))
 
 
+def lines_and_runs(name: str, kind: str, lines: Iterable[tuple[int, str]]) -> Iterator[Quote]:
+    """Each line, and each run of consecutive lines joined: a question wrapped over two lines."""
+    run: list[tuple[int, str]] = []
+    for number, text in [*lines, (-1, "")]:
+        if text.strip():
+            yield Quote(name, number, kind, text)
+        if run and (number != run[-1][0] + 1 or not text.strip()):
+            if len(run) > 1:
+                yield Quote(name, run[0][0], kind, " ".join(t for _, t in run), run[-1][0])
+            run = []
+        if text.strip():
+            run.append((number, text))
+
+
 def python_quotes(path: Path, name: str) -> Iterator[Quote]:
-    """String literals (docstrings and f-string parts included) and blocks of consecutive comments."""
+    """String literals (docstrings and f-string parts included) and comments."""
     source = path.read_text(encoding="utf-8")
     for node in ast.walk(ast.parse(source)):
         if isinstance(node, ast.Constant) and isinstance(node.value, str):
             yield Quote(name, node.lineno, "literal", node.value)
-    block: list[str] = []
-    first = last = 0
-    for token in tokenize.generate_tokens(io.StringIO(source).readline):
-        if token.type != tokenize.COMMENT:
-            continue
-        if block and token.start[0] != last + 1:
-            yield Quote(name, first, "comment", " ".join(block))
-            block = []
-        if not block:
-            first = token.start[0]
-        block.append(token.string.lstrip("#"))
-        last = token.start[0]
-    if block:
-        yield Quote(name, first, "comment", " ".join(block))
+    comments = [(token.start[0], token.string.lstrip("#"))
+                for token in tokenize.generate_tokens(io.StringIO(source).readline) if token.type == tokenize.COMMENT]
+    yield from lines_and_runs(name, "comment", comments)
 
 
 def strings(value: object) -> Iterator[str]:
@@ -166,10 +174,14 @@ def strings(value: object) -> Iterator[str]:
 
 
 def data_quotes(path: Path, name: str) -> Iterator[Quote]:
-    """Each line of a data file; each string value of a JSON Lines row."""
-    for number, line in enumerate(path.read_text(encoding="utf-8", errors="replace").splitlines(), 1):
+    """Each string value of a JSON Lines row; each line and run of lines of another data file."""
+    lines = list(enumerate(path.read_text(encoding="utf-8", errors="replace").splitlines(), 1))
+    if path.suffix != ".jsonl":
+        yield from lines_and_runs(name, "data", lines)
+        return
+    for number, line in lines:
         try:
-            values = list(strings(json.loads(line))) if path.suffix == ".jsonl" and line.strip() else [line]
+            values = list(strings(json.loads(line))) if line.strip() else []
         except ValueError:
             values = [line]
         for value in values:
@@ -200,7 +212,14 @@ def findings(root: Path, folders: Sequence[str], workloads: dict[str, tuple[Half
                 fine = match.text in calibration.exact or (
                     match.how == "near" and any(m.edits <= match.edits for m in calibration.matches(text)))
                 found.append(Finding(quote, name, match, fine))
-    return found
+    return [f for f in found if not any(within(g.quote, f.quote) and (g.workload, g.match.text) == (f.workload, f.match.text)
+                                        for g in found)]
+
+
+def within(inner: Quote, outer: Quote) -> bool:
+    """Whether `inner` is one of the lines joined into `outer` (whose finding it then repeats)."""
+    return (bool(outer.last) and not inner.last and inner.path == outer.path and inner.kind == outer.kind
+            and outer.line <= inner.line <= outer.last)
 
 
 def workload_folders(folder: Path, names: Sequence[str] | None) -> list[Path]:
@@ -230,7 +249,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         table.add_column(column)
     for f in found:
         how = f.match.how if f.match.how != "near" else f"near ({f.match.edits})"
-        table.add_row(f"{f.quote.path}:{f.quote.line}", f.quote.kind, f.workload, how,
+        table.add_row(f.quote.where, f.quote.kind, f.workload, how,
                       "yes" if f.in_calibration else "NO", short(f.quote.text), short(f.match.text))
     console().print(table)
     leaks = [f for f in found if not f.in_calibration]

@@ -55,12 +55,14 @@ def test_each_kind_of_match_in_literals_comments_and_data(workloads: Path, tmp_p
     root = source(tmp_path, "# asked: which river flows through\n# the city of vienna? twice\n"
                             "X = 'Which river flows thru the city of Vienna?'\n")
     (root / "tests" / "pairs.jsonl").write_text(json.dumps({"a": MEASURED, "b": "x"}) + "\n", encoding="utf-8")
+    (root / "tests" / "notes.md").write_text(f"Asked often:\n{MEASURED}\nand more.\n", encoding="utf-8")
     half = leakage.halves(workloads / "tiny")
     found = leakage.findings(root, ["tests"], {"tiny": half})
-    assert sorted((f.quote.path, f.quote.line, f.quote.kind, f.match.how) for f in found) == [
-        ("tests/pairs.jsonl", 1, "data", "same"),
-        ("tests/test_planted.py", 1, "comment", "contains"),
-        ("tests/test_planted.py", 3, "literal", "near"),
+    assert sorted((f.quote.where, f.quote.kind, f.match.how) for f in found) == [
+        ("tests/notes.md:2", "data", "same"),  # once: the paragraph that holds the line repeats it
+        ("tests/pairs.jsonl:1", "data", "same"),
+        ("tests/test_planted.py:1-2", "comment", "contains"),  # wrapped over two comment lines
+        ("tests/test_planted.py:3", "literal", "near"),
     ]
     assert not any(f.in_calibration for f in found)
 
