@@ -27,7 +27,7 @@ from rich.table import Table
 
 from bench.heldout import HELDOUT, TRAIN, labeled_pairs, split_stream
 from bench.output import console
-from bench.paths import add_workloads, workloads_dir
+from bench.paths import add_workloads, workload, workloads_dir
 
 SCANNED = ("tests", "verify", "categories", "policy", "index", "proxy", "testing")
 DATA_SUFFIXES = (".jsonl", ".json", ".yaml", ".yml", ".txt", ".md")
@@ -104,14 +104,14 @@ class Half:
         return found
 
     def contained(self, quote: str) -> set[str]:
-        starts = [m.start() for m in re.finditer(r"\S+", quote)]
-        ends = [m.end() for m in re.finditer(r"\S+", quote)]
+        """The questions (of MIN_CHARS or more) that are a run of whole words of `quote`."""
+        words = [(m.start(), m.end()) for m in re.finditer(r"\S+", quote)]
         spans = set()
-        for i, start in enumerate(starts):
-            for words in self.lengths:
-                if i + words > len(ends):
+        for i, (start, _) in enumerate(words):
+            for length in self.lengths:
+                if i + length > len(words):
                     break
-                span = quote[start:ends[i + words - 1]]
+                span = quote[start:words[i + length - 1][1]]
                 if len(span) >= MIN_CHARS and span in self.exact:
                     spans.add(span)
         return spans
@@ -222,10 +222,10 @@ def within(inner: Quote, outer: Quote) -> bool:
             and outer.line <= inner.line <= outer.last)
 
 
-def workload_folders(folder: Path, names: Sequence[str] | None) -> list[Path]:
+def workload_folders(given: Path | None, names: Sequence[str] | None) -> list[Path]:
     if names:
-        return [folder / name for name in names]
-    return sorted(p for p in folder.iterdir() if (p / "stream.jsonl").exists())
+        return [workload(given, name) for name in names]
+    return sorted(p for p in workloads_dir(given).iterdir() if (p / "stream.jsonl").exists())
 
 
 def short(text: str, width: int = 60) -> str:
@@ -236,13 +236,13 @@ def short(text: str, width: int = 60) -> str:
 def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     add_workloads(parser)
-    parser.add_argument("--workload", action="append", help="a workload's name (default: every one with a stream)")
+    parser.add_argument("--workload", action="append",
+                        help="a workload's name or folder, repeatable (default: every one with a stream)")
     parser.add_argument("--root", type=Path, default=Path(__file__).resolve().parents[1],
                         help="the repository to scan (default: this one)")
     parser.add_argument("--folders", default=",".join(SCANNED), help="comma-separated folders (or files) under --root")
     args = parser.parse_args(argv)
-    folder = workloads_dir(args.workloads)
-    workloads = {path.name: halves(path) for path in workload_folders(folder, args.workload)}
+    workloads = {path.name: halves(path) for path in workload_folders(args.workloads, args.workload)}
     found = findings(args.root, [f for f in args.folders.split(",") if f], workloads)
     table = Table(title="quotes of a measurement half")
     for column in ("where", "kind", "workload", "match", "in calibration", "quote", "measured query"):
