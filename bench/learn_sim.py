@@ -167,7 +167,7 @@ def simulate(data: Prepared, policies: Path, s: Settings) -> dict:
         for key in [k for k in evidence if s.finer and k.startswith(name + "|")]:
             live[key] = learning.decide(evidence[key], live[name], rule).threshold
 
-    def observe(i: int, j: int, sim: float) -> None:
+    def observe(i: int, j: int, sim: float, vouched: bool = False) -> None:
         same = agree(data.answers[i], data.answers[j])
         for entry in (j, i):  # the neighbour's entry, and the one the fresh answer is stored as
             if same:
@@ -175,7 +175,7 @@ def simulate(data: Prepared, policies: Path, s: Settings) -> dict:
             else:
                 disagreed[entry] = max(disagreed.get(entry, 0.0), sim)
         for key in {data.categories[i], cell(i)}:
-            evidence[key].observe(sim, same)
+            evidence[key].observe(sim, same, vouched)
             evidence[key].judged += 1
         c["observations"] += 1
         c["observed_false"] += not same
@@ -237,12 +237,12 @@ def simulate(data: Prepared, policies: Path, s: Settings) -> dict:
                     c["shadow"] += 1
                     c["explored"] += 1
                     evidence[data.categories[i]].explored += 1
-                    observe(i, j, sim)
+                    observe(i, j, sim, near_vouched)
                 checked = False
             if checked:
                 c["explored"] += 1
                 evidence[data.categories[i]].explored += 1
-                observe(i, j, sim)
+                observe(i, j, sim, near_vouched)
             else:
                 right = data.grader.right(data.rows[i], data.rows[j])
                 c["hits"] += 1
@@ -252,7 +252,7 @@ def simulate(data: Prepared, policies: Path, s: Settings) -> dict:
                 c["ungraded"] += right is None
                 c["answer_false"] += not agree(data.answers[i], data.answers[j])
                 for name in {data.categories[i], cell(i)}:
-                    evidence[name].serve(sim)
+                    evidence[name].serve(sim, near_vouched)
                 continue
         elif near is not None and s.learn:
             observe(i, *near)

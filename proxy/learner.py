@@ -43,7 +43,8 @@ class Check:
     cell: str            # the kind of answer the query asks for (verify.question.answer_kind)
     similarity: float
     cached: str          # the neighbour's answer text
-    why: str             # "near" (a near miss), "explore" (a would-be hit checked) or "shadow" (a hit checked)
+    why: str             # "near" (a near miss), "explore" (a would-be hit checked), "shadow" (a hit
+                         # checked beside it) or "vouched" (a hit an entry vouched for, checked beside it)
     doc_id: str = ""     # the neighbour's entry, which keeps its own evidence
 
     @classmethod
@@ -143,11 +144,13 @@ class Learner:
         if self.enabled and similarity >= learning.LOW:
             self._add(category, cell, f"demand:{learning.bin_of(similarity)}")
 
-    def serve(self, category: str, cell: str, similarity: float | None) -> None:
-        """A hit: semantic at `similarity`, or exact (None)."""
+    def serve(self, category: str, cell: str, similarity: float | None, vouched: bool = False) -> None:
+        """A hit: semantic at `similarity` (under the threshold if its entry `vouched` for it), or exact (None)."""
         if not self.enabled:
             return
-        if similarity is None:
+        if vouched:
+            self._add(category, cell, "vouched_served")
+        elif similarity is None:
             self._add(category, cell, "exact")
         elif similarity >= learning.LOW:
             self._add(category, cell, f"served:{learning.bin_of(similarity)}")
@@ -214,11 +217,16 @@ class Learner:
             log.warning("could not judge a %s observation of %s: %r", check.why, check.category, exc)
             return
         self.judged[check.category] += 1
-        b = learning.bin_of(check.similarity)
-        self._add(check.category, check.cell, f"seen:{b}")
         self._add(check.category, check.cell, "judged")
-        if not verdict.same:
-            self._add(check.category, check.cell, f"false:{b}")
+        if check.why == "vouched":  # kept apart from the bins (verify/learning.py, Evidence)
+            self._add(check.category, check.cell, "vouched_seen")
+            if not verdict.same:
+                self._add(check.category, check.cell, "vouched_false")
+        elif check.similarity >= learning.LOW:
+            b = learning.bin_of(check.similarity)
+            self._add(check.category, check.cell, f"seen:{b}")
+            if not verdict.same:
+                self._add(check.category, check.cell, f"false:{b}")
         for doc_id in (check.doc_id, fresh_id):
             if self._remember is None or not doc_id:
                 continue
@@ -294,6 +302,8 @@ class Learner:
                 "observed_false": sum(evidence.false), "estimate": round(estimate.rate, 5),
                 "low": round(estimate.low, 5), "high": round(estimate.high, 5), "hits": estimate.hits,
                 "explored": evidence.explored, "judged": evidence.judged, "cells": standing.cells,
+                "vouched": {"served": evidence.vouched_served, "checked": evidence.vouched_seen,
+                            "false": evidence.vouched_false},
             }
         return found
 

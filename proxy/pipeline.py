@@ -95,7 +95,7 @@ class CachePipeline:
         room = large.in_flight < self.state.policy.speculation.max_in_flight
         how = self.state.learner.explore(found.category, room, found.vouched)
         if how == "shadow":
-            check_beside(self.state, exchange, Check.of(found, "shadow"))
+            check_beside(self.state, exchange, Check.of(found, "vouched" if found.vouched else "shadow"))
         elif how == "miss":
             exchange.check = Check.of(found, "explore")
             found = replace(found, outcome=Outcome.MISS, doc=None, band=[])
@@ -107,7 +107,8 @@ class CachePipeline:
         """A hit: the cached answer under a fresh id, counted in the background."""
         self.hits.add(doc, exchange.rules.eviction)
         self.state.learner.serve(exchange.category, exchange.found.cell,
-                                 exchange.similarity if outcome == Outcome.HIT_SEMANTIC else None)
+                                 exchange.similarity if outcome == Outcome.HIT_SEMANTIC else None,
+                                 exchange.found.vouched and outcome == Outcome.HIT_SEMANTIC)
         response = dict(doc.response, id=fresh_id(exchange.endpoint))
         outcomes.record(self.state, exchange, outcome, doc.latency_ms, response.get("usage"))
         return reply(exchange, response, outcomes.headers(exchange, outcome, doc.doc_id))
