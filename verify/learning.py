@@ -167,13 +167,20 @@ class Decision:
     bound: float           # the upper bound on the false share there (1.0 with no data)
 
 
+# Observations at or above the prior before evidence against it can tighten it: fewer than the
+# `min_observations` a loosening needs, since tightening is the safe direction, and the lower end
+# of the interval, not the estimate, must be over the target.
+TIGHTEN_AFTER = 20
+
+
 def decide(evidence: Evidence, prior: float, rule: Rule) -> Decision:
     """The lowest threshold whose bound on the false-hit rate of the hits it would serve is within
     the target, with at least `min_observations` observations at or above it.
 
     Below the prior that is the learned threshold. Above it, the prior holds unless the evidence
-    shows it wrong (its estimate itself is over the target): then the lowest certified threshold,
-    or the ceiling when none is. No evidence, no change."""
+    shows it wrong (the lower end of its interval over the target, from at least `TIGHTEN_AFTER`
+    observations at or above it): then the lowest certified threshold, or the ceiling when none
+    is. No evidence, no change."""
     start = bin_of(prior) if prior >= LOW else 0
     z = NormalDist().inv_cdf(rule.confidence)
     found = None
@@ -189,7 +196,7 @@ def decide(evidence: Evidence, prior: float, rule: Rule) -> Decision:
         return found
     false, seen = evidence.above(start)
     at_prior = would_serve(evidence, start, z)
-    if seen >= rule.min_observations and at_prior.low > rule.target:
+    if seen >= TIGHTEN_AFTER and at_prior.low > rule.target:
         if found is not None:
             return found
         false, seen = evidence.above(bin_of(rule.ceiling))
