@@ -53,6 +53,7 @@ def run(queries: list[dict], grader: Grader, policies: Path, concurrency: int, t
             with stack.served(policy, None, backend_url) as proxy:
                 answers, timeline = asyncio.run(_replay(proxy.base_url, proxy.url, queries, concurrency))
                 calls = httpx.get(backend_url.removesuffix("/v1") + "/stats").json()
+                shadow_calls = counter_total(httpx.get(f"{proxy.url}/metrics").text, "catcache_shadow_checks_total")
                 if report_html is not None:  # `catcache report` of the proxy's Redis, while it still runs
                     subprocess.run([sys.executable, "-m", "catcache", "report", "--data-dir", str(proxy.data_dir),
                                     "--since", "1h", "--format", "html", "--out", str(report_html)], check=True)
@@ -73,12 +74,15 @@ def run(queries: list[dict], grader: Grader, policies: Path, concurrency: int, t
         "learned": learned,
         "timeline": timeline,
         "backend_calls": backend_calls,
-        # Calls beyond one per request sent on: the learner's (an LLM judge's) and the IC router's (a
-        # near miss asked of the small backend first, which falls through to the large one when unsure).
+        # Calls beyond one per request sent on: the learner's (shadow checks, an LLM judge's) and the IC
+        # router's (a near miss asked of the small backend first, which falls through to the large one
+        # when unsure).
         "extra_calls": backend_calls - sent_on,
         "judge_calls": judge_calls,
-        "learning_extra_call_share": round(judge_calls / len(queries), 4),
-        "ic_fall_throughs": backend_calls - sent_on - judge_calls,
+        "shadow_calls": shadow_calls,
+        "learning_extra_call_share": round((judge_calls + shadow_calls) / len(queries), 4),
+        "ic_fall_throughs": backend_calls - sent_on - judge_calls - shadow_calls,
+        "vouched_hits": sum(point.get("vouched", {}).get("served", 0) for point in learned.values()),
         "explored": sum(point.get("explored", 0) for point in learned.values()),
         "explored_share": round(sum(a.verdict is not None and a.verdict.startswith("explored") for a in answers)
                                 / len(queries), 4),
@@ -98,6 +102,11 @@ async def _replay(base_url: str, proxy_url: str, queries: list[dict], concurrenc
             stats = (await client.get(f"{proxy_url}/stats", params={"since": "1d"})).json()
             timeline.append({"queries": len(answers), "learning": stats.get("learning", {})})
     return answers, timeline
+
+
+def counter_total(metrics: str, name: str) -> int:
+    """The sum of a Prometheus counter's series in a /metrics text."""
+    return int(sum(float(line.rsplit(" ", 1)[1]) for line in metrics.splitlines() if line.startswith(name + "{")))
 
 
 def answer_false_rate(queries: list[dict], answers: list[Answer]) -> float | None:

@@ -117,10 +117,13 @@ class Settings:
     target: float = 0.02
     confidence: float = 0.95
     min_observations: int = 50
-    band: float = 0.06
+    band: float = 0.08
     explore_most: float = 0.10
-    explore_least: float = 0.01
+    explore_least: float = 0.02
     half_life: int = 100
+    mode: str = "shadow"           # or "miss": how a would-be hit is checked (policy: exploration.mode)
+    budget: float = 0.05           # shadow checks, as a share of the requests
+    entry_margin: float = 0.02     # an entry's own evidence serves this far under its lowest agreement; < 0: off
     finer: bool = True
     uniform: float | None = None   # one fixed threshold for all, no learning (the hindsight baseline)
     seed: int = 1
@@ -146,6 +149,8 @@ def simulate(data: Prepared, policies: Path, s: Settings) -> dict:
     kinds = [answer_kind(t) for t in data.texts]
     run = Run()
     c = run.counts
+    agreed: dict[int, float] = {}      # entry -> the lowest similarity of a query judged to want its answer
+    disagreed: dict[int, float] = {}   # entry -> the highest of one judged to want another
 
     def cell(i: int) -> str:
         return f"{data.categories[i]}|{kinds[i]}" if s.finer else data.categories[i]
@@ -162,10 +167,15 @@ def simulate(data: Prepared, policies: Path, s: Settings) -> dict:
         for key in [k for k in evidence if s.finer and k.startswith(name + "|")]:
             live[key] = learning.decide(evidence[key], live[name], rule).threshold
 
-    def observe(i: int, j: int, sim: float) -> None:
+    def observe(i: int, j: int, sim: float, vouched: bool = False) -> None:
         same = agree(data.answers[i], data.answers[j])
+        for entry in (j, i):  # the neighbour's entry, and the one the fresh answer is stored as
+            if same:
+                agreed[entry] = min(agreed.get(entry, 1.0), sim)
+            else:
+                disagreed[entry] = max(disagreed.get(entry, 0.0), sim)
         for key in {data.categories[i], cell(i)}:
-            evidence[key].observe(sim, same)
+            evidence[key].observe(sim, same, vouched)
             evidence[key].judged += 1
         c["observations"] += 1
         c["observed_false"] += not same
@@ -176,6 +186,13 @@ def simulate(data: Prepared, policies: Path, s: Settings) -> dict:
         if (i, j) not in verdicts:
             verdicts[(i, j)] = guard.score(data.texts[i], data.texts[j], sim) >= 0.5
         return verdicts[(i, j)]
+
+    def vouched(j: int, sim: float) -> bool:
+        """As proxy/lookup.py's `vouched`."""
+        if s.entry_margin < 0 or j not in agreed:
+            return False
+        lowest = agreed[j] - s.entry_margin
+        return sim >= lowest and disagreed.get(j, 0.0) < lowest
 
     for i, text in enumerate(data.texts):
         c["queries"] += 1
@@ -193,6 +210,7 @@ def simulate(data: Prepared, policies: Path, s: Settings) -> dict:
         candidates = np.flatnonzero(cached[:i] & (sims >= (learning.LOW if s.learn else mine)))
         order = candidates[np.argsort(-sims[candidates])]
         hit = near = None
+        near_vouched = False
         for j in order[:3]:
             sim = float(sims[j])
             if not accepted(i, int(j), sim):
@@ -202,6 +220,10 @@ def simulate(data: Prepared, policies: Path, s: Settings) -> dict:
                     evidence[name].ask(sim)
             if sim >= max(mine, threshold(int(j))):
                 hit = (int(j), sim)
+            elif s.learn and sim >= mine - s.band and vouched(int(j), sim):
+                hit = (int(j), sim)
+                near_vouched = True
+                c["vouched"] += 1
             elif sim >= mine - s.band:
                 near = (int(j), sim)
             break
@@ -209,10 +231,18 @@ def simulate(data: Prepared, policies: Path, s: Settings) -> dict:
             j, sim = hit
             rate = learning.exploration_rate(evidence[data.categories[i]], s.explore_most, s.explore_least,
                                              s.half_life) if s.learn else 0.0
-            if rng.random() < rate:
+            checked = rng.random() < rate or (near_vouched and s.mode == "shadow")
+            if checked and s.mode == "shadow":  # served, and the backend asked beside it within the budget
+                if c["shadow"] < s.budget * c["queries"]:
+                    c["shadow"] += 1
+                    c["explored"] += 1
+                    evidence[data.categories[i]].explored += 1
+                    observe(i, j, sim, near_vouched)
+                checked = False
+            if checked:
                 c["explored"] += 1
                 evidence[data.categories[i]].explored += 1
-                observe(i, j, sim)
+                observe(i, j, sim, near_vouched)
             else:
                 right = data.grader.right(data.rows[i], data.rows[j])
                 c["hits"] += 1
@@ -222,7 +252,7 @@ def simulate(data: Prepared, policies: Path, s: Settings) -> dict:
                 c["ungraded"] += right is None
                 c["answer_false"] += not agree(data.answers[i], data.answers[j])
                 for name in {data.categories[i], cell(i)}:
-                    evidence[name].serve(sim)
+                    evidence[name].serve(sim, near_vouched)
                 continue
         elif near is not None and s.learn:
             observe(i, *near)
@@ -242,7 +272,8 @@ def simulate(data: Prepared, policies: Path, s: Settings) -> dict:
         "false": c["false"], "ungraded": c["ungraded"],
         # hits whose answer the backend would not have given: what the learner's estimate estimates
         "answer_false_rate": round(c["answer_false"] / c["hits"], 4) if c["hits"] else None, "explored": c["explored"],
-        "explored_share": round(c["explored"] / c["queries"], 4), "observations": c["observations"],
+        "explored_share": round(c["explored"] / c["queries"], 4), "shadow_checks": c["shadow"],
+        "extra_calls_share": round(c["shadow"] / c["queries"], 4), "vouched": c["vouched"], "observations": c["observations"],
         "observed_false": c["observed_false"],
         "estimate_final": [round(final_estimate.rate, 4), round(final_estimate.low, 4), round(final_estimate.high, 4)],
         "thresholds": {k: v for k, v in sorted(live.items())},

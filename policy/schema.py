@@ -93,12 +93,17 @@ class Verify(Strict):
 
 
 class Exploration(Strict):
-    """The share of would-be hits answered by the backend instead, to check them: `most` at first,
-    halved every `half_life` checks, never below `least`."""
+    """The share of would-be hits checked against the backend: `most` at first, halved every
+    `half_life` checks, never below `least`. A `shadow` check serves the hit and asks the backend
+    beside it (an extra call, at most `budget` of the requests); a `miss` check answers the client
+    from the backend instead (no extra call, one hit fewer)."""
 
     most: float = Field(default=0.10, ge=0.0, le=1.0)
     least: float = Field(default=0.02, ge=0.0, le=1.0)
     half_life: int = Field(default=100, ge=1)
+    mode: Literal["shadow", "miss"] = "shadow"
+    budget: float = Field(default=0.05, ge=0.0, le=1.0, description="shadow checks: extra backend calls "
+                          "as a share of the requests")
 
     @model_validator(mode="after")
     def _least_below_most(self) -> "Exploration":
@@ -126,6 +131,9 @@ class Learning(Strict):
     band: float = Field(default=0.06, gt=0.0, le=0.2, description="near misses this far under the threshold "
                         "are judged")
     ceiling: Similarity = 0.995
+    entry_margin: float | None = Field(default=0.02, ge=0.0, le=0.1, description="an entry whose own judged "
+                                       "near misses agreed down to similarity s serves from s - entry_margin, "
+                                       "within the band, unless one disagreed there; null: off")
     exploration: Exploration = Exploration()
     judge: Judge = Judge()
 

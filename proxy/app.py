@@ -137,7 +137,9 @@ async def lifespan(app: FastAPI, settings: Settings) -> AsyncIterator[None]:
         recorder=Recorder(redis, lambda: state.policy), local_url=settings.local_url,
         learner=Learner(LearnedState(redis), lambda: state.policy, lambda texts: embed_all(embedder, texts),
                         lambda prompt: ask_backend(state.live.backends[state.policy.learning.judge.backend],
-                                                   prompt)))
+                                                   prompt),
+                        remember=lambda doc_id, similarity, same: state.guard.run(
+                            store.note_judgement(doc_id, similarity, same))))
     await state.index.start(settings.snapshots)
     if state.learner.enabled:
         with contextlib.suppress(Exception):  # Redis not up yet: the first period's sync tries again

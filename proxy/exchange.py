@@ -41,6 +41,7 @@ class Found:
     stale: list[tuple[str, str]] = field(default_factory=list)  # (category, id): indexed, gone from Redis
     cell: str = ""                       # the kind of answer the query asks for: the learner's finer key
     best: tuple[float, Document] | None = None  # the best neighbour the verifier accepted, served or not
+    vouched: bool = False                # served under the threshold on the entry's own evidence
 
 
 @dataclass

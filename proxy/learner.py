@@ -43,7 +43,9 @@ class Check:
     cell: str            # the kind of answer the query asks for (verify.question.answer_kind)
     similarity: float
     cached: str          # the neighbour's answer text
-    why: str             # "near" (a near miss) or "explore" (a would-be hit checked)
+    why: str             # "near" (a near miss), "explore" (a would-be hit checked), "shadow" (a hit
+                         # checked beside it) or "vouched" (a hit an entry vouched for, checked beside it)
+    doc_id: str = ""     # the neighbour's entry, which keeps its own evidence
 
     @classmethod
     def of(cls, found: Found, why: str) -> Check | None:
@@ -51,7 +53,7 @@ class Check:
         if found.best is None:
             return None
         similarity, neighbour = found.best
-        return cls(found.category, found.cell, similarity, answer_text(neighbour.response), why)
+        return cls(found.category, found.cell, similarity, answer_text(neighbour.response), why, neighbour.doc_id)
 
 
 @dataclass(frozen=True)
@@ -86,22 +88,30 @@ async def ask_backend(client: BackendClient, prompt: str) -> str:
     return answer_text(orjson.loads(payload)) if response.status_code < 300 else ""
 
 
+Remember = Callable[[str, float, bool], Awaitable[object]]  # (entry id, similarity, same): the entry's own evidence
+
+
 class Learner:
     def __init__(self, state: LearnedState, policy: Callable[[], Policy],
                  embed: Callable[[list[str]], Awaitable[np.ndarray]],
-                 ask: Callable[[str], Awaitable[str]] | None = None, chance: Callable[[], float] = random.random):
+                 ask: Callable[[str], Awaitable[str]] | None = None, chance: Callable[[], float] = random.random,
+                 remember: Remember | None = None):
         self.state = state
         self._policy = policy
         self._embed = embed
         self._ask = ask
         self._chance = chance
+        self._remember = remember
         self._pending: dict[str, Counter[str]] = defaultdict(Counter)
         self._evidence: dict[str, Evidence] = {}
         self._thresholds: dict[str, float] = {}   # evidence key -> live threshold
         self._logged: dict[str, tuple[float, float]] = {}  # category -> (time, threshold) of the last point
         self._tasks: set[asyncio.Task] = set()
         self.judged = Counter[str]()      # (category) judge calls, by this proxy
-        self.explored = Counter[str]()    # would-be hits this proxy checked
+        self.explored = Counter[str]()    # would-be hits this proxy checked, either way
+        self.shadowed = Counter[str]()    # of those, checked by an extra backend call beside the hit
+        self.vouched = Counter[str]()     # hits under the threshold served on their entry's own evidence
+        self.requests = 0                 # requests this proxy looked up: what the shadow budget is a share of
 
     @property
     def enabled(self) -> bool:
@@ -134,25 +144,41 @@ class Learner:
         if self.enabled and similarity >= learning.LOW:
             self._add(category, cell, f"demand:{learning.bin_of(similarity)}")
 
-    def serve(self, category: str, cell: str, similarity: float | None) -> None:
-        """A hit: semantic at `similarity`, or exact (None)."""
+    def serve(self, category: str, cell: str, similarity: float | None, vouched: bool = False) -> None:
+        """A hit: semantic at `similarity` (under the threshold if its entry `vouched` for it), or exact (None)."""
         if not self.enabled:
             return
-        if similarity is None:
+        if vouched:
+            self._add(category, cell, "vouched_served")
+        elif similarity is None:
             self._add(category, cell, "exact")
         elif similarity >= learning.LOW:
             self._add(category, cell, f"served:{learning.bin_of(similarity)}")
 
-    def explore(self, category: str) -> bool:
-        """Whether to check this would-be hit: answered by the backend and judged instead of served."""
+    def explore(self, category: str, room: bool = True, vouched: bool = False) -> str | None:
+        """Whether to check this would-be hit, and how: "shadow" (serve it, and ask the backend
+        beside it: only while `room` says the backend has some, within the budget of extra
+        calls), "miss" (answer from the backend instead), or None (serve it unchecked). A hit an
+        entry `vouched` for under the threshold is always shadow-checked while the budget lasts,
+        so that an entry that vouched wrongly learns it."""
         settings = self._policy().learning.exploration
         evidence = self._evidence.get(evidence_key(category), Evidence())
         rate = learning.exploration_rate(evidence, settings.most, settings.least, settings.half_life)
+        if vouched and settings.mode == "shadow":
+            rate = 1.0
         if not self.enabled or self._chance() >= rate:
-            return False
+            return None
+        if settings.mode == "shadow":
+            if not room or sum(self.shadowed.values()) >= settings.budget * self.requests:
+                return None
+            self.shadowed[category] += 1
         self._pending[evidence_key(category)]["explored"] += 1
         self.explored[category] += 1
-        return True
+        return settings.mode
+
+    def entry_margin(self) -> float | None:
+        """How far under an entry's own lowest agreeing similarity it may serve (None: not at all)."""
+        return self._policy().learning.entry_margin if self.enabled else None
 
     def report_false(self, category: str) -> None:
         """An app reported a served hit wrong. Its similarity is not known, so it counts as a false
@@ -164,12 +190,17 @@ class Learner:
 
     # -- judging -------------------------------------------------------------------------------
 
-    def judge_later(self, check: Check, response: dict) -> None:
-        """Judge the fresh answer against the neighbour's in the background; never delays the client."""
+    def judge_later(self, check: Check, response: dict, fresh_id: str = "") -> None:
+        """Judge the fresh answer against the neighbour's in the background; never delays the client.
+        `fresh_id`: the entry the fresh answer was stored as, which the verdict concerns as much."""
         fresh = answer_text(response)
         if not self.enabled or not fresh or not check.cached:
             return
-        task = asyncio.get_running_loop().create_task(self._judge(check, fresh))
+        self.later(self._judge(check, fresh, fresh_id))
+
+    def later(self, work: Awaitable[None]) -> None:
+        """Run `work` in the background; `settled` waits for it."""
+        task = asyncio.ensure_future(work)
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
 
@@ -179,18 +210,30 @@ class Learner:
             return LlmJudge(self._ask)
         return AgreementJudge(self._embed, settings.min_similarity)
 
-    async def _judge(self, check: Check, fresh: str) -> None:
+    async def _judge(self, check: Check, fresh: str, fresh_id: str = "") -> None:
         try:
             verdict = await self.judge().judge(fresh, check.cached)
         except Exception as exc:  # noqa: BLE001 - a failed judgement is one observation fewer, no more
             log.warning("could not judge a %s observation of %s: %r", check.why, check.category, exc)
             return
         self.judged[check.category] += 1
-        b = learning.bin_of(check.similarity)
-        self._add(check.category, check.cell, f"seen:{b}")
         self._add(check.category, check.cell, "judged")
-        if not verdict.same:
-            self._add(check.category, check.cell, f"false:{b}")
+        if check.why == "vouched":  # kept apart from the bins (verify/learning.py, Evidence)
+            self._add(check.category, check.cell, "vouched_seen")
+            if not verdict.same:
+                self._add(check.category, check.cell, "vouched_false")
+        elif check.similarity >= learning.LOW:
+            b = learning.bin_of(check.similarity)
+            self._add(check.category, check.cell, f"seen:{b}")
+            if not verdict.same:
+                self._add(check.category, check.cell, f"false:{b}")
+        for doc_id in (check.doc_id, fresh_id):
+            if self._remember is None or not doc_id:
+                continue
+            try:
+                await self._remember(doc_id, check.similarity, verdict.same)
+            except Exception as exc:  # noqa: BLE001 - the category's evidence is counted; the entry's can wait
+                log.warning("could not note a judgement on entry %s: %r", doc_id, exc)
 
     async def settled(self) -> None:
         """Wait for the judgements under way (tests and shutdown)."""
@@ -259,6 +302,8 @@ class Learner:
                 "observed_false": sum(evidence.false), "estimate": round(estimate.rate, 5),
                 "low": round(estimate.low, 5), "high": round(estimate.high, 5), "hits": estimate.hits,
                 "explored": evidence.explored, "judged": evidence.judged, "cells": standing.cells,
+                "vouched": {"served": evidence.vouched_served, "checked": evidence.vouched_seen,
+                            "false": evidence.vouched_false},
             }
         return found
 

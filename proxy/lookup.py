@@ -185,7 +185,9 @@ class _Lookup:
                 if verdict is None:
                     self.found = replace(self.found, best=(neighbour.similarity, doc))
                     if neighbour.similarity < rules.threshold - step:
-                        break  # the best accepted neighbour lies in the band: a near miss to judge
+                        if not vouched(doc, neighbour.similarity, learner and learner.entry_margin()):
+                            break  # the best accepted neighbour lies in the band: a near miss to judge
+                        self.found = replace(self.found, vouched=True)
                     self.found = replace(self.found, similarity=neighbour.similarity)
                     return doc, []
                 self.found = replace(self.found, verdict=self.found.verdict or verdict)
@@ -200,6 +202,17 @@ def learned(learner: Learner | None, category: str, cell: str, rules: Category) 
         return rules
     threshold = learner.threshold(category, cell, rules.threshold)
     return rules if threshold == rules.threshold else rules.model_copy(update={"threshold": threshold})
+
+
+def vouched(doc: Document, similarity: float, margin: float | None) -> bool:
+    """Whether the entry's own evidence serves a query in the band under the threshold: judged
+    queries agreed with it down to `doc.agreed`, this one lies at most `margin` below that, and
+    none judged to want another answer lay there or above (vCache's per-entry threshold, in its
+    simplest form; docs/verification.md)."""
+    if margin is None or doc.agreed is None:
+        return False
+    lowest = doc.agreed - margin
+    return similarity >= lowest and (doc.disagreed is None or doc.disagreed < lowest)
 
 
 def strictest(rules: Category, their_rules: Category) -> Category:

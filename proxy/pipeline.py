@@ -21,7 +21,8 @@ from fastapi import Request
 from fastapi.responses import Response
 
 from catcache.proxy import outcomes
-from catcache.proxy.exchange import Exchange, parse
+from catcache.proxy.checking import check_beside
+from catcache.proxy.exchange import Exchange, Found, parse
 from catcache.proxy.forwarding import forward, fresh_id, pass_through, reply
 from catcache.proxy.incontext import in_context
 from catcache.proxy.learner import Check
@@ -63,17 +64,15 @@ class CachePipeline:
         for category, doc_id in found.stale:
             self.state.index.remove(category, [doc_id])
         learner = self.state.learner
+        learner.requests += 1
         if found.best is not None:
             similarity = found.best[0]
             learner.ask(found.category, found.cell, similarity)
             if found.doc is None:  # a near miss: its fresh answer will say whether the neighbour's was right
                 exchange.check = Check.of(found, "near")
-            elif found.outcome == Outcome.HIT_SEMANTIC and learner.explore(found.category):
-                # A would-be hit checked: a miss for this client, its fresh answer judged against the neighbour's.
-                exchange.check = Check.of(found, "explore")
-                found = replace(found, outcome=Outcome.MISS, doc=None, band=[])
-                exchange.learn(found)
-                exchange.verdict = f"explored: a would-be hit at {similarity:.4f}, answered by the backend to check it"
+            elif found.outcome == Outcome.HIT_SEMANTIC:
+                learner.vouched[found.category] += found.vouched
+                found = self.check(exchange, found, similarity)
         if speculation is not None and speculation.sent:
             answer = await speculation.settle(found)
             if answer is not None:
@@ -88,11 +87,28 @@ class CachePipeline:
                 return answer
         return await self.fetch(exchange, speculation.joined if speculation is not None else None)
 
+    def check(self, exchange: Exchange, found: Found, similarity: float) -> Found:
+        """A would-be hit, perhaps checked: served with the backend asked beside it (shadow), or
+        answered by the backend instead (a miss for this client), the fresh answer judged
+        against the neighbour's either way."""
+        large = self.state.large()
+        room = large.in_flight < self.state.policy.speculation.max_in_flight
+        how = self.state.learner.explore(found.category, room, found.vouched)
+        if how == "shadow":
+            check_beside(self.state, exchange, Check.of(found, "vouched" if found.vouched else "shadow"))
+        elif how == "miss":
+            exchange.check = Check.of(found, "explore")
+            found = replace(found, outcome=Outcome.MISS, doc=None, band=[])
+            exchange.learn(found)
+            exchange.verdict = f"explored: a would-be hit at {similarity:.4f}, answered by the backend to check it"
+        return found
+
     def serve(self, exchange: Exchange, doc: Document, outcome: Outcome) -> Response:
         """A hit: the cached answer under a fresh id, counted in the background."""
         self.hits.add(doc, exchange.rules.eviction)
         self.state.learner.serve(exchange.category, exchange.found.cell,
-                                 exchange.similarity if outcome == Outcome.HIT_SEMANTIC else None)
+                                 exchange.similarity if outcome == Outcome.HIT_SEMANTIC else None,
+                                 exchange.found.vouched and outcome == Outcome.HIT_SEMANTIC)
         response = dict(doc.response, id=fresh_id(exchange.endpoint))
         outcomes.record(self.state, exchange, outcome, doc.latency_ms, response.get("usage"))
         return reply(exchange, response, outcomes.headers(exchange, outcome, doc.doc_id))

@@ -298,10 +298,10 @@ class LateKeep(Keep):
         except asyncio.CancelledError:
             return
         if found.outcome == Outcome.MISS:
-            await store(self.state, self.exchange, response, latency_ms)
+            stored = await store(self.state, self.exchange, response, latency_ms)
             check = Check.of(found, "near")  # the backend answered a near miss: judge it all the same
             if check is not None:
-                self.state.learner.judge_later(check, response)
+                self.state.learner.judge_later(check, response, self.exchange.doc_id if stored else "")
 
 
 def prompt_tokens(exchange: Exchange) -> int:

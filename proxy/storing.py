@@ -36,8 +36,9 @@ class Keep:
             return False
         self.land(response)
         stored = await store(self.state, self.exchange, response, latency_ms)
-        if self.exchange.check is not None:
-            self.state.learner.judge_later(self.exchange.check, response)
+        check = self.exchange.check
+        if check is not None:
+            self.state.learner.judge_later(check, response, self.exchange.doc_id if stored else "")
         return stored
 
     def land(self, response: dict | None, held_until: asyncio.Future | None = None) -> None:

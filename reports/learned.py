@@ -71,8 +71,10 @@ class LearningSnapshot:
     """The live standing of each category as Prometheus series, collected at scrape time."""
 
     def __init__(self, standings: Mapping[str, Mapping[str, float]], explored: Mapping[str, int],
-                 judged: Mapping[str, int]):
+                 judged: Mapping[str, int], shadowed: Mapping[str, int] | None = None,
+                 vouched: Mapping[str, int] | None = None):
         self.standings, self.explored, self.judged = standings, explored, judged
+        self.shadowed, self.vouched = shadowed or {}, vouched or {}
 
     def collect(self) -> Iterable[Metric]:
         threshold = GaugeMetricFamily("catcache_learned_threshold", "The live similarity threshold, learned "
@@ -86,11 +88,16 @@ class LearningSnapshot:
             for bound in ("estimate", "low", "high"):
                 estimate.add_metric([category, bound], standing[bound])
             observations.add_metric([category], standing["observations"])
-        explored = CounterMetricFamily("catcache_explored", "Would-be hits this proxy answered by the backend "
-                                       "instead, to check them", labels=["category"])
+        explored = CounterMetricFamily("catcache_explored", "Would-be hits this proxy checked against the "
+                                       "backend (shadow checks and checks answered as misses)", labels=["category"])
+        shadowed = CounterMetricFamily("catcache_shadow_checks", "Extra backend calls this proxy made beside a "
+                                       "hit served, to check it", labels=["category"])
         judged = CounterMetricFamily("catcache_judged", "Fresh answers this proxy judged against cached ones",
                                      labels=["category"])
-        for family, counts in ((explored, self.explored), (judged, self.judged)):
+        vouched = CounterMetricFamily("catcache_vouched_hits", "Hits under the threshold served on their "
+                                      "entry's own judged evidence", labels=["category"])
+        counted = ((explored, self.explored), (shadowed, self.shadowed), (judged, self.judged), (vouched, self.vouched))
+        for family, counts in counted:
             for category, count in counts.items():
                 family.add_metric([category], count)
-        yield from (threshold, estimate, observations, explored, judged)
+        yield from (threshold, estimate, observations, explored, shadowed, judged, vouched)

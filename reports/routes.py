@@ -30,7 +30,8 @@ async def metrics(request: Request) -> Response:
     snapshot = Snapshot(state.index.sizes(), state.guard.healthy,
                         [(name, ok, client.in_flight) for (name, client), ok in zip(clients, up)])
     learner = state.learner
-    learning = LearningSnapshot(learner.summary() if learner.enabled else {}, learner.explored, learner.judged)
+    learning = LearningSnapshot(learner.summary() if learner.enabled else {}, learner.explored, learner.judged,
+                                learner.shadowed, learner.vouched)
     return Response(generate_latest(state.recorder.registry) + generate_latest(snapshot) + generate_latest(learning),
                     media_type=CONTENT_TYPE_LATEST)
 

@@ -3,8 +3,10 @@ stream of additions and evictions that other proxies follow.
 
 Keys (prefix `cc:`):
   doc:{<id>}      hash: response, request, endpoint, model, category, scope, query, created,
-                  latency_ms, hits, tenant (hash; empty when shared), embedding (float32 bytes);
-                  expires with the category's TTL.
+                  latency_ms, hits, tenant (hash; empty when shared), embedding (float32 bytes),
+                  and the entry's own judged evidence once it has some: agreed (the lowest
+                  similarity of a query whose fresh answer agreed with it), disagreed (the
+                  highest of one that did not); expires with the category's TTL.
                   <id> is the request's functional key, so the exact tier is one HGETALL. The
                   braces are a Redis Cluster hash tag: whatever else is keyed by an entry's id
                   lands in the same slot, so a script or transaction on one entry stays on one node.
@@ -42,6 +44,18 @@ redis.call('HINCRBY', KEYS[1], 'hits', 1)
 return 1
 """
 
+# Note one judged query on an entry, only while it exists: the lowest similarity that agreed, the
+# highest that did not. KEYS: doc; ARGV: field (agreed|disagreed), similarity. Returns 1 if noted.
+JUDGED = """
+if redis.call('EXISTS', KEYS[1]) == 0 then return 0 end
+local old = tonumber(redis.call('HGET', KEYS[1], ARGV[1]))
+local new = tonumber(ARGV[2])
+if old == nil or (ARGV[1] == 'agreed' and new < old) or (ARGV[1] == 'disagreed' and new > old) then
+  redis.call('HSET', KEYS[1], ARGV[1], ARGV[2])
+end
+return 1
+"""
+
 # Replace an entry at once, so no reader sees it half written. KEYS: doc; ARGV: ttl ms, field, value, ...
 WRITE = """
 redis.call('DEL', KEYS[1])
@@ -66,6 +80,8 @@ class Document:
     hits: int = 0
     embedding: np.ndarray | None = None
     tenant: str = ""  # the tenant hash (never the key), so `catcache purge --tenant` can find its entries
+    agreed: float | None = None     # the lowest similarity of a query judged to want this answer
+    disagreed: float | None = None  # the highest of one judged to want another
 
     def to_redis(self) -> dict[str, bytes | str | float]:
         fields: dict[str, bytes | str | float] = {
@@ -92,7 +108,15 @@ class Document:
             latency_ms=float(text.get("latency_ms", 0)), created=float(text.get("created", 0)),
             hits=int(text.get("hits", 0)), tenant=text.get("tenant", b"").decode(),
             embedding=np.frombuffer(embedding, dtype=np.float32) if embedding else None,
+            agreed=_similarity(text.get("agreed")), disagreed=_similarity(text.get("disagreed")),
         )
+
+
+def _similarity(value: bytes | None) -> float | None:
+    try:
+        return float(value) if value else None
+    except ValueError:
+        return None
 
 
 def _flat(doc: Document) -> list[bytes | str | float]:
@@ -148,6 +172,12 @@ class DocumentStore:
                 else:
                     pipe.zadd(category_key(doc.category), {doc.doc_id: now})
             await pipe.execute()
+
+    async def note_judgement(self, doc_id: str, similarity: float, same: bool) -> bool:
+        """Note on the entry that a query at `similarity` was judged to want its answer (`same`) or
+        another; False if the entry has gone."""
+        field = "agreed" if same else "disagreed"
+        return bool(await self.redis.eval(JUDGED, 1, doc_key(doc_id), field, f"{similarity:.6f}"))
 
     async def put(self, doc: Document, ttl: float, eviction: str, quota: int) -> list[str]:
         """Store `doc` for `ttl` seconds; return the ids evicted to keep the category within `quota`."""

@@ -25,6 +25,7 @@ from dataclasses import dataclass, field
 LOW = 0.80        # the lowest similarity anything is learned about
 WIDTH = 0.0025    # bin width: 80 bins between LOW and 1
 BINS = round((1.0 - LOW) / WIDTH)
+SCALARS = ("exact", "explored", "judged", "refused", "refused_same", "vouched_served", "vouched_seen", "vouched_false")
 
 
 def bin_of(similarity: float) -> int:
@@ -86,8 +87,17 @@ class Evidence:
     judged: int = 0
     refused: int = 0  # observations of neighbours the verifier refused (its own error, not the threshold's)
     refused_same: int = 0
+    # Hits an entry vouched for under the threshold (proxy/lookup.py), and their checks: a population
+    # chosen by its own evidence, kept out of the bins so it cannot bias the fit of everything else.
+    vouched_served: int = 0
+    vouched_seen: int = 0
+    vouched_false: int = 0
 
-    def observe(self, similarity: float, same: bool) -> None:
+    def observe(self, similarity: float, same: bool, vouched: bool = False) -> None:
+        if vouched:
+            self.vouched_seen += 1
+            self.vouched_false += not same
+            return
         if similarity < LOW:
             return
         b = bin_of(similarity)
@@ -99,8 +109,10 @@ class Evidence:
         if similarity >= LOW:
             self.demand[bin_of(similarity)] += 1
 
-    def serve(self, similarity: float | None) -> None:
-        if similarity is None:
+    def serve(self, similarity: float | None, vouched: bool = False) -> None:
+        if vouched:
+            self.vouched_served += 1
+        elif similarity is None:
             self.exact += 1
         elif similarity >= LOW:
             self.served[bin_of(similarity)] += 1
@@ -117,7 +129,7 @@ class Evidence:
         """The Redis hash fields, only the non-zero ones."""
         fields = {f"{name}:{b}": value for name in ("seen", "false", "served", "demand")
                   for b, value in enumerate(getattr(self, name)) if value}
-        fields |= {name: getattr(self, name) for name in ("exact", "explored", "judged", "refused", "refused_same")
+        fields |= {name: getattr(self, name) for name in SCALARS
                    if getattr(self, name)}
         return fields
 
@@ -129,7 +141,7 @@ class Evidence:
             name, _, b = key.partition(":")
             if b and name in ("seen", "false", "served", "demand") and b.isdigit() and int(b) < BINS:
                 getattr(evidence, name)[int(b)] = int(value)
-            elif not b and name in ("exact", "explored", "judged", "refused", "refused_same"):
+            elif not b and name in SCALARS:
                 setattr(evidence, name, int(value))
         return evidence
 
@@ -155,13 +167,20 @@ class Decision:
     bound: float           # the upper bound on the false share there (1.0 with no data)
 
 
+# Observations at or above the prior before evidence against it can tighten it: fewer than the
+# `min_observations` a loosening needs, since tightening is the safe direction, and the lower end
+# of the interval, not the estimate, must be over the target.
+TIGHTEN_AFTER = 20
+
+
 def decide(evidence: Evidence, prior: float, rule: Rule) -> Decision:
     """The lowest threshold whose bound on the false-hit rate of the hits it would serve is within
     the target, with at least `min_observations` observations at or above it.
 
     Below the prior that is the learned threshold. Above it, the prior holds unless the evidence
-    shows it wrong (its estimate itself is over the target): then the lowest certified threshold,
-    or the ceiling when none is. No evidence, no change."""
+    shows it wrong (the lower end of its interval over the target, from at least `TIGHTEN_AFTER`
+    observations at or above it): then the lowest certified threshold, or the ceiling when none
+    is. No evidence, no change."""
     start = bin_of(prior) if prior >= LOW else 0
     z = NormalDist().inv_cdf(rule.confidence)
     found = None
@@ -177,7 +196,7 @@ def decide(evidence: Evidence, prior: float, rule: Rule) -> Decision:
         return found
     false, seen = evidence.above(start)
     at_prior = would_serve(evidence, start, z)
-    if seen >= rule.min_observations and at_prior.low > rule.target:
+    if seen >= TIGHTEN_AFTER and at_prior.low > rule.target:
         if found is not None:
             return found
         false, seen = evidence.above(bin_of(rule.ceiling))
@@ -210,15 +229,16 @@ def blocks(evidence: Evidence) -> list[tuple[int, int, int, int]]:
     return runs
 
 
-def integrate(evidence: Evidence, counts: list[int], extra_hits: int, z: float) -> Estimate:
+def integrate(evidence: Evidence, counts: list[int], extra_hits: int, z: float, vouched: int = 0) -> Estimate:
     """The expected false share of hits at the similarities `counts` gives (plus `extra_hits` exact
-    ones, never false) under the fit, and a normal-approximation interval over its runs."""
-    hits = sum(counts) + extra_hits
+    ones, never false, and `vouched` ones, at their own checks' rate) under the fit, and a
+    normal-approximation interval over its runs."""
+    hits = sum(counts) + extra_hits + vouched
     if hits == 0:
         return Estimate(0.0, 0.0, 0.0, 0)
     expected = variance = 0.0
-    for first, last, false, seen in blocks(evidence):
-        mass = sum(counts[first:last + 1])
+    runs = [(sum(counts[first:last + 1]), false, seen) for first, last, false, seen in blocks(evidence)]
+    for mass, false, seen in runs + [(vouched, evidence.vouched_false, evidence.vouched_seen)]:
         expected += mass * (false / seen if seen else 0.5)
         # The variance of the run's rate, with a Jeffreys half-count so that a run seen a few times
         # without a false one is not taken for certain.
@@ -236,7 +256,8 @@ def would_serve(evidence: Evidence, b: int, z: float) -> Estimate:
 
 def estimate(evidence: Evidence, confidence: float = 0.95) -> Estimate:
     """The false-hit rate of the hits served so far: the fit summed over their similarities."""
-    return integrate(evidence, evidence.served, evidence.exact, NormalDist().inv_cdf(confidence))
+    return integrate(evidence, evidence.served, evidence.exact, NormalDist().inv_cdf(confidence),
+                     evidence.vouched_served)
 
 
 def exploration_rate(evidence: Evidence, most: float, least: float, half_life: int = 100) -> float:

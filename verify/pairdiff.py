@@ -106,11 +106,11 @@ class PairDiff:
 
 
 def swapped_roles(query: list[str], candidate: list[str]) -> tuple[str, ...]:
-    """Two words that trade places in otherwise the same sentence: "do men expect too much from
-    women" against "do women expect too much from men", "from the UK to the USA" against "from the
-    USA to the UK". Exchanging them back must make the two texts nearly the same, and more than
-    "and" / "or" must stand between them, so "Java and Python" for "Python and Java" passes, as do
-    paraphrases that reorder a whole question ("what county is the smallest in Arizona")."""
+    """Two words that trade places in otherwise the same sentence: "why do cats hate dogs" against
+    "why do dogs hate cats", "from the UK to the USA" against "from the USA to the UK". Exchanging
+    them back must make the two texts nearly the same, and more than "and" / "or" must stand
+    between them, so "Java and Python" for "Python and Java" passes, as do paraphrases that reorder
+    a whole question ("what city is the largest in Mississippi")."""
     stems_query, stems_candidate = [stem(w) for w in query], [stem(w) for w in candidate]
     shared = ({s for s, w in zip(stems_query, query) if w not in _STOP and w.isalpha()}
               & {s for s, w in zip(stems_candidate, candidate) if w not in _STOP and w.isalpha()})

@@ -70,10 +70,10 @@ def test_servable_counts_rows_an_earlier_row_could_answer_by_group_or_answer() -
 
 
 def test_servable_with_partial_labels_counts_only_labeled_partners() -> None:
-    pairs = [{"a": "How do I hire a hacker?", "b": "How can I hire a hacker?", "equivalent": True},
+    pairs = [{"a": "How can I access Facebook in China?", "b": "How do I use Facebook in China?", "equivalent": True},
              {"a": "Is 2016 a leap year?", "b": "Is 2017 a leap year?", "equivalent": False}]
-    rows = [row("How do I hire a hacker?", "p1"), row("Is 2016 a leap year?", "p2"),
-            row("How can I hire a hacker?", "p1"), row("Is 2017 a leap year?", "p3"), row("Hire hackers?", "p4")]
+    rows = [row("How can I access Facebook in China?", "p1"), row("Is 2016 a leap year?", "p2"),
+            row("How do I use Facebook in China?", "p1"), row("Is 2017 a leap year?", "p3"), row("Facebook in China?", "p4")]
     assert workload.servable(Grader.for_rows(rows, pairs), rows) == [False, False, True, False, False]
 
 

@@ -202,7 +202,7 @@ def test_shipped_policy_routes_unruled_questions_by_centroid(shipped: Classifier
 
 
 @pytest.mark.parametrize(("text", "category"), [
-    ("who won the rugby world cup in 1995?", "factual"), ("what is the main religion in iraq?", "factual"),
+    ("who won the world series in 1994?", "factual"), ("what is a major religion in jamaica?", "factual"),
     ("how many senators does georgia have?", "factual"), ("What is the best way to learn French?", "default"),
     ("Which laptop should I buy?", "default"), ("belgrade is the capital of which european country?", "factual"),
     ("name the songs written by miley cyrus?", "factual"), ("How do I know which laptop to buy?", "default"),

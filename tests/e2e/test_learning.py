@@ -1,6 +1,7 @@
-"""Learning through `catcache serve`: a checked would-be hit is answered by the backend and judged,
-what is learned shows in /stats and /metrics, is shared by a second proxy on the same Redis, and
-is forgotten when its category is purged."""
+"""Learning through `catcache serve`: a checked would-be hit is answered by the backend and judged
+(instead of being served, or served with the backend asked beside it), an entry whose near miss
+agreed serves the next one on its own evidence, what is learned shows in /stats and /metrics, is
+shared by a second proxy on the same Redis, and is forgotten when its category is purged."""
 
 from __future__ import annotations
 
@@ -26,7 +27,7 @@ backends:
 learning:
   enabled: true
   min_observations: 1
-  exploration: {most: 1.0, least: 1.0}   # check every would-be hit
+  exploration: {most: 1.0, least: 1.0, mode: miss}   # check every would-be hit, as a miss
 categories:
   code:
     match: {regex: ['(?i)\\bpython\\b']}
@@ -122,3 +123,58 @@ def test_a_near_miss_answered_by_a_speculative_call_is_judged_too(proxy_factory,
         assert ask(proxy, NEAR[1])["x-catcache"] == "miss"
         code = eventually(lambda: learned(proxy, "code").get("observations") and learned(proxy, "code"))
         assert code["observations"] == 1 and code["observed_false"] == 0 and code["explored"] == 0
+
+
+SHADOWING = POLICY.replace("mode: miss", "budget: 1.0")
+
+
+def test_a_shadow_check_serves_the_hit_and_asks_the_backend_beside_it(proxy_factory, tmp_path: Path):
+    policies = tmp_path / "policies.yaml"
+    policies.write_text(SHADOWING)
+    paraphrase = "How do you reverse a list in Python?"  # cosine 0.997 to the first
+    with TestBackend(replies={q: "Use reversed(items) or items[::-1]." for q in [QUESTIONS[0], paraphrase]}) as backend:
+        proxy = proxy_factory(policies=policies, backend_url=backend.base_url, env={"CATCACHE_ADMIN_TOKEN": TOKEN})
+        assert ask(proxy, QUESTIONS[0])["x-catcache"] == "miss"
+        assert ask(proxy, paraphrase)["x-catcache"] == "hit-semantic"
+        eventually(lambda: backend.calls("/v1/chat/completions") == 2)
+        code = eventually(lambda: learned(proxy, "code").get("observations") and learned(proxy, "code"))
+        assert code["observations"] == 1 and code["observed_false"] == 0 and code["explored"] == 1
+        metrics = httpx.get(f"{proxy.url}/metrics", headers={"authorization": f"Bearer {TOKEN}"}).text
+        assert 'catcache_shadow_checks_total{category="code"} 1.0' in metrics
+
+
+VOUCHING = """
+version: 1
+tenancy: {by: none}
+backends:
+  large: {url: http://127.0.0.1:9/v1, role: large}
+learning:
+  enabled: true
+  band: 0.1
+  entry_margin: MARGIN
+  exploration: {most: 0.0, least: 0.0}
+categories:
+  code:
+    match: {regex: ['(?i)\\bpython\\b']}
+    threshold: 0.999
+  default: {threshold: 0.999}
+"""
+# Cosines to the first: 0.945 (a near miss that agrees) and 0.924 (within 0.03 of it).
+VOUCHED = ["How do I reverse a list in Python?", "What is the best way to reverse a Python list?",
+           "Reversing a list in Python: how?"]
+
+
+@pytest.mark.parametrize("margin, third", [("0.03", "hit-semantic"), ("null", "miss")])
+def test_an_entry_whose_near_miss_agreed_serves_the_next_on_its_own_evidence(proxy_factory, tmp_path: Path,
+                                                                             margin: str, third: str):
+    policies = tmp_path / "policies.yaml"
+    policies.write_text(VOUCHING.replace("MARGIN", margin))
+    with TestBackend(replies={q: "Use reversed(items) or items[::-1]." for q in VOUCHED}) as backend:
+        proxy = proxy_factory(policies=policies, backend_url=backend.base_url, env={"CATCACHE_ADMIN_TOKEN": TOKEN})
+        assert ask(proxy, VOUCHED[0])["x-catcache"] == "miss"
+        assert ask(proxy, VOUCHED[1])["x-catcache"] == "miss"
+        eventually(lambda: learned(proxy, "code").get("observations"))
+        time.sleep(0.5)  # the entry's own note follows the category's count
+        assert ask(proxy, VOUCHED[2])["x-catcache"] == third
+        metrics = httpx.get(f"{proxy.url}/metrics", headers={"authorization": f"Bearer {TOKEN}"}).text
+        assert ('catcache_vouched_hits_total{category="code"} 1.0' in metrics) == (third == "hit-semantic")

@@ -11,9 +11,9 @@ import pytest
 
 POLICIES = Path(__file__).parents[1] / "data" / "policies-e2e.yaml"
 PARAPHRASES = ("How do I reverse a list in Python?", "How can I reverse a list in Python?")
-# A hard negative labeled in ../shared/workloads/qqp-dev/pairs.jsonl: cosine 0.98, a different question.
-HARD_NEGATIVE = ("Will there be a Deep Learning Summer School in 2017?",
-                 "Will there be a Deep Learning Summer School in 2016?")
+# A hard negative labeled in ../shared/workloads/qqp-dev/pairs.jsonl (calibration half): cosine 0.97,
+# a different question.
+HARD_NEGATIVE = ("How did LinkedIn perform in 2013?", "How did LinkedIn perform in 2012?")
 
 
 @pytest.fixture
@@ -56,7 +56,7 @@ def test_hard_negative_is_not_a_hit(proxy, api_key):
     headers, _ = ask(proxy, key=api_key, text=HARD_NEGATIVE[1])
     assert headers["x-catcache"] == "miss" and headers["x-catcache-category"] == "default"
     assert float(headers["x-catcache-similarity"]) >= 0.9, "above the threshold: the verifier refused it"
-    assert headers["x-catcache-verdict"].startswith("numbers differ: 2016 vs 2017")
+    assert headers["x-catcache-verdict"].startswith("numbers differ: 2012 vs 2013")
 
 
 def test_no_hit_across_scopes(proxy, api_key):

@@ -14,13 +14,14 @@ from catcache.proxy.learner import Check, Learner, answer_text
 from catcache.store.connect import connect
 from catcache.store.learned import LearnedState
 
-POLICY = parse_policy("""
+POLICY_TEXT = """
 backends: {large: {url: "http://127.0.0.1:9/v1"}}
 learning: {enabled: true, min_observations: 50, exploration: {most: 0.1, least: 0.02, half_life: 10}}
 categories:
   factual: {threshold: 0.95}
   default: {threshold: 0.96}
-""", "policies.yaml")
+"""
+POLICY = parse_policy(POLICY_TEXT, "policies.yaml")
 
 
 @pytest.fixture(scope="module")
@@ -94,12 +95,29 @@ def test_exploration_checks_a_share_of_would_be_hits_that_falls(redis_url, clean
     async def scenario() -> tuple[int, int]:
         client = connect(redis_url)
         draws = itertools.cycle(i / 100 for i in range(100))
-        learner = Learner(LearnedState(client), lambda: POLICY, embed, chance=lambda: next(draws))
-        early = sum(learner.explore("factual") for _ in range(100))
+        policy = parse_policy(POLICY_TEXT.replace("half_life: 10", "half_life: 10, mode: miss"), "policies.yaml")
+        learner = Learner(LearnedState(client), lambda: policy, embed, chance=lambda: next(draws))
+        early = sum(learner.explore("factual") == "miss" for _ in range(100))
         await learner.sync()
-        later = sum(learner.explore("factual") for _ in range(100))
+        later = sum(learner.explore("factual") == "miss" for _ in range(100))
         await client.aclose()
         return early, later
 
     early, later = asyncio.run(scenario())
     assert early == 10 and later < early  # 10% at first; after 10 checks (the half-life) half that
+
+
+def test_shadow_checks_stay_within_their_budget_and_wait_for_room(redis_url, clean_redis, embed):
+    async def scenario() -> tuple[int, int, int]:
+        client = connect(redis_url)
+        learner = Learner(LearnedState(client), lambda: POLICY, embed, chance=lambda: 0.0)  # every draw checks
+        learner.requests = 200  # 5% of them: 10 extra calls at most
+        busy = sum(learner.explore("factual", room=False) is not None for _ in range(50))
+        checked = sum(learner.explore("factual") == "shadow" for _ in range(50))
+        learner.requests = 400
+        more = sum(learner.explore("factual") == "shadow" for _ in range(50))
+        await client.aclose()
+        return busy, checked, more
+
+    busy, checked, more = asyncio.run(scenario())
+    assert (busy, checked, more) == (0, 10, 10)

@@ -13,7 +13,7 @@ from catcache.index.hnsw import Entry, Neighbour
 from catcache.policy.loader import parse_policy
 from catcache.proxy.canonical import canonicalise
 from catcache.proxy.exchange import Exchange
-from catcache.proxy.lookup import Tiers, look_up
+from catcache.proxy.lookup import Tiers, look_up, vouched
 from catcache.proxy.tenancy import scoped
 from catcache.reports.record import Outcome
 from catcache.store.documents import Document
@@ -210,3 +210,16 @@ async def test_bypasses_keep_what_was_learnt():
 
     found = await find(exchange(), FakeStore(), guard=FakeGuard(fail=True))
     assert found.outcome == Outcome.BYPASS and found.category == ""
+
+
+@pytest.mark.parametrize("agreed, disagreed, similarity, served", [
+    (None, None, 0.95, False),   # no evidence of its own: the threshold decides
+    (0.93, None, 0.915, True),   # within the margin under the lowest query that agreed
+    (0.93, None, 0.905, False),  # further under it
+    (0.93, 0.92, 0.915, False),  # a query there or above wanted another answer
+    (0.93, 0.90, 0.915, True),   # one that did lay lower
+])
+def test_an_entry_vouches_for_the_band_only_on_its_own_evidence(agreed, disagreed, similarity, served):
+    doc = Document("d", "chat", "m", "general", "s", "q", {}, agreed=agreed, disagreed=disagreed)
+    assert vouched(doc, similarity, 0.02) is served
+    assert vouched(doc, similarity, None) is False

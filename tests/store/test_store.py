@@ -159,3 +159,19 @@ def test_lru_quota_keeps_the_new_entry_when_others_were_used_later(redis_url: st
         assert await members(redis, category) == {old[1].doc_id, new.doc_id}
 
     run_with_store(redis_url, scenario)
+
+
+def test_an_entry_keeps_the_lowest_agreeing_and_highest_disagreeing_judgement(redis_url: str) -> None:
+    async def scenario(store: DocumentStore, redis: Redis, category: str) -> None:
+        doc = document(category, f"{category}-judged")
+        await store.put(doc, ttl=60, eviction="lru", quota=10)
+        for similarity, same in [(0.93, True), (0.95, True), (0.91, True), (0.89, False), (0.86, False)]:
+            assert await store.note_judgement(doc.doc_id, similarity, same)
+        judged = await store.get(doc.doc_id)
+        assert (judged.agreed, judged.disagreed) == (0.91, 0.89)
+        assert await redis.ttl(doc_key(doc.doc_id)) > 0
+        gone = document(category, f"{category}-gone")
+        assert not await store.note_judgement(gone.doc_id, 0.9, True)
+        assert await redis.exists(doc_key(gone.doc_id)) == 0
+
+    run_with_store(redis_url, scenario)

@@ -25,16 +25,16 @@ def test_complete_labels_grade_by_group_or_answer():
 
 
 def test_partial_labels_grade_only_labeled_pairs():
-    pairs = [{"a": "How do I hire a hacker?", "b": "How can I hire a hacker?", "equivalent": True},
+    pairs = [{"a": "How can I access Facebook in China?", "b": "How do I use Facebook in China?", "equivalent": True},
              {"a": "Is 2016 a leap year?", "b": "Is 2017 a leap year?", "equivalent": False}]
-    rows = [row("How do I hire a hacker?", "p1"), row("Is 2016 a leap year?", "p2"),
-            row("How can I hire a hacker?", "p1"), row("Is 2017 a leap year?", "p3"), row("Hire hackers?", "p4")]
+    rows = [row("How can I access Facebook in China?", "p1"), row("Is 2016 a leap year?", "p2"),
+            row("How do I use Facebook in China?", "p1"), row("Is 2017 a leap year?", "p3"), row("Facebook in China?", "p4")]
     grader = Grader.for_rows(rows, pairs)
     assert grader.partial
     assert grader.right(rows[2], rows[0]) is True
     assert grader.right(rows[3], rows[1]) is False
     assert grader.right(rows[4], rows[0]) is None, "unlabeled is not different"
-    assert grader.partners("how do i hire a hacker?") == {"how can i hire a hacker?"}
+    assert grader.partners("how can i access facebook in china?") == {"how do i use facebook in china?"}
     assert grader.partners("is 2016 a leap year?") == set(), "a pair labeled different makes no partners"
 
 

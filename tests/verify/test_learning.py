@@ -127,3 +127,32 @@ def test_llm_judge_reads_yes_or_no():
         return "Yes." if "42" in prompt else "No"
     assert asyncio.run(LlmJudge(ask).judge("42", "forty-two (42)")).same
     assert not asyncio.run(LlmJudge(ask).judge("Lyon", "Paris")).same
+
+
+@pytest.mark.parametrize("above, raised", [(learning.TIGHTEN_AFTER - 1, False), (learning.TIGHTEN_AFTER + 5, True)])
+def test_evidence_against_a_prior_tightens_it_sooner_than_a_loosening(above: int, raised: bool):
+    """Tightening is the safe direction: a clear excess over the target from fewer observations
+    than `min_observations` raises the prior; fewer than TIGHTEN_AFTER do not."""
+    evidence = Evidence()
+    for i in range(above):
+        s = 0.95 + 0.04 * i / above
+        evidence.ask(s)
+        evidence.observe(s, i % 3 != 0)  # a third of the answers disagree
+    decision = decide(evidence, 0.95, Rule(target=0.02, min_observations=50))
+    assert (decision.threshold > 0.95) is raised
+
+
+def test_vouched_hits_are_kept_out_of_the_fit_and_estimated_from_their_own_checks():
+    evidence = Evidence()
+    for _ in range(200):
+        evidence.observe(0.90, False)  # near misses under the threshold: mostly false
+        evidence.observe(0.90, True)
+    before = list(evidence.seen), list(evidence.false)
+    for i in range(40):
+        evidence.observe(0.90, i != 0, vouched=True)  # the entries' own checks: one false in 40
+        evidence.serve(0.90, vouched=True)
+    assert (list(evidence.seen), list(evidence.false)) == before
+    assert (evidence.vouched_served, evidence.vouched_seen, evidence.vouched_false) == (40, 40, 1)
+    found = estimate(evidence)
+    assert found.hits == 40 and found.rate == pytest.approx(1 / 40)
+    assert Evidence.from_fields(evidence.to_fields()) == evidence

@@ -33,11 +33,11 @@ def test_lexical_guard_refuses_with_a_reason(query, candidate, reason):
 
 def test_lexical_guard_accepts_paraphrases():
     guard = load_verifier("lexical-guard")
-    assert guard.check("How did Donald trump win the elections?", "How did Donald Trump win the election?", 0.99, 0.5).accepted
-    assert guard.check("What is your 2017 New Year's resolution?", "What is your New Year's resolution for 2017?", 0.98, 0.5).accepted
+    assert guard.check("What are the best resources to learn C++?", "What are the best resource to learn c++?", 0.99, 0.5).accepted
+    assert guard.check("What is the expected KVPY 2016 SA cut off?", "What is the expected cut off for KVPY SA 2016?", 0.98, 0.5).accepted
     # "I", stop words and words that open a sentence or clause are not names
     assert guard.check("How can I safely use essential oils?", "How do you safely use essential oils?", 0.98, 0.5).accepted
-    assert guard.check("Movies: What is the best film of 2016?", "Movies: Which is the best film of 2016?", 0.97, 0.5).accepted
+    assert guard.check("What is your favourite game?", "Games: Which is your favourite game?", 0.97, 0.5).accepted
     assert guard.check("Why is the iPhone's camera good?", "Why is the iPhone camera good?", 0.98, 0.5).accepted
 
 
@@ -90,7 +90,7 @@ def test_unknown_verifier():
      "which country has the largest land area in the eastern hemisphere?", "opposite east-west"),
     ("when did michael jackson and lisa presley marry?", "when did michael jackson and lisa presley divorce?",
      "opposite marriage"),
-    ("Do men expect too much from women?", "Do women expect too much from men?", "roles swapped: men/women"),
+    ("Why do cats hate dogs?", "Why do dogs hate cats?", "roles swapped: cat/dog"),
     ("How do I move money from savings to checking?", "How do I move money from checking to savings?",
      "roles swapped: saving/check"),
 ])
