@@ -76,9 +76,6 @@ class _Connection(asyncio.Protocol):
             self.close()
         self._wake()
 
-    def eof_received(self) -> bool:
-        return False  # close our side too: connection_lost follows
-
     def connection_lost(self, exc: Exception | None) -> None:
         self.closed = True
         if self.active and not self.complete:
@@ -89,12 +86,6 @@ class _Connection(asyncio.Protocol):
             else:
                 self._fail(httpx.RemoteProtocolError("the backend closed the connection before its answer was whole"))
         self._wake()
-
-    def pause_writing(self) -> None:
-        pass  # a request body is written whole; the read timeout bounds a backend that stops reading it
-
-    def resume_writing(self) -> None:
-        pass
 
     # httptools callbacks
     def on_header(self, name: bytes, value: bytes) -> None:
