@@ -17,6 +17,9 @@ the source folder DIR (an older checkout) stands beside this one in every round:
 - throughput: exact and semantic hits on the warmed cache at concurrency 1, 8 and 32, the sides
   taking turns point by point, with the CPU time the proxy process (all threads) and the
   benchmark's own client spent per request.
+- inside: per outcome, the mean time the proxy itself counted (its request-duration histogram in
+  `/metrics`, from the parsed request to the answer) over the rounds above: what is left of a
+  latency is HTTP and the client.
 - with `--speculate auto,always`, a side more for each mode: this code with every category
   speculating (proxy/speculation.py); the embedder's own forward pass on each paraphrase is timed in this
   process beside the rounds, so a semantic hit can be set against it.
@@ -106,6 +109,7 @@ async def measure(backend_url: str, sides: dict[str, str], n: int, total: int, t
             for client in clients.values():
                 await replay.ask(client, warm)
                 await replay.ask(client.with_options(default_headers=NO_STORE), warm)
+        before = {side: await durations(url) for side, url in sides.items()}
         backend_ms: list[float] = []
         miss: dict[str, list[replay.Answer]] = {side: [] for side in sides}
         no_store: dict[str, list[replay.Answer]] = {side: [] for side in sides}
@@ -126,6 +130,7 @@ async def measure(backend_url: str, sides: dict[str, str], n: int, total: int, t
             for side, client in clients.items():
                 exact[side].append(await replay.ask(client, text))
                 semantic[side].append(await replay.ask(client, text.lower()))
+        inside = {side: _inside(before[side], await durations(url)) for side, url in sides.items()}
         speeds = await _throughput(clients, proxied, total, pids or {}) if throughput else {}
     direct_p = output.percentiles(backend_ms, (50, 99))
     return {"direct_ms": direct_p, "forward_pass_ms": output.percentiles(forward_ms, (50, 99)), **{side: {
@@ -134,6 +139,7 @@ async def measure(backend_url: str, sides: dict[str, str], n: int, total: int, t
         "exact_hit": _hits(exact[side], "hit-exact"),
         "semantic_hit": _hits(semantic[side], "hit-semantic"),
         "paraphrase": _added(direct_p, semantic[side]),
+        "inside_ms": inside[side],
         "throughput": speeds.get(side),
     } for side in sides}}
 
@@ -229,6 +235,26 @@ async def _concurrently(client: AsyncOpenAI, texts: list[str], concurrency: int)
 
     await asyncio.gather(*(worker() for _ in range(concurrency)))
     return answers
+
+
+async def durations(proxy_url: str) -> dict[str, tuple[float, float]]:
+    """Per outcome, the seconds and the count of the proxy's own request-duration histogram: from
+    its parsed request to its answer, without the HTTP on either side or the client."""
+    async with httpx.AsyncClient() as http:
+        text = (await http.get(proxy_url.removesuffix("/v1") + "/metrics")).text
+    sums = dict(re.findall(r'catcache_request_duration_seconds_sum{outcome="([\w-]+)"} (\S+)', text))
+    counts = dict(re.findall(r'catcache_request_duration_seconds_count{outcome="([\w-]+)"} (\S+)', text))
+    return {outcome: (float(sums[outcome]), float(counts[outcome])) for outcome in sums}
+
+
+def _inside(before: dict[str, tuple[float, float]], after: dict[str, tuple[float, float]]) -> dict[str, float]:
+    """Mean ms inside the proxy per outcome, over the requests between two `durations`."""
+    means = {}
+    for outcome, (seconds, count) in after.items():
+        was_seconds, was_count = before.get(outcome, (0.0, 0.0))
+        if count > was_count:
+            means[outcome] = round((seconds - was_seconds) / (count - was_count) * 1000, 3)
+    return means
 
 
 async def backend_calls(backend_url: str) -> int:
@@ -349,6 +375,9 @@ def _show(server: str, result: dict) -> None:
                         ("semantic hit", lambda r: r["semantic_hit"]["ms"]),
                         ("paraphrase, whatever answered", lambda r: r["paraphrase"]["proxy_ms"])]:
         rows.append([label, *(pick(result[side])[p] for side in sides for p in ("p50", "p99"))])
+    for outcome in ("miss", "bypass", "hit-exact", "hit-semantic"):
+        rows.append([f"{outcome}: mean ms inside the proxy", *(result[side]["inside_ms"].get(outcome, "-")
+                                                              for side in sides for _ in (0, 1))])
     rows.append(["paraphrases served as semantic hits", *(f"{result[side]['semantic_hit']['hits']}/"
                                                           f"{result[side]['semantic_hit']['of']}" for side in sides
                                                           for _ in (0, 1))])
