@@ -21,10 +21,11 @@ backend had room for.
   The speculative call counts in the large backend's load that the router reads.
 - `always` speculates whether it pays or not, and the large backend answers every speculated
   near miss.
-While the backend's first byte usually comes first (`RaceClock.backend_wins`: `always` against a
-fast backend, `auto`'s probes), the lookup waits for it before the embedding, at most as long as
-it usually takes: the miss is relayed without the forward pass taking the CPU beside it, and it
-is stored, with its vector, once the lookup ends.
+While the backend's first byte usually comes in less than half a lookup's time
+(`RaceClock.backend_far_ahead`: `always` against a fast backend, `auto`'s probes), the lookup
+waits for it, and for the answer to be relayed, before the embedding (at most as long as the
+first byte usually takes): the miss is relayed without the forward pass taking the CPU beside it,
+and it is stored, with its vector, once the lookup ends. A closer race is left to run.
 
 Single flight: the speculative call leads the flight of the request's exact key, scoped to the
 tenant unless the rules gave a shared category; an identical request meanwhile does not speculate,
@@ -59,6 +60,7 @@ BYTES_PER_TOKEN = 4  # to estimate a cancelled call's prompt tokens, which its b
 
 PROBE_EVERY = 16  # under `auto`, while speculation does not pay, one request in this many still speculates
 SMOOTHING = 0.1  # weight of a new sample in the running averages
+YIELD_BELOW = 0.5  # a speculated lookup lets the relay go first while the first byte takes at most this share of it
 
 _background: set[asyncio.Task] = set()  # stores and closes that outlive their request
 
@@ -89,6 +91,12 @@ class RaceClock:
     def backend_wins(self) -> bool:
         """Whether the backend's first byte usually comes before the lookup's end."""
         return self.lookup_ms is not None and self.first_byte_ms is not None and self.lookup_ms >= self.first_byte_ms
+
+    def backend_far_ahead(self) -> bool:
+        """Whether the backend's first byte usually comes within YIELD_BELOW of a lookup's time: a
+        race a hit almost never wins (a closer one it still may, and is left to run)."""
+        return (self.lookup_ms is not None and self.first_byte_ms is not None
+                and self.first_byte_ms <= YIELD_BELOW * self.lookup_ms)
 
     def looked(self, ms: float) -> None:
         self.lookup_ms = _smoothed(self.lookup_ms, ms)
@@ -140,12 +148,12 @@ class Speculation:
 
     async def start(self, category: str | None) -> None:
         """The lookup's `exact_missed`: send the request now, if the policy and the load allow.
-        When the backend's first byte usually comes before the lookup's end, the lookup waits for
-        it (at most as long as it usually takes) and for the answer to be relayed: a hit could not
-        have won that race, and the embedding, run beside the relay, takes the CPU the relay needs
-        on a small machine."""
+        When the backend's first byte usually comes well before the lookup's end, the lookup waits
+        for it (at most as long as it usually takes) and for the answer to be relayed: a hit could
+        not have won that race, and the embedding, run beside the relay, takes the CPU the relay
+        needs on a small machine."""
         self._send(category)
-        if self.call is not None and self.clock.backend_wins():
+        if self.call is not None and self.clock.backend_far_ahead():
             assert self.clock.first_byte_ms is not None
             await asyncio.wait([self.call], timeout=self.clock.first_byte_ms / 1000)
             if self.call.done() and self._answered():

@@ -24,11 +24,17 @@ def test_a_lookup_slower_than_the_backend_stops_speculation_but_for_probes():
 
 
 def test_the_backend_wins_only_once_both_sides_are_measured_and_the_lookup_is_slower():
-    """While it does, a speculated lookup lets the backend's answer go first (Speculation.start)."""
     assert not RaceClock().backend_wins()
     assert not RaceClock(lookup_ms=50.0).backend_wins()
     assert not RaceClock(lookup_ms=10.0, first_byte_ms=200.0).backend_wins()
     assert RaceClock(lookup_ms=10.0, first_byte_ms=2.0).backend_wins()
+
+
+def test_a_lookup_yields_to_the_relay_only_when_the_backend_is_far_ahead():
+    """Then a speculated lookup lets the backend's answer go first (Speculation.start); a close race runs."""
+    assert not RaceClock().backend_far_ahead()
+    assert RaceClock(lookup_ms=10.0, first_byte_ms=2.0).backend_far_ahead()
+    assert not RaceClock(lookup_ms=210.0, first_byte_ms=200.0).backend_far_ahead(), "the backend wins, but not by far"
 
 
 def test_a_call_a_hit_closed_never_lowers_the_first_byte_estimate():
