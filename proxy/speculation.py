@@ -175,7 +175,7 @@ class Speculation:
         key = scoped(exchange.canon.functional_key, None if shared else exchange.tenant)
         self.joined = self.state.flights.leader(key, self.owner)
         if self.joined is not None:
-            return  # being fetched, or answered and not yet stored: if its lookup misses, this request takes that answer
+            return  # being fetched, or answered and not yet stored: if its lookup misses, it takes that answer
         self.flight, self.started = key, time.perf_counter()
         self.call = asyncio.ensure_future(self._first_byte())
         self.called.set_result(None)
