@@ -236,7 +236,7 @@ def simulate(data: Prepared, policies: Path, s: Settings) -> dict:
                 if c["shadow"] < s.budget * c["queries"]:
                     c["shadow"] += 1
                     c["explored"] += 1
-                    evidence[data.categories[i]].explored += 1
+                    evidence[data.categories[i]].explored += not near_vouched
                     observe(i, j, sim, near_vouched)
                 checked = False
             if checked:

@@ -172,8 +172,9 @@ class Learner:
             if not room or sum(self.shadowed.values()) >= settings.budget * self.requests:
                 return None
             self.shadowed[category] += 1
-        self._pending[evidence_key(category)]["explored"] += 1
-        self.explored[category] += 1
+        if not vouched:  # the checks behind the category's evidence, which its exploration rate follows
+            self._pending[evidence_key(category)]["explored"] += 1
+            self.explored[category] += 1
         return settings.mode
 
     def entry_margin(self) -> float | None:
