@@ -187,9 +187,9 @@ def simulate(data: Prepared, policies: Path, s: Settings) -> dict:
             verdicts[(i, j)] = guard.score(data.texts[i], data.texts[j], sim) >= 0.5
         return verdicts[(i, j)]
 
-    def vouched(j: int, sim: float) -> bool:
+    def vouched(i: int, j: int, sim: float) -> bool:
         """As proxy/lookup.py's `vouched`."""
-        if s.entry_margin < 0 or j not in agreed:
+        if s.entry_margin < 0 or j not in agreed or not learning.vouching_holds(evidence[data.categories[i]], rule):
             return False
         lowest = agreed[j] - s.entry_margin
         return sim >= lowest and disagreed.get(j, 0.0) < lowest
@@ -220,7 +220,7 @@ def simulate(data: Prepared, policies: Path, s: Settings) -> dict:
                     evidence[name].ask(sim)
             if sim >= max(mine, threshold(int(j))):
                 hit = (int(j), sim)
-            elif s.learn and sim >= mine - s.band and vouched(int(j), sim):
+            elif s.learn and sim >= mine - s.band and vouched(i, int(j), sim):
                 hit = (int(j), sim)
                 near_vouched = True
                 c["vouched"] += 1
@@ -236,7 +236,7 @@ def simulate(data: Prepared, policies: Path, s: Settings) -> dict:
                 if c["shadow"] < s.budget * c["queries"]:
                     c["shadow"] += 1
                     c["explored"] += 1
-                    evidence[data.categories[i]].explored += 1
+                    evidence[data.categories[i]].explored += not near_vouched
                     observe(i, j, sim, near_vouched)
                 checked = False
             if checked:

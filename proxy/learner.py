@@ -172,13 +172,20 @@ class Learner:
             if not room or sum(self.shadowed.values()) >= settings.budget * self.requests:
                 return None
             self.shadowed[category] += 1
-        self._pending[evidence_key(category)]["explored"] += 1
-        self.explored[category] += 1
+        if not vouched:  # the checks behind the category's evidence, which its exploration rate follows
+            self._pending[evidence_key(category)]["explored"] += 1
+            self.explored[category] += 1
         return settings.mode
 
-    def entry_margin(self) -> float | None:
-        """How far under an entry's own lowest agreeing similarity it may serve (None: not at all)."""
-        return self._policy().learning.entry_margin if self.enabled else None
+    def entry_margin(self, category: str) -> float | None:
+        """How far under an entry's own lowest agreeing similarity it may serve in `category` (None:
+        not at all, also once the checks of its vouched hits show them over the target)."""
+        if not self.enabled or category not in self._policy().categories:
+            return None
+        evidence = self._evidence.get(evidence_key(category))
+        if evidence is not None and not learning.vouching_holds(evidence, self.rule(category)):
+            return None
+        return self._policy().learning.entry_margin
 
     def report_false(self, category: str) -> None:
         """An app reported a served hit wrong. Its similarity is not known, so it counts as a false

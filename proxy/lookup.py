@@ -185,7 +185,8 @@ class _Lookup:
                 if verdict is None:
                     self.found = replace(self.found, best=(neighbour.similarity, doc))
                     if neighbour.similarity < rules.threshold - step:
-                        if not vouched(doc, neighbour.similarity, learner and learner.entry_margin()):
+                        margin = learner.entry_margin(found.category) if learner is not None else None
+                        if not vouched(doc, neighbour.similarity, margin):
                             break  # the best accepted neighbour lies in the band: a near miss to judge
                         self.found = replace(self.found, vouched=True)
                     self.found = replace(self.found, similarity=neighbour.similarity)

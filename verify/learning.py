@@ -260,6 +260,18 @@ def estimate(evidence: Evidence, confidence: float = 0.95) -> Estimate:
                      evidence.vouched_served)
 
 
+def vouching_holds(evidence: Evidence, rule: Rule) -> bool:
+    """Whether a category's entries may still vouch for hits under its threshold: not once the
+    checks of those they vouched for show, at the lower end of their interval, a false rate over
+    the target (after at least 10 checks)."""
+    if evidence.vouched_seen < 10:
+        return True
+    z = NormalDist().inv_cdf(rule.confidence)
+    rate = (evidence.vouched_false + 0.5) / (evidence.vouched_seen + 1.0)
+    low = rate - z * math.sqrt(rate * (1 - rate) / (evidence.vouched_seen + 1))
+    return low <= rule.target
+
+
 def exploration_rate(evidence: Evidence, most: float, least: float, half_life: int = 100) -> float:
     """The share of would-be hits to check: `most` while there is little evidence, falling toward
     `least` as would-be hits are checked (halved every `half_life` of them), never above `most`."""

@@ -156,3 +156,11 @@ def test_vouched_hits_are_kept_out_of_the_fit_and_estimated_from_their_own_check
     found = estimate(evidence)
     assert found.hits == 40 and found.rate == pytest.approx(1 / 40)
     assert Evidence.from_fields(evidence.to_fields()) == evidence
+
+
+@pytest.mark.parametrize("checked, false, holds", [(9, 9, True), (40, 1, True), (40, 10, False)])
+def test_entries_stop_vouching_once_their_checks_show_them_over_the_target(checked: int, false: int, holds: bool):
+    evidence = Evidence()
+    for i in range(checked):
+        evidence.observe(0.9, i >= false, vouched=True)
+    assert learning.vouching_holds(evidence, Rule(target=0.02)) is holds
