@@ -20,7 +20,8 @@ CLIENT_TIMEOUT_S = 1.0
 
 @pytest.fixture(scope="module")
 def proxy(module_proxy_factory) -> ProxyProcess:
-    return module_proxy_factory(env={"CATCACHE_ADMIN_TOKEN": TOKEN})
+    return module_proxy_factory(extra_args=["--client-timeout", str(CLIENT_TIMEOUT_S)],
+                                env={"CATCACHE_ADMIN_TOKEN": TOKEN})
 
 
 def connect(proxy: ProxyProcess) -> socket.socket:
