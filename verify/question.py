@@ -26,6 +26,7 @@ _CARDINALS = {word: str(value) for value, word in enumerate(
 _CARDINALS |= {word: str(10 * tens) for tens, word in enumerate(
     "- - twenty thirty forty fifty sixty seventy eighty ninety".split()) if tens > 1}
 _NUMBER = re.compile(r"(\d+(?:[.,]\d+)*)(?:st|nd|rd|th)?$")
+_SCALES = {"hundred": 100, "thousand": 1_000, "million": 1_000_000, "billion": 1_000_000_000}
 
 # Words at the ends of one axis: a question with one end asks something else than one with
 # another. Only an axis present in both questions counts ("his wife" against "his wife's name" is
@@ -95,19 +96,31 @@ def kinds_conflict(first: str, second: str) -> bool:
 
 def counts(tokens: list[str]) -> frozenset[str]:
     """Cardinal number words as numbers ("three" is "3"). A count in one question only is no
-    difference ("what are two religions in finland" asks what "what religions" does); two counts are."""
-    return frozenset(_CARDINALS[token] for token in tokens if token in _CARDINALS)
+    difference ("what are two religions in finland" asks what "what religions" does); two counts
+    are. A word that multiplies a scale ("three hundred") is part of a quantity, not a count."""
+    return frozenset(_CARDINALS[token] for token, after in zip(tokens, tokens[1:] + [""])
+                     if token in _CARDINALS and after not in _SCALES)
 
 
 def quantities(tokens: list[str]) -> frozenset[str]:
-    """Numbers and ordinals as one set, so "16th" and "16" agree and "first" equals "1st"."""
+    """Numbers and ordinals as one set, so "16th" and "16" agree and "first" equals "1st"; a number
+    written with a scale word counts too ("one hundred" is "100", "3 million" is "3000000")."""
     found = set()
-    for token in tokens:
-        if token in _ORDINALS:
+    for before, token, after in zip([""] + tokens, tokens, tokens[1:] + [""]):
+        if token in _SCALES:
+            found.add(str(_multiplier(before) * _SCALES[token]))
+        elif token in _ORDINALS:
             found.add(_ORDINALS[token])
-        elif match := _NUMBER.match(token):
+        elif (match := _NUMBER.match(token)) and after not in _SCALES:
             found.add(match.group(1).replace(",", ""))
     return frozenset(found)
+
+
+def _multiplier(word: str) -> int:
+    """What a scale word is multiplied by: "three" -> 3, "20" -> 20, anything else ("a", "one") -> 1."""
+    if word in _CARDINALS:
+        return int(_CARDINALS[word])
+    return int(word) if word.isdigit() else 1
 
 
 def _base(token: str) -> str:
