@@ -108,7 +108,7 @@ class Learner:
         self._logged: dict[str, tuple[float, float]] = {}  # category -> (time, threshold) of the last point
         self._tasks: set[asyncio.Task] = set()
         self.judged = Counter[str]()      # (category) judge calls, by this proxy
-        self.explored = Counter[str]()    # would-be hits this proxy checked, either way
+        self.explored = Counter[str]()    # would-be hits this proxy checked for its category's evidence
         self.shadowed = Counter[str]()    # of those, checked by an extra backend call beside the hit
         self.vouched = Counter[str]()     # hits under the threshold served on their entry's own evidence
         self.requests = 0                 # requests this proxy looked up: what the shadow budget is a share of

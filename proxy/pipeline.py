@@ -91,13 +91,13 @@ class CachePipeline:
         """A would-be hit, perhaps checked: served with the backend asked beside it (shadow), or
         answered by the backend instead (a miss for this client), the fresh answer judged
         against the neighbour's either way."""
-        large = self.state.large()
-        room = large.in_flight < self.state.policy.speculation.max_in_flight
+        room = self.state.large().in_flight < self.state.policy.speculation.max_in_flight
         how = self.state.learner.explore(found.category, room, found.vouched)
+        vouched = "vouched" if found.vouched else None  # its checks are kept apart (verify/learning.py)
         if how == "shadow":
-            check_beside(self.state, exchange, Check.of(found, "vouched" if found.vouched else "shadow"))
+            check_beside(self.state, exchange, Check.of(found, vouched or "shadow"))
         elif how == "miss":
-            exchange.check = Check.of(found, "explore")
+            exchange.check = Check.of(found, vouched or "explore")
             found = replace(found, outcome=Outcome.MISS, doc=None, band=[])
             exchange.learn(found)
             exchange.verdict = f"explored: a would-be hit at {similarity:.4f}, answered by the backend to check it"
