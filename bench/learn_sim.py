@@ -125,6 +125,7 @@ class Settings:
     budget: float = 0.05           # shadow checks, as a share of the requests
     entry_margin: float = 0.02     # an entry's own evidence serves this far under its lowest agreement; < 0: off
     finer: bool = True
+    gate: str = "category"         # what stops vouching when its checks go bad: the category's checks, or the "cell"'s
     uniform: float | None = None   # one fixed threshold for all, no learning (the hindsight baseline)
     seed: int = 1
 
@@ -189,7 +190,8 @@ def simulate(data: Prepared, policies: Path, s: Settings) -> dict:
 
     def vouched(i: int, j: int, sim: float) -> bool:
         """As proxy/lookup.py's `vouched`."""
-        if s.entry_margin < 0 or j not in agreed or not learning.vouching_holds(evidence[data.categories[i]], rule):
+        checks = evidence[cell(i)] if s.gate == "cell" else evidence[data.categories[i]]
+        if s.entry_margin < 0 or j not in agreed or not learning.vouching_holds(checks, rule):
             return False
         lowest = agreed[j] - s.entry_margin
         return sim >= lowest and disagreed.get(j, 0.0) < lowest
