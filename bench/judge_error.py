@@ -121,6 +121,11 @@ async def _measure(args: argparse.Namespace, pairs: list[Pair], embedder: Embedd
 
             results = [await _grade(AgreementJudge(embed, threshold), pairs, texts, {"min_similarity": threshold})
                        for threshold in args.min_similarity or SWEEP]
+            similarity = [float(encoded[a] @ encoded[b]) for a, b in texts]
+            for result in results:  # where the embedding step's threshold falls among the pairs it decides
+                result["answer_similarity"] = {
+                    kind: output.percentiles([s for s, p in zip(similarity, pairs) if p[2] is want], (10, 25, 50, 75, 90))
+                    for kind, want in (("right_pairs", True), ("false_pairs", False))}
     finally:
         await replies.aclose()
     return results, replies.asked
