@@ -16,7 +16,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from bench import feedback, ic_load, lookup_cost, overhead, profile, replay, scale, stack, workload
+from bench import feedback, ic_load, judge_error, lookup_cost, overhead, profile, replay, scale, stack, workload
 from bench.heldout import read_jsonl
 from bench.output import RESULTS
 from catcache.verify.labels import Grader
@@ -75,6 +75,15 @@ def test_servable_with_partial_labels_counts_only_labeled_partners() -> None:
     rows = [row("How can I access Facebook in China?", "p1"), row("Is 2016 a leap year?", "p2"),
             row("How do I use Facebook in China?", "p1"), row("Is 2017 a leap year?", "p3"), row("Facebook in China?", "p4")]
     assert workload.servable(Grader.for_rows(rows, pairs), rows) == [False, False, True, False, False]
+
+
+def test_judge_error_samples_false_pairs_up_to_half_in_stream_order() -> None:
+    pairs = [(row(f"q{k}", f"g{k}"), row(f"p{k}", f"h{k}"), k % 5 != 0) for k in range(40)]  # 8 false of 40
+    taken = judge_error.sample(pairs, 10, seed=1)
+    assert sum(not p[2] for p in taken) == 5 and len(taken) == 10
+    assert [pairs.index(p) for p in taken] == sorted(pairs.index(p) for p in taken)
+    assert taken == judge_error.sample(pairs, 10, seed=1) != judge_error.sample(pairs, 10, seed=2)
+    assert sum(not p[2] for p in judge_error.sample(pairs, 30, seed=1)) == 8  # every false pair, the rest right
 
 
 def test_ic_load_counts_near_misses_offload_and_grades_ic_answers_by_gold() -> None:
