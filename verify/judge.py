@@ -8,8 +8,10 @@ answer would have been right.
 - `AgreementJudge` (the default, any backend): the same normalised text, or the shorter answer
   inside the longer one ("Paris" in "The capital of France is Paris."), or answer embeddings at
   least `min_similarity` alike (the embedder is loaded anyway).
-- `LlmJudge`: asks a model through a backend whether the two answers say the same thing; one
-  extra backend call per judgement, counted against the checking budget.
+- `LlmJudge`: asks a model through a backend whether the two answers say the same thing, when
+  their texts alone cannot settle it; one extra backend call per judgement it asks, counted against
+  the checking budget. (Asking about two equal texts cost a call and, with a small model, got "no":
+  docs/verification.md, "The judge".)
 """
 
 from __future__ import annotations
@@ -44,6 +46,19 @@ class Judge(Protocol):
         ...
 
 
+def by_text(fresh: str, cached: str) -> Judgement | None:
+    """The verdict the texts alone give, or None when only a model or the embeddings can tell."""
+    a, b = normalised(fresh), normalised(cached)
+    if a == b:
+        return Judgement(True, "text")
+    shorter, longer = sorted((a, b), key=len)
+    if len(shorter) >= MIN_INSIDE and re.search(rf"(^|\s){re.escape(shorter)}($|\s)", longer):
+        return Judgement(True, "inside")
+    if not a or not b:
+        return Judgement(False, "text")
+    return None
+
+
 class AgreementJudge:
     name = "agreement"
 
@@ -51,20 +66,8 @@ class AgreementJudge:
         self._embed = embed
         self.min_similarity = min_similarity
 
-    def by_text(self, fresh: str, cached: str) -> Judgement | None:
-        """The verdict the texts alone give, or None when only the embeddings can tell."""
-        a, b = normalised(fresh), normalised(cached)
-        if a == b:
-            return Judgement(True, "text")
-        shorter, longer = sorted((a, b), key=len)
-        if len(shorter) >= MIN_INSIDE and re.search(rf"(^|\s){re.escape(shorter)}($|\s)", longer):
-            return Judgement(True, "inside")
-        if not a or not b:
-            return Judgement(False, "text")
-        return None
-
     async def judge(self, fresh: str, cached: str) -> Judgement:
-        found = self.by_text(fresh, cached)
+        found = by_text(fresh, cached)
         if found is not None:
             return found
         vectors = await self._embed([fresh, cached])
@@ -86,5 +89,8 @@ class LlmJudge:
         self._ask = ask
 
     async def judge(self, fresh: str, cached: str) -> Judgement:
+        found = by_text(fresh, cached)
+        if found is not None:
+            return found
         reply = (await self._ask(PROMPT.format(a=fresh[:2000], b=cached[:2000]))).strip().lower()
         return Judgement(reply.startswith("yes"), f"llm: {reply[:20]}")

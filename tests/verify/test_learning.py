@@ -122,11 +122,19 @@ def test_agreement_judge(judge, fresh, cached, same, how):
     assert found.same is same and found.how.startswith(how)
 
 
-def test_llm_judge_reads_yes_or_no():
+def test_llm_judge_reads_yes_or_no_and_asks_only_what_the_texts_cannot_settle():
+    asked = []
+
     async def ask(prompt: str) -> str:
-        return "Yes." if "42" in prompt else "No"
-    assert asyncio.run(LlmJudge(ask).judge("42", "forty-two (42)")).same
+        asked.append(prompt)
+        return "Yes." if "forty-two" in prompt else "No"
+    assert asyncio.run(LlmJudge(ask).judge("forty-two", "The answer is 42.")).same
     assert not asyncio.run(LlmJudge(ask).judge("Lyon", "Paris")).same
+    assert len(asked) == 2
+    # equal texts, or one inside the other, are settled without a call (a small model said "no" to them)
+    assert asyncio.run(LlmJudge(ask).judge("Paris.", "paris")).how == "text"
+    assert asyncio.run(LlmJudge(ask).judge("Paris", "It is Paris, in France.")).how == "inside"
+    assert len(asked) == 2
 
 
 @pytest.mark.parametrize("above, raised", [(learning.TIGHTEN_AFTER - 1, False), (learning.TIGHTEN_AFTER + 5, True)])
