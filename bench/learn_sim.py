@@ -125,6 +125,8 @@ class Settings:
     budget: float = 0.05           # shadow checks, as a share of the requests
     entry_margin: float = 0.02     # an entry's own evidence serves this far under its lowest agreement; < 0: off
     finer: bool = True
+    judge_noise: float = 0.0       # the share of two answers the judge calls different whatever they say
+    repeats: bool = True           # exact hits checked again beside them (what measures that noise)
     gate: str = "category"         # what stops vouching when its checks go bad: the category's checks, or the "cell"'s
     uniform: float | None = None   # one fixed threshold for all, no learning (the hindsight baseline)
     seed: int = 1
@@ -145,6 +147,7 @@ def simulate(data: Prepared, policies: Path, s: Settings) -> dict:
     evidence: dict[str, learning.Evidence] = defaultdict(learning.Evidence)
     live: dict[str, float] = {}
     rng = random.Random(s.seed)
+    deaf = random.Random(s.seed + 1)  # the judge's noise, apart from the exploration coin
     cached = np.zeros(len(data.texts), dtype=bool)
     by_text: dict[str, int] = {}
     kinds = [answer_kind(t) for t in data.texts]
@@ -168,8 +171,12 @@ def simulate(data: Prepared, policies: Path, s: Settings) -> dict:
         for key in [k for k in evidence if s.finer and k.startswith(name + "|")]:
             live[key] = learning.decide(evidence[key], live[name], rule).threshold
 
+    def heard(same: bool) -> bool:
+        """The judge's verdict: a sampling backend's wording makes it call some agreeing answers different."""
+        return same and deaf.random() >= s.judge_noise
+
     def observe(i: int, j: int, sim: float, vouched: bool = False) -> None:
-        same = agree(data.answers[i], data.answers[j])
+        same = heard(agree(data.answers[i], data.answers[j]))
         for entry in (j, i):  # the neighbour's entry, and the one the fresh answer is stored as
             if same:
                 agreed[entry] = min(agreed.get(entry, 1.0), sim)
@@ -206,6 +213,13 @@ def simulate(data: Prepared, policies: Path, s: Settings) -> dict:
             c["correct"] += 1
             for name in {data.categories[i], cell(i)}:
                 evidence[name].serve(None)
+            repeats = evidence[data.categories[i]].repeat_seen
+            if s.learn and s.repeats and s.mode == "shadow" and c["shadow"] < s.budget * c["queries"] and \
+                    rng.random() < learning.exploration_rate(repeats, s.explore_most, s.explore_least, s.half_life):
+                c["shadow"] += 1  # asked again beside the exact hit: the backend answers a group alike
+                same = heard(True)
+                for name in {data.categories[i], cell(i)}:
+                    evidence[name].observe(1.0, same, repeat=True)
             continue
         mine = threshold(i)
         sims = data.similarity[i, :i]
@@ -231,7 +245,7 @@ def simulate(data: Prepared, policies: Path, s: Settings) -> dict:
             break
         if hit is not None:
             j, sim = hit
-            rate = learning.exploration_rate(evidence[data.categories[i]], s.explore_most, s.explore_least,
+            rate = learning.exploration_rate(evidence[data.categories[i]].explored, s.explore_most, s.explore_least,
                                              s.half_life) if s.learn else 0.0
             checked = rng.random() < rate or (near_vouched and s.mode == "shadow")
             if checked and s.mode == "shadow":  # served, and the backend asked beside it within the budget

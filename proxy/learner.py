@@ -44,7 +44,8 @@ class Check:
     similarity: float
     cached: str          # the neighbour's answer text
     why: str             # "near" (a near miss), "explore" (a would-be hit checked), "shadow" (a hit
-                         # checked beside it) or "vouched" (a hit an entry vouched for, checked beside it)
+                         # checked beside it), "vouched" (a hit an entry vouched for, checked beside
+                         # it) or "repeat" (an exact hit checked beside it: the judge's own noise)
     doc_id: str = ""     # the neighbour's entry, which keeps its own evidence
 
     @classmethod
@@ -163,19 +164,38 @@ class Learner:
         so that an entry that vouched wrongly learns it."""
         settings = self._policy().learning.exploration
         evidence = self._evidence.get(evidence_key(category), Evidence())
-        rate = learning.exploration_rate(evidence, settings.most, settings.least, settings.half_life)
+        rate = learning.exploration_rate(evidence.explored, settings.most, settings.least, settings.half_life)
         if vouched and settings.mode == "shadow":
             rate = 1.0
         if not self.enabled or self._chance() >= rate:
             return None
         if settings.mode == "shadow":
-            if not room or sum(self.shadowed.values()) >= settings.budget * self.requests:
+            if not self._shadow(category, room):
                 return None
-            self.shadowed[category] += 1
         if not vouched:  # the checks behind the category's evidence, which its exploration rate follows
             self._pending[evidence_key(category)]["explored"] += 1
             self.explored[category] += 1
         return settings.mode
+
+    def repeat(self, category: str, room: bool = True) -> bool:
+        """Whether to ask the backend again, beside an exact hit, what it answers to the very same
+        request: any disagreement the judge then finds is its own noise (a sampling backend's
+        wording), which the threshold rule subtracts (verify/learning.py, `judge_noise`). As often
+        as would-be hits are checked, falling as repeats are; shadow mode only, within the budget."""
+        settings = self._policy().learning.exploration
+        if not self.enabled or settings.mode != "shadow":
+            return False
+        evidence = self._evidence.get(evidence_key(category), Evidence())
+        rate = learning.exploration_rate(evidence.repeat_seen, settings.most, settings.least, settings.half_life)
+        return self._chance() < rate and self._shadow(category, room)
+
+    def _shadow(self, category: str, room: bool) -> bool:
+        """Take one extra backend call from the budget, if the backend has room and the budget some left."""
+        budget = self._policy().learning.exploration.budget
+        if not room or sum(self.shadowed.values()) >= budget * self.requests:
+            return False
+        self.shadowed[category] += 1
+        return True
 
     def entry_margin(self, category: str) -> float | None:
         """How far under an entry's own lowest agreeing similarity it may serve in `category` (None:
@@ -225,6 +245,11 @@ class Learner:
             return
         self.judged[check.category] += 1
         self._add(check.category, check.cell, "judged")
+        if check.why == "repeat":  # the same request twice: the judge's noise, no entry's evidence
+            self._add(check.category, check.cell, "repeat_seen")
+            if not verdict.same:
+                self._add(check.category, check.cell, "repeat_false")
+            return
         if check.why == "vouched":  # kept apart from the bins (verify/learning.py, Evidence)
             self._add(check.category, check.cell, "vouched_seen")
             if not verdict.same:
@@ -311,6 +336,8 @@ class Learner:
                 "explored": evidence.explored, "judged": evidence.judged, "cells": standing.cells,
                 "vouched": {"served": evidence.vouched_served, "checked": evidence.vouched_seen,
                             "false": evidence.vouched_false},
+                "judge_noise": {"checked": evidence.repeat_seen, "different": evidence.repeat_false,
+                                "subtracted": round(learning.judge_noise(evidence).rate, 5)},
             }
         return found
 

@@ -25,7 +25,7 @@ from catcache.proxy.checking import check_beside
 from catcache.proxy.exchange import Exchange, Found, parse
 from catcache.proxy.forwarding import forward, fresh_id, pass_through, reply
 from catcache.proxy.incontext import in_context
-from catcache.proxy.learner import Check
+from catcache.proxy.learner import Check, answer_text
 from catcache.proxy.lookup import Tiers, look_up
 from catcache.proxy.speculation import RaceClock, Speculation
 from catcache.proxy.state import ProxyState
@@ -33,6 +33,7 @@ from catcache.proxy.storing import Keep
 from catcache.reports.record import Outcome
 from catcache.store.documents import Document
 from catcache.store.hits import HitCounter
+from catcache.verify.question import answer_kind
 
 
 # Requests larger than this pass through uncached, byte for byte, without being parsed: parsing
@@ -73,6 +74,8 @@ class CachePipeline:
             elif found.outcome == Outcome.HIT_SEMANTIC:
                 learner.vouched[found.category] += found.vouched
                 found = self.check(exchange, found, similarity)
+        elif found.outcome == Outcome.HIT_EXACT and found.doc is not None and found.doc.query == exchange.canon.query_text:
+            self.check_repeat(exchange, found.doc)  # the same words (not code renamed, which the exact tier also joins)
         if speculation is not None and speculation.sent:
             answer = await speculation.settle(found)
             if answer is not None:
@@ -102,6 +105,14 @@ class CachePipeline:
             exchange.learn(found)
             exchange.verdict = f"explored: a would-be hit at {similarity:.4f}, answered by the backend to check it"
         return found
+
+    def check_repeat(self, exchange: Exchange, doc: Document) -> None:
+        """An exact hit, now and then asked of the large backend again beside it: two answers to the
+        very same request that the judge calls different are its noise, not a false hit."""
+        room = self.state.large().in_flight < self.state.policy.speculation.max_in_flight
+        if self.state.learner.repeat(exchange.category, room):
+            cell = answer_kind(exchange.canon.query_text)
+            check_beside(self.state, exchange, Check(exchange.category, cell, 1.0, answer_text(doc.response), "repeat"))
 
     def serve(self, exchange: Exchange, doc: Document, outcome: Outcome) -> Response:
         """A hit: the cached answer under a fresh id, counted in the background."""

@@ -83,11 +83,16 @@ class LearningSnapshot:
                                      "served, and the ends of its interval", labels=["category", "bound"])
         observations = GaugeMetricFamily("catcache_learning_observations", "Judged pairs behind the "
                                          "threshold (all proxies)", labels=["category"])
+        noise = GaugeMetricFamily("catcache_judge_noise", "Share of exact hits checked again whose two "
+                                  "answers the judge called different (subtracted from observed false rates)",
+                                  labels=["category"])
         for category, standing in self.standings.items():
             threshold.add_metric([category], standing["threshold"])
             for bound in ("estimate", "low", "high"):
                 estimate.add_metric([category, bound], standing[bound])
             observations.add_metric([category], standing["observations"])
+            if "judge_noise" in standing:  # a live summary has it; a history point does not
+                noise.add_metric([category], standing["judge_noise"]["subtracted"])
         explored = CounterMetricFamily("catcache_explored", "Would-be hits this proxy checked against the "
                                        "backend (shadow checks and checks answered as misses)", labels=["category"])
         shadowed = CounterMetricFamily("catcache_shadow_checks", "Extra backend calls this proxy made beside a "
@@ -100,4 +105,4 @@ class LearningSnapshot:
         for family, counts in counted:
             for category, count in counts.items():
                 family.add_metric([category], count)
-        yield from (threshold, estimate, observations, explored, shadowed, judged, vouched)
+        yield from (threshold, estimate, observations, noise, explored, shadowed, judged, vouched)

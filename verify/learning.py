@@ -25,7 +25,8 @@ from dataclasses import dataclass, field
 LOW = 0.80        # the lowest similarity anything is learned about
 WIDTH = 0.0025    # bin width: 80 bins between LOW and 1
 BINS = round((1.0 - LOW) / WIDTH)
-SCALARS = ("exact", "explored", "judged", "refused", "refused_same", "vouched_served", "vouched_seen", "vouched_false")
+SCALARS = ("exact", "explored", "judged", "refused", "refused_same", "vouched_served", "vouched_seen", "vouched_false",
+           "repeat_seen", "repeat_false")
 
 
 def bin_of(similarity: float) -> int:
@@ -92,8 +93,16 @@ class Evidence:
     vouched_served: int = 0
     vouched_seen: int = 0
     vouched_false: int = 0
+    # Exact hits checked: the backend asked the very same request again. Any disagreement there is
+    # the judge's (or a sampling backend's) noise, never a false hit: see `judge_noise`.
+    repeat_seen: int = 0
+    repeat_false: int = 0
 
-    def observe(self, similarity: float, same: bool, vouched: bool = False) -> None:
+    def observe(self, similarity: float, same: bool, vouched: bool = False, repeat: bool = False) -> None:
+        if repeat:
+            self.repeat_seen += 1
+            self.repeat_false += not same
+            return
         if vouched:
             self.vouched_seen += 1
             self.vouched_false += not same
@@ -229,21 +238,55 @@ def blocks(evidence: Evidence) -> list[tuple[int, int, int, int]]:
     return runs
 
 
+# Exact hits checked before the judge's noise on them is taken into account.
+MIN_REPEATS = 10
+
+
+@dataclass(frozen=True)
+class Noise:
+    """How often the judge calls two answers to the very same request different, and the variance
+    of that rate (both 0 until MIN_REPEATS checks, or while none was called different)."""
+
+    rate: float = 0.0
+    variance: float = 0.0
+
+
+def judge_noise(evidence: Evidence) -> Noise:
+    """The judge's noise, from the exact hits checked. Behind a sampling backend (temperature above
+    0) two answers to one question differ in wording, and a judge that reads that as disagreement
+    sees false hits everywhere. An observed false rate `r` is then read as `(r - e) / (1 - e)`, and
+    the uncertainty of `e` is added to every interval, so a few repeats loosen nothing; repeats that
+    all agree subtract nothing and add no uncertainty."""
+    n = evidence.repeat_seen
+    if n < MIN_REPEATS or evidence.repeat_false == 0:
+        return Noise()
+    jeffreys = (evidence.repeat_false + 0.5) / (n + 1.0)
+    return Noise(evidence.repeat_false / n, jeffreys * (1 - jeffreys) / (n + 1))
+
+
+def less_noise(rate: float, noise: Noise) -> float:
+    """An observed false rate with the judge's noise taken out."""
+    return max(0.0, rate - noise.rate) / (1 - noise.rate)
+
+
 def integrate(evidence: Evidence, counts: list[int], extra_hits: int, z: float, vouched: int = 0) -> Estimate:
     """The expected false share of hits at the similarities `counts` gives (plus `extra_hits` exact
-    ones, never false, and `vouched` ones, at their own checks' rate) under the fit, and a
-    normal-approximation interval over its runs."""
+    ones, never false, and `vouched` ones, at their own checks' rate) under the fit, less the
+    judge's noise, and a normal-approximation interval over its runs."""
     hits = sum(counts) + extra_hits + vouched
     if hits == 0:
         return Estimate(0.0, 0.0, 0.0, 0)
+    noise = judge_noise(evidence)
     expected = variance = 0.0
     runs = [(sum(counts[first:last + 1]), false, seen) for first, last, false, seen in blocks(evidence)]
     for mass, false, seen in runs + [(vouched, evidence.vouched_false, evidence.vouched_seen)]:
-        expected += mass * (false / seen if seen else 0.5)
+        expected += mass * less_noise(false / seen if seen else 0.5, noise)
         # The variance of the run's rate, with a Jeffreys half-count so that a run seen a few times
         # without a false one is not taken for certain.
         rate = (false + 0.5) / (seen + 1.0)
         variance += mass ** 2 * rate * (1 - rate) / (seen + 1)
+    # The noise is one number subtracted from every run: its variance counts once, for all hits.
+    variance = (variance + (hits - extra_hits) ** 2 * noise.variance) / (1 - noise.rate) ** 2
     rate, spread = expected / hits, z * math.sqrt(variance) / hits
     return Estimate(rate, max(0.0, rate - spread), min(1.0, rate + spread), hits)
 
@@ -267,12 +310,13 @@ def vouching_holds(evidence: Evidence, rule: Rule) -> bool:
     if evidence.vouched_seen < 10:
         return True
     z = NormalDist().inv_cdf(rule.confidence)
+    noise = judge_noise(evidence)
     rate = (evidence.vouched_false + 0.5) / (evidence.vouched_seen + 1.0)
-    low = rate - z * math.sqrt(rate * (1 - rate) / (evidence.vouched_seen + 1))
-    return low <= rule.target
+    spread = z * math.sqrt(rate * (1 - rate) / (evidence.vouched_seen + 1) + noise.variance) / (1 - noise.rate)
+    return less_noise(rate, noise) - spread <= rule.target
 
 
-def exploration_rate(evidence: Evidence, most: float, least: float, half_life: int = 100) -> float:
-    """The share of would-be hits to check: `most` while there is little evidence, falling toward
-    `least` as would-be hits are checked (halved every `half_life` of them), never above `most`."""
-    return max(least, most * 0.5 ** (evidence.explored / half_life))
+def exploration_rate(checked: int, most: float, least: float, half_life: int = 100) -> float:
+    """The share of would-be hits (or of exact hits) to check: `most` while there is little evidence,
+    falling toward `least` as `checked` grows (halved every `half_life` checks), never above `most`."""
+    return max(least, most * 0.5 ** (checked / half_life))

@@ -143,6 +143,19 @@ def test_a_shadow_check_serves_the_hit_and_asks_the_backend_beside_it(proxy_fact
         assert 'catcache_shadow_checks_total{category="code"} 1.0' in metrics
 
 
+def test_an_exact_hit_is_checked_again_beside_it_for_the_judges_noise(proxy_factory, tmp_path: Path):
+    policies = tmp_path / "policies.yaml"
+    policies.write_text(SHADOWING)
+    with TestBackend(replies={QUESTIONS[0]: "Use reversed(items) or items[::-1]."}) as backend:
+        proxy = proxy_factory(policies=policies, backend_url=backend.base_url, env={"CATCACHE_ADMIN_TOKEN": TOKEN})
+        assert ask(proxy, QUESTIONS[0])["x-catcache"] == "miss"
+        assert ask(proxy, QUESTIONS[0])["x-catcache"] == "hit-exact"
+        eventually(lambda: backend.calls("/v1/chat/completions") == 2)
+        code = eventually(lambda: learned(proxy, "code").get("judge_noise", {}).get("checked") and learned(proxy, "code"))
+        assert code["judge_noise"] == {"checked": 1, "different": 0, "subtracted": 0.0}
+        assert code["observations"] == 0  # a repeat is never a pair of the fit
+
+
 VOUCHING = """
 version: 1
 tenancy: {by: none}

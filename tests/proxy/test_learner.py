@@ -121,3 +121,40 @@ def test_shadow_checks_stay_within_their_budget_and_wait_for_room(redis_url, cle
 
     busy, checked, more = asyncio.run(scenario())
     assert (busy, checked, more) == (0, 10, 10)
+
+
+def test_exact_hits_checked_again_measure_the_judges_noise_within_the_same_budget(redis_url, clean_redis, embed):
+    """Two answers to the very same request that the judge calls different count as its noise, not
+    as a false hit: they stay out of the bins, show in the summary, and share the shadow budget."""
+    async def scenario() -> tuple[int, dict, int]:
+        client = connect(redis_url)
+        learner = Learner(LearnedState(client), lambda: POLICY, embed, chance=lambda: 0.0)
+        learner.requests = 200  # room for 10 extra calls
+        repeats = sum(learner.repeat("factual") for _ in range(6))
+        shadows = sum(learner.explore("factual") == "shadow" for _ in range(10))
+        for i in range(12):  # a sampling backend's two wordings of one answer, a third of them apart
+            fresh = "Canberra is the capital." if i % 3 else "The seat of government lies in the ACT."
+            learner.judge_later(Check("factual", "place", 1.0, "Canberra is the capital.", "repeat"), reply(fresh))
+        await learner.settled()
+        await learner.sync()
+        summary = learner.summary()["factual"]
+        await client.aclose()
+        return repeats + shadows, summary, learner.summary()["factual"]["observations"]
+
+    extra, summary, observations = asyncio.run(scenario())
+    assert extra == 10
+    assert summary["judge_noise"] == {"checked": 12, "different": 4, "subtracted": pytest.approx(4 / 12, abs=1e-4)}
+    assert observations == 0
+
+
+def test_no_exact_hit_is_checked_again_when_checks_are_misses(redis_url, clean_redis, embed):
+    async def scenario() -> bool:
+        client = connect(redis_url)
+        policy = parse_policy(POLICY_TEXT.replace("half_life: 10", "half_life: 10, mode: miss"), "policies.yaml")
+        learner = Learner(LearnedState(client), lambda: policy, embed, chance=lambda: 0.0)
+        learner.requests = 200
+        found = any(learner.repeat("factual") for _ in range(20))
+        await client.aclose()
+        return found
+
+    assert not asyncio.run(scenario())

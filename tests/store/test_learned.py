@@ -88,11 +88,14 @@ def test_report_history_plot_and_metrics(redis_url, clean_redis):
     svg = plot(history, {"factual": "#2563eb"}, STYLE)
     assert svg.startswith("<svg") and "Live threshold" in svg
     registry = CollectorRegistry()
-    registry.register(LearningSnapshot({"factual": {**latest(history)["factual"]}}, {"factual": 3}, {"factual": 7}))
+    noise = {"checked": 40, "different": 6, "subtracted": 0.15}
+    registry.register(LearningSnapshot({"factual": {**latest(history)["factual"], "judge_noise": noise}},
+                                       {"factual": 3}, {"factual": 7}))
     text = generate_latest(registry).decode()
     assert 'catcache_learned_threshold{category="factual"} 0.93' in text
     assert 'catcache_false_hit_estimate{bound="high",category="factual"} 0.03' in text
     assert 'catcache_explored_total{category="factual"} 3.0' in text
+    assert 'catcache_judge_noise{category="factual"} 0.15' in text
 
 
 def test_catcache_report_shows_what_was_learned(redis_url, clean_redis):

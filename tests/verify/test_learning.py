@@ -92,10 +92,9 @@ def test_evidence_round_trips_through_redis_fields():
 
 
 def test_exploration_decays_but_never_below_its_floor():
-    evidence = Evidence()
-    assert learning.exploration_rate(evidence, 0.1, 0.01) == 0.1
-    evidence.explored = 1000
-    assert learning.exploration_rate(evidence, 0.1, 0.01) == 0.01
+    assert learning.exploration_rate(0, 0.1, 0.01) == 0.1
+    assert learning.exploration_rate(100, 0.1, 0.01) == 0.05
+    assert learning.exploration_rate(1000, 0.1, 0.01) == 0.01
 
 
 @pytest.fixture(scope="module")
@@ -172,3 +171,50 @@ def test_entries_stop_vouching_once_their_checks_show_them_over_the_target(check
     for i in range(checked):
         evidence.observe(0.9, i >= false, vouched=True)
     assert learning.vouching_holds(evidence, Rule(target=0.02)) is holds
+
+
+def noisy_traffic(evidence: Evidence, noise: float, n: int, seed: int = 0) -> None:
+    """Right pairs only, behind a judge that calls a share `noise` of any two answers different (a
+    sampling backend's wording), and `n // 4` exact hits checked the same way."""
+    rng = random.Random(seed)
+    traffic(evidence, lambda s: noise, n, seed)
+    for _ in range(n // 4):
+        evidence.observe(1.0, rng.random() >= noise, repeat=True)
+
+
+def test_the_judges_noise_on_repeats_is_subtracted_before_the_rule():
+    """Behind a judge that calls 30% of any two answers different, right pairs look 30% false:
+    without the repeats the prior is raised to the ceiling; with them the prior holds, the estimate
+    is near 0, and the noise's own uncertainty keeps a 2% bound out of reach (it costs certainty)."""
+    deaf, heard = Evidence(), Evidence()
+    traffic(deaf, lambda s: 0.3, 2000, seed=1)
+    noisy_traffic(heard, 0.3, 2000, seed=1)
+    for evidence in (deaf, heard):
+        for _ in range(300):
+            evidence.serve(0.97)
+    assert decide(deaf, 0.95, Rule(target=0.02)).threshold == Rule().ceiling
+    assert estimate(deaf).low > 0.2
+    assert learning.judge_noise(heard).rate == pytest.approx(0.3, abs=0.05)
+    assert decide(heard, 0.95, Rule(target=0.02)).threshold == 0.95
+    assert estimate(heard).rate < 0.03 and estimate(heard).low == 0.0
+    loosened = decide(heard, 0.95, Rule(target=0.08))
+    assert loosened.threshold < 0.95 and loosened.certified
+
+
+def test_repeats_that_agree_subtract_nothing_and_stay_out_of_the_bins():
+    evidence = Evidence()
+    traffic(evidence, lambda s: 0.3 if s < 0.92 else 0.0, 4000)
+    before = decide(evidence, 0.97, Rule(target=0.02)), estimate(evidence)
+    for _ in range(learning.MIN_REPEATS * 5):
+        evidence.observe(1.0, True, repeat=True)
+    assert (evidence.repeat_seen, evidence.repeat_false) == (learning.MIN_REPEATS * 5, 0)
+    assert learning.judge_noise(evidence).rate == 0.0
+    assert (decide(evidence, 0.97, Rule(target=0.02)), estimate(evidence)) == before
+    assert Evidence.from_fields(evidence.to_fields()) == evidence
+
+
+def test_a_few_repeats_are_not_enough_to_subtract_anything():
+    evidence = Evidence()
+    for _ in range(learning.MIN_REPEATS - 1):
+        evidence.observe(1.0, False, repeat=True)
+    assert learning.judge_noise(evidence) == learning.Noise()
