@@ -73,6 +73,22 @@ def prepare(workloads: list[Path], half: int, policies: Path) -> Prepared:
     return Prepared(rows, texts, answers, categories, vectors @ vectors.T, grader, servable)
 
 
+def with_repeats(data: Prepared, share: float, seed: int = 7) -> Prepared:
+    """The stream with exact repeats put in: after each query, with probability `share`, one
+    earlier query again, word for word. Live traffic repeats itself; these workloads hardly do,
+    and repeats are what measures the judge's noise (Settings.judge_noise)."""
+    rng = random.Random(seed)
+    order: list[int] = []
+    for i in range(len(data.rows)):
+        order.append(i)
+        if rng.random() < share:
+            order.append(order[rng.randrange(len(order))])
+    return Prepared([data.rows[i] for i in order], [data.texts[i] for i in order],
+                    [data.answers[i] for i in order], [data.categories[i] for i in order],
+                    data.similarity[np.ix_(order, order)], data.grader,
+                    [data.servable[i] or k > order.index(i) for k, i in enumerate(order)])
+
+
 def interleave(streams: list[list[dict]]) -> list[dict]:
     """One stream from several: rows taken in turn in proportion to each stream's length, so both
     run from start to end together; each row remembers its source for its group and grading."""
@@ -322,10 +338,13 @@ def main() -> None:
     parser.add_argument("--target", type=float, default=0.02)
     parser.add_argument("--hindsight", action="store_true", help="also find the best single threshold")
     parser.add_argument("--set", action="append", default=[], metavar="NAME=VALUE", help="a Settings field")
+    parser.add_argument("--repeat-share", type=float, default=0.0, help="put in exact repeats (with_repeats)")
     parser.add_argument("--name", help="save to bench/results/NAME.json")
     args = parser.parse_args()
     args.workload = [paths.workload(args.workloads, name) for name in args.workload]
     data = prepare(args.workload, args.half, args.policies)
+    if args.repeat_share:
+        data = with_repeats(data, args.repeat_share)
     settings = Settings(target=args.target)
     for assignment in args.set:
         name, value = assignment.split("=", 1)

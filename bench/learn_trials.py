@@ -17,7 +17,7 @@ import json
 from statistics import mean
 
 from bench import output, paths
-from bench.learn_sim import ROOT, Settings, prepare, simulate
+from bench.learn_sim import ROOT, Settings, prepare, simulate, with_repeats
 
 STREAMS = {"comqa": (["comqa-dev"], 0.02), "qqp": (["qqp-dev"], 0.03), "mixed": (["comqa-dev", "qqp-dev"], 0.02)}
 
@@ -26,12 +26,19 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--variant", action="append", default=[], help="a JSON object of Settings fields")
     parser.add_argument("--seeds", type=int, default=3)
+    parser.add_argument("--stream", action="append", choices=list(STREAMS), help="only these (default: all)")
+    parser.add_argument("--repeat-share", type=float, default=0.0,
+                        help="put in exact repeats of earlier queries (bench.learn_sim.with_repeats)")
+    parser.add_argument("--name", default="learn_trials", help="save to bench/results/NAME.json")
     paths.add_workloads(parser)
     args = parser.parse_args()
     variants = [json.loads(v) for v in args.variant or ["{}"]]
     rows, results = [], []
-    for stream, (names, target) in STREAMS.items():
+    for stream in args.stream or list(STREAMS):
+        names, target = STREAMS[stream]
         data = prepare([paths.workload(args.workloads, n) for n in names], 0, ROOT / "policies.yaml")
+        if args.repeat_share:
+            data = with_repeats(data, args.repeat_share)
         for variant in variants:
             runs = [simulate(data, ROOT / "policies.yaml", Settings(target=target, seed=seed, **variant))
                     for seed in range(1, args.seeds + 1)]
@@ -45,7 +52,7 @@ def main() -> None:
                          f"{found['extra_calls_share']:.1%}", " ".join(f"{h:.1%}" for h in found["hit_rates"])])
     output.show(f"learner settings on the calibration halves, seeds 1-{args.seeds}",
                 ["stream", "variant", "hit rate", "false (labels)", "extra calls", "per seed"], rows)
-    output.save("learn_trials", {"seeds": args.seeds, "results": results})
+    output.save(args.name, {"seeds": args.seeds, "repeat_share": args.repeat_share, "results": results})
 
 
 if __name__ == "__main__":
