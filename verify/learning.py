@@ -238,8 +238,10 @@ def blocks(evidence: Evidence) -> list[tuple[int, int, int, int]]:
     return runs
 
 
-# Exact hits checked before the judge's noise on them is taken into account.
+# Exact hits checked before the judge's noise on them is taken into account, and the most noise
+# ever subtracted (a judge that calls nearly every pair different tells nothing; the bounds say so).
 MIN_REPEATS = 10
+MOST_NOISE = 0.9
 
 
 @dataclass(frozen=True)
@@ -261,7 +263,7 @@ def judge_noise(evidence: Evidence) -> Noise:
     if n < MIN_REPEATS or evidence.repeat_false == 0:
         return Noise()
     jeffreys = (evidence.repeat_false + 0.5) / (n + 1.0)
-    return Noise(evidence.repeat_false / n, jeffreys * (1 - jeffreys) / (n + 1))
+    return Noise(min(MOST_NOISE, evidence.repeat_false / n), jeffreys * (1 - jeffreys) / (n + 1))
 
 
 def less_noise(rate: float, noise: Noise) -> float:

@@ -218,3 +218,14 @@ def test_a_few_repeats_are_not_enough_to_subtract_anything():
     for _ in range(learning.MIN_REPEATS - 1):
         evidence.observe(1.0, False, repeat=True)
     assert learning.judge_noise(evidence) == learning.Noise()
+
+
+def test_a_judge_that_calls_every_repeat_different_loosens_nothing():
+    evidence = Evidence()
+    traffic(evidence, lambda s: 0.95, 2000)
+    for _ in range(100):
+        evidence.observe(1.0, False, repeat=True)
+        evidence.serve(0.97)
+    assert learning.judge_noise(evidence).rate == learning.MOST_NOISE
+    assert decide(evidence, 0.95, Rule(target=0.02)).threshold >= 0.95
+    assert estimate(evidence).high > 0.5  # it knows it knows nothing
