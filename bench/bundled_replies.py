@@ -17,7 +17,7 @@ import orjson
 from catcache.backends.client import BackendClient
 from catcache.backends.local import MODEL_NAME, LocalModel
 from catcache.policy.schema import Backend
-from catcache.proxy.learner import answer_text, ask_backend
+from catcache.proxy.learner import answer_text, ask_backend, post_chat
 
 
 class BundledReplies:
@@ -65,12 +65,8 @@ class BundledReplies:
 
 
 async def _chat(client: BackendClient, body: dict) -> str:
-    response = await client.open("POST", "/v1/chat/completions", headers={"content-type": "application/json"},
-                                 content=orjson.dumps(body))
-    try:
-        payload = await response.aread()
-    finally:
-        await response.aclose()
-    if response.status_code >= 300:
-        raise RuntimeError(f"the bundled model answered {response.status_code}: {payload[:200]!r}")
+    """The model's answer; an error is raised, never cached as an answer."""
+    status, payload = await post_chat(client, body)
+    if status >= 300:
+        raise RuntimeError(f"the bundled model answered {status}: {payload[:200]!r}")
     return answer_text(orjson.loads(payload))

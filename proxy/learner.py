@@ -76,17 +76,22 @@ def answer_text(response: dict) -> str:
     return str(message.get("content") or first.get("text") or "")
 
 
+async def post_chat(client: BackendClient, body: dict) -> tuple[int, bytes]:
+    """One chat completion from `client`, read whole: its status and body."""
+    response = await client.open("POST", "/v1/chat/completions", headers={"content-type": "application/json"},
+                                 content=orjson.dumps(body))
+    try:
+        return response.status_code, await response.aread()
+    finally:
+        await response.aclose()
+
+
 async def ask_backend(client: BackendClient, prompt: str) -> str:
     """One short chat turn to `client` (the LLM judge's question); "" if it answers an error."""
     body = {"model": client.config.model or "judge", "messages": [{"role": "user", "content": prompt}],
             "max_tokens": 3, "temperature": 0}
-    response = await client.open("POST", "/v1/chat/completions", headers={"content-type": "application/json"},
-                                 content=orjson.dumps(body))
-    try:
-        payload = await response.aread()
-    finally:
-        await response.aclose()
-    return answer_text(orjson.loads(payload)) if response.status_code < 300 else ""
+    status, payload = await post_chat(client, body)
+    return answer_text(orjson.loads(payload)) if status < 300 else ""
 
 
 Remember = Callable[[str, float, bool], Awaitable[object]]  # (entry id, similarity, same): the entry's own evidence
